@@ -1,0 +1,7 @@
+"""vcorr pipelines: data preparation and loading, training, evaluation, analysis, visualisation.
+
+Only this package and ``vcorr_cli`` read configuration files; models receive plain arguments.
+"""
+from pipelines.errors import UserError
+
+__all__ = ["UserError"]

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``vcorr bench``: each returns a dict of numbers and prints a table."""

@@ -1,0 +1,118 @@
+"""The clip loader: a torch Dataset over the HDF5 shards written by ``vcorr prepare``."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import decode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from pipelines.data.inspect import read_classes, read_index
+from pipelines.data.samplers import DenseSampler, SegmentSampler
+from pipelines.data.shards import ShardReader
+from pipelines.data.transforms import SWAP_MAPS, as_video
+from pipelines.errors import UserError
+
+
+def decode_frames(encoded: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """JPEG byte arrays (or raw (N, H, W, 3) frames) -> uint8 (N, 3, H, W)."""
+    if isinstance(encoded, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(encoded)).permute(0, 3, 1, 2)
+    return torch.stack(decode_jpeg([torch.from_numpy(b) for b in encoded]))
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Clips of one split of a prepared dataset.
+
+    Training (``train=True``) returns ``(clip, label)`` with one randomly sampled and
+    augmented clip; testing returns all ``num_clips`` evenly spaced clips of the video,
+    stacked, decoded from one read of the frames they need.
+
+    Shape: clip (C, T, H, W) in training or with ``num_clips=1``; (num_clips, C, T, H, W)
+    otherwise.
+
+    Randomness comes from a generator seeded by (seed, epoch, index), so a clip depends only
+    on those, not on worker count or order: runs repeat exactly and resumes are exact. Call
+    :meth:`set_epoch` at every epoch. HDF5 files are opened lazily in each worker.
+
+    Args:
+        root: a folder written by ``vcorr prepare``.
+        split: ``train``, ``val`` or ``test``.
+        sampler: :class:`DenseSampler` or :class:`SegmentSampler`.
+        transform: v2 transform on uint8 ``Video`` (T, C, H, W) returning (C, T, H, W).
+        flip: ``"off"``, ``"on"`` (p=0.5, training only) or ``"swap"`` (flip and swap the
+            label through ``swap_map``; default map chosen from the dataset, e.g. ssv2).
+    """
+
+    def __init__(self, root: str | Path, split: str, sampler: DenseSampler | SegmentSampler,
+                 transform: Callable | None = None, train: bool = True, num_clips: int = 1,
+                 flip: str = "off", swap_map: dict[int, int] | None = None, seed: int = 0,
+                 min_frames: int = 1) -> None:
+        self.root = Path(root)
+        self.split, self.sampler, self.transform = split, sampler, transform
+        self.train, self.num_clips, self.seed, self.epoch = train, num_clips, seed, 0
+        rows = [r for r in read_index(self.root) if r["split"] == split]
+        self.videos = [r for r in rows if r["num_frames"] >= min_frames]
+        if not self.videos:
+            raise UserError(f"{self.root}: no videos in split {split!r}")
+        self.classes = read_classes(self.root)
+        if flip not in ("off", "on", "swap"):
+            raise ValueError(f"flip must be off, on or swap, got {flip!r}")
+        self.flip = flip
+        if flip == "swap" and swap_map is None:
+            meta = self.root / "prepare.json"
+            dataset = json.loads(meta.read_text()).get("dataset", "") if meta.is_file() else ""
+            if dataset not in SWAP_MAPS:
+                raise UserError(f"{self.root}: no built-in label-swap map for dataset "
+                                f"{dataset!r}; give swap_map or use flip='on'/'off'")
+            swap_map = SWAP_MAPS[dataset]
+        self.swap_map = swap_map or {}
+        self.reader = ShardReader(self.root / "shards")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def labels(self) -> list[int]:
+        return [v["label_index"] for v in self.videos]
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def read_clips(self, index: int, clips: list[list[int]]) -> list[torch.Tensor]:
+        """uint8 (T, 3, H, W) frames for each clip, decoding each needed frame once."""
+        v = self.videos[index]
+        uniq = sorted({i for c in clips for i in c})
+        frames = decode_frames(self.reader.read_encoded(v["shard"], v["id"], uniq))
+        if len(clips) == 1 and clips[0] == uniq:  # the usual dense clip: no copy needed
+            return [frames]
+        pos = {f: k for k, f in enumerate(uniq)}
+        return [frames.index_select(0, torch.tensor([pos[i] for i in c])) for c in clips]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        v = self.videos[index]
+        rng = self._rng(index)
+        n = v["num_frames"]
+        clips = [self.sampler.train(n, rng)] if self.train else self.sampler.test(n,
+                                                                                  self.num_clips)
+        label = v["label_index"]
+        flip = self.train and self.flip != "off" and rng.random() < 0.5
+        if flip and self.flip == "swap":
+            label = self.swap_map.get(label, label)
+        # v2 transforms draw from torch's global RNG: seed it for this item, then restore it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            out = []
+            for frames in self.read_clips(index, clips):
+                if flip:
+                    frames = TF.horizontal_flip(frames)
+                video = as_video(frames)
+                out.append(self.transform(video) if self.transform is not None
+                           else video.as_subclass(torch.Tensor).permute(1, 0, 2, 3))
+        clip = out[0] if len(out) == 1 else torch.stack(out)
+        return clip, label

@@ -1,0 +1,108 @@
+"""``vcorr inspect``: summary of a prepared dataset, optionally verifying every shard."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.data.shards import ShardReader
+from pipelines.errors import UserError
+
+
+def read_index(out: str | Path) -> list[dict]:
+    """Rows of ``OUT/index.csv`` with numeric columns converted."""
+    path = Path(out) / "index.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is {out} a folder written by 'vcorr prepare'?)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("label_index", "num_frames", "height", "width"):
+            r[k] = int(r[k])
+        for k in ("fps", "source_fps"):
+            r[k] = float(r[k])
+    return rows
+
+
+def read_classes(out: str | Path) -> list[str]:
+    path = Path(out) / "classes.txt"
+    if not path.is_file():
+        raise UserError(f"{path}: not found")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
+              progress: bool = False) -> dict:
+    """Videos per split and class, frames, bytes and failures of a prepared ``out``.
+
+    With ``verify`` every shard is opened and ``sample_frames`` frames (first, middle, last)
+    of every video are decoded; problems are listed under ``verify_errors``.
+    """
+    out = Path(out)
+    rows = read_index(out)
+    classes = read_classes(out)
+    failures_path = out / "failures.csv"
+    failures = []
+    if failures_path.is_file():
+        with open(failures_path, newline="", encoding="utf-8") as f:
+            failures = list(csv.DictReader(f))
+    meta_path = out / "prepare.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    splits: dict[str, dict] = {}
+    per_class: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        s = splits.setdefault(r["split"], {"videos": 0, "frames": 0, "bytes": 0, "shards": set()})
+        s["videos"] += 1
+        s["frames"] += r["num_frames"]
+        s["shards"].add(r["shard"])
+        per_class[r["split"]][r["label"]] += 1
+    for s in splits.values():
+        s["bytes"] = sum((out / "shards" / name).stat().st_size for name in s["shards"]
+                         if (out / "shards" / name).is_file())
+        s["shards"] = len(s["shards"])
+    summary = {
+        "out": str(out), "dataset": meta.get("dataset", ""), "num_classes": len(classes),
+        "videos": len(rows), "frames": sum(r["num_frames"] for r in rows),
+        "bytes": sum(s["bytes"] for s in splits.values()), "splits": splits,
+        "per_class": {sp: dict(sorted(c.items())) for sp, c in per_class.items()},
+        "failures": len(failures),
+        "failure_reasons": dict(Counter(f["reason"].split(":")[0] for f in failures)),
+        "data_options": meta.get("data_options", {}),
+    }
+    if verify:
+        summary["verify_errors"] = verify_shards(out, rows, sample_frames, progress)
+    return summary
+
+
+def verify_shards(out: Path, rows: list[dict], sample_frames: int = 3,
+                  progress: bool = False) -> list[dict]:
+    """Decode a sample of frames of every video; return a list of problems found."""
+    import torch
+    from torchvision.io import decode_jpeg
+
+    reader = ShardReader(out / "shards")
+    errors = []
+    it = rows
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(rows, unit="video", desc="verify")
+    for r in it:
+        n = r["num_frames"]
+        idx = sorted({0, n // 2, n - 1})[:max(1, sample_frames)]
+        try:
+            data = reader.read_encoded(r["shard"], r["id"], idx)
+            if isinstance(data, np.ndarray):
+                shape = data.shape[1:3]
+            else:
+                frames = decode_jpeg([torch.from_numpy(np.asarray(b)) for b in data])
+                shape = frames[0].shape[1:]
+            if tuple(shape) != (r["height"], r["width"]):
+                raise ValueError(f"frame size {tuple(shape)} != index "
+                                 f"{(r['height'], r['width'])}")
+        except Exception as exc:
+            errors.append({"id": r["id"], "shard": r["shard"], "error": str(exc)[:200]})
+    reader.close()
+    return errors

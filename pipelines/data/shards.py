@@ -1,0 +1,150 @@
+"""HDF5 shard layout: writing one shard atomically and reading clips from it.
+
+A shard ``shards/<split>-NNNNN.h5`` holds up to ``videos_per_shard`` videos::
+
+    /<key>/jpeg      uint8 (total_bytes,)   the frames' JPEG files, concatenated
+    /<key>/offsets   int64 (num_frames+1,)  frame i is jpeg[offsets[i]:offsets[i+1]]
+    /<key>/frames    uint8 (T, H, W, 3)     instead of jpeg/offsets with --codec raw
+
+and, as root attributes, ``manifest`` (JSON rows of index.csv for its videos), ``failures``
+(JSON rows of failures.csv), ``options_hash`` and ``complete``. A clip is therefore one
+contiguous read of a byte range, not one read per frame. A shard is written to
+``<name>.tmp`` and renamed only when complete, so a killed run never leaves a shard that
+looks finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipelines.data.annotations import safe_key
+
+SHARD_FORMAT_VERSION = 1
+INDEX_COLUMNS = ("id", "split", "label", "label_index", "shard", "num_frames", "fps",
+                 "source_fps", "height", "width")
+FAILURE_COLUMNS = ("id", "path", "reason")
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:05d}.h5"
+
+
+class ShardWriter:
+    """Writes videos into ``<path>.tmp``; :meth:`close` marks it complete and renames it."""
+
+    def __init__(self, path: str | Path, options_hash: str) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp.unlink(missing_ok=True)
+        self._h5 = h5py.File(self.tmp, "w")
+        self._h5.attrs["format_version"] = SHARD_FORMAT_VERSION
+        self._h5.attrs["options_hash"] = options_hash
+        self._h5.attrs["complete"] = False
+        self.manifest: list[dict] = []
+        self.failures: list[dict] = []
+
+    def add_jpeg(self, row: dict, jpegs: Sequence[bytes] | np.ndarray,
+                 offsets: np.ndarray | None = None) -> None:
+        """Store one video's JPEG frames; ``row`` is its index.csv row (without shard)."""
+        if offsets is None:
+            sizes = np.array([len(b) for b in jpegs], np.int64)
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            data = np.frombuffer(b"".join(jpegs), np.uint8)
+        else:
+            data = np.asarray(jpegs, np.uint8)
+        g = self._h5.create_group(safe_key(row["id"]))
+        # Contiguous, uncompressed: a clip is one plain read of a byte range.
+        g.create_dataset("jpeg", data=data)
+        g.create_dataset("offsets", data=offsets)
+        self._add_row(row)
+
+    def add_raw(self, row: dict, frames: np.ndarray) -> None:
+        """Store one video's frames uncompressed, (T, H, W, 3) uint8."""
+        g = self._h5.create_group(safe_key(row["id"]))
+        g.create_dataset("frames", data=frames, chunks=(1, *frames.shape[1:]))
+        self._add_row(row)
+
+    def add_failure(self, id_: str, path: str, reason: str) -> None:
+        self.failures.append({"id": id_, "path": path, "reason": reason})
+
+    def _add_row(self, row: dict) -> None:
+        self.manifest.append({**row, "shard": self.path.name})
+
+    def close(self) -> None:
+        """Finish the shard: write its manifest and move it to its final name."""
+        self._h5.attrs["manifest"] = json.dumps(self.manifest)
+        self._h5.attrs["failures"] = json.dumps(self.failures)
+        self._h5.attrs["complete"] = True
+        self._h5.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._h5.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_shard_tables(path: str | Path) -> tuple[str, list[dict], list[dict]]:
+    """(options_hash, manifest rows, failure rows) of a complete shard."""
+    with h5py.File(path, "r") as h5:
+        if not h5.attrs.get("complete", False):
+            raise ValueError(f"{path}: shard is incomplete")
+        return (str(h5.attrs["options_hash"]), json.loads(h5.attrs["manifest"]),
+                json.loads(h5.attrs["failures"]))
+
+
+class ShardReader:
+    """Reads frames of videos from shards; opens files lazily and keeps them open.
+
+    Open it in the process that reads (each DataLoader worker gets its own handles): h5py
+    handles must not cross a fork.
+    """
+
+    def __init__(self, shard_dir: str | Path) -> None:
+        self.shard_dir = Path(shard_dir)
+        self._files: dict[str, h5py.File] = {}
+        self._offsets: dict[tuple[str, str], np.ndarray] = {}  # small; saves a read per clip
+        self._pid = os.getpid()
+
+    def _group(self, shard: str, video_id: str) -> h5py.Group:
+        if self._pid != os.getpid():  # forked: drop the parent's handles
+            self._files, self._offsets, self._pid = {}, {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = h5py.File(self.shard_dir / shard, "r")
+            self._files[shard] = f
+        return f[safe_key(video_id)]
+
+    def read_encoded(self, shard: str, video_id: str,
+                     indices: Sequence[int]) -> list[np.ndarray] | np.ndarray:
+        """JPEG bytes of the frames at ``indices`` (list of uint8 arrays), or, for raw
+        shards, the decoded frames (N, H, W, 3) uint8."""
+        g = self._group(shard, video_id)
+        if "frames" in g:
+            uniq = sorted(set(int(i) for i in indices))
+            data = g["frames"][uniq]
+            pos = {v: k for k, v in enumerate(uniq)}
+            return data[[pos[int(i)] for i in indices]]
+        offsets = self._offsets.get((shard, video_id))
+        if offsets is None:
+            offsets = self._offsets[(shard, video_id)] = g["offsets"][()]
+        lo, hi = int(min(indices)), int(max(indices))
+        # One read of the covered byte range; frames in between are skipped in memory.
+        blob = g["jpeg"][offsets[lo]:offsets[hi + 1]]
+        base = offsets[lo]
+        return [blob[offsets[i] - base:offsets[i + 1] - base] for i in indices]
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files, self._offsets = {}, {}
+
+    def __getstate__(self) -> dict:
+        return {"shard_dir": self.shard_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["shard_dir"])

@@ -1,0 +1,28 @@
+"""vcorr: video action recognition with correspondence and correlation models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="vcorr",
+    version="0.1.0",
+    description="Prepare video datasets, train, evaluate and visualise CPNet, CorrNet and DCF models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vcorr_cli", "vcorr_cli.*", "pipelines", "pipelines.*",
+                                    "models", "models.*"]),
+    install_requires=[
+        # torch and torchvision unpinned so pip resolves a matching pair.
+        "torch",
+        "torchvision",
+        "decord>=0.6.0",
+        "ffmpeg-python>=0.2.0",
+        "imageio-ffmpeg>=0.4.9",
+        "h5py>=3.8",
+        "click>=8.1",
+        "rich>=13",
+        "tqdm>=4.60",
+        "numpy>=1.23",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["vcorr = vcorr_cli.main:main"]},
+)

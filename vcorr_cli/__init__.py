@@ -1,0 +1,1 @@
+"""Thin command-line layer of vcorr: parse arguments, call a pipeline function."""

@@ -1,0 +1,37 @@
+"""``vcorr bench``: speed and memory benchmarks, printed as tables and optionally saved as JSON.
+
+Each benchmark lives in its own module and is registered in ``_BENCHES``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+
+class _BenchGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_BenchGroup)
+def bench() -> None:
+    """Measure speed and memory of vcorr's components.
+
+    \b
+    Examples:
+      vcorr bench loader data/toy_h5 --json bench_loader.json
+      vcorr bench knn --json bench_knn.json
+      vcorr bench models --json bench_models.json
+    """
+
+
+_BENCHES: list[tuple[str, str]] = [
+    ("vcorr_cli.bench_data", "loader"),
+    ("vcorr_cli.bench_models", "knn"),
+    ("vcorr_cli.bench_models", "models"),
+    ("vcorr_cli.bench_corr", "correlation"),
+]
+
+for _module, _name in _BENCHES:
+    bench.add_command(getattr(importlib.import_module(_module), _name))

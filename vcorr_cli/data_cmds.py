@@ -1,0 +1,166 @@
+"""``vcorr toy``, ``vcorr prepare`` and ``vcorr inspect``: parse options, call pipelines.data."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from pipelines.errors import UserError
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--videos", default=2000, show_default=True, help="Number of videos.")
+@click.option("--val-fraction", default=0.2, show_default=True, help="Share of the val split.")
+@click.option("--frames", default=4, show_default=True, help="Frames per video.")
+@click.option("--canvas", default=32, show_default=True, help="Frame size in pixels.")
+@click.option("--square", default=2, show_default=True, help="Square size in pixels.")
+@click.option("--min-step", default=7, show_default=True, help="Smallest move per frame.")
+@click.option("--max-step", default=9, show_default=True, help="Largest move per frame.")
+@click.option("--wrap/--no-wrap", default=False, show_default=True,
+              help="Wrap around the borders (for long clips) instead of staying inside.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (output is "
+              "deterministic for a seed).")
+def toy(out: str, **kw) -> None:
+    """Write the CPNet moving-square toy dataset to OUT as lossless videos.
+
+    A white square on a black canvas moves 7-9 pixels per frame up, down, left or right
+    (the four labels). Writes OUT/videos/*.mp4, OUT/annotations.csv (format 'list') and
+    OUT/classes.txt.
+
+    \b
+    Examples:
+      vcorr toy data/toy
+      vcorr toy data/toy_long --frames 8 --wrap --videos 500
+      vcorr prepare --format list --annotations data/toy/annotations.csv \\
+          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0
+    """
+    from pipelines.data.toy import ToyOptions, make_toy
+
+    summary = make_toy(out, ToyOptions(**kw))
+    click.echo(f"wrote {summary['videos']} videos ({summary['train']} train, "
+               f"{summary['val']} val) to {summary['out']}")
+
+
+def _parse_part(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise UserError(f"--part must look like I/N (e.g. 0/4), got {value!r}") from None
+    return i, n
+
+
+@click.command()
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["list", "kinetics", "ssv2", "ssv1", "jester", "ucf101",
+                                 "diving48"]),
+              help="Annotation format of the dataset.")
+@click.option("--annotations", multiple=True, required=True, type=click.Path(),
+              help="Annotation file; repeat for several (e.g. train and validation).")
+@click.option("--labels", type=click.Path(), default=None,
+              help="Class list (ssv2 labels JSON, jester/ssv1 labels CSV, ucf101 "
+                   "classInd.txt, diving48 vocab JSON, or one class per line).")
+@click.option("--root", required=True, type=click.Path(), help="Folder of the videos.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--every", default=1, show_default=True,
+              help="Keep frames 0, N, 2N, ... (--every 12 is 1/12 of the frame rate).")
+@click.option("--fps", type=float, default=None, help="Keep the frames nearest to k/FPS s.")
+@click.option("--short-side", default=128, show_default=True,
+              help="Resize so the short side is S pixels (aspect kept); 0 keeps the size.")
+@click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
+@click.option("--quality", default=90, show_default=True, help="JPEG quality.")
+@click.option("--videos-per-shard", default=1000, show_default=True)
+@click.option("--min-frames", default=1, show_default=True,
+              help="Videos with fewer frames after downsampling are failures.")
+@click.option("--folder-fps", default=12.0, show_default=True,
+              help="Frame rate of frame-folder videos (Jester and SSv1 were extracted at 12).")
+@click.option("--workers", default=1, show_default=True, help="Decoding processes.")
+@click.option("--part", default="0/1", show_default=True,
+              help="Prepare only part I of N (0-based), e.g. one task of a SLURM array.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool, **kw) -> None:
+    """Decode videos, downsample, resize and write HDF5 shards plus an index.
+
+    Writes OUT/shards/<split>-NNNNN.h5, OUT/index.csv, OUT/classes.txt, OUT/failures.csv and
+    OUT/prepare.json. Reruns skip finished shards (resumable); bad videos are recorded in
+    failures.csv and the run goes on.
+
+    \b
+    Examples:
+      vcorr prepare --format list --annotations data/toy/annotations.csv \\
+          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0
+      vcorr prepare --format kinetics --annotations kinetics400/train.csv \\
+          --annotations kinetics400/validate.csv --root kinetics400/videos \\
+          --out data/k400_12 --every 12 --workers 16
+      vcorr prepare --format ssv2 --annotations something-something-v2-train.json \\
+          --annotations something-something-v2-validation.json \\
+          --labels something-something-v2-labels.json --root 20bn-something-something-v2 \\
+          --out data/ssv2 --every 2 --part $SLURM_ARRAY_TASK_ID/8
+    """
+    from pipelines.data.prepare import PrepareOptions, prepare as run
+
+    opt = PrepareOptions(format=fmt, annotations=list(annotations), part=_parse_part(part),
+                         progress=not no_progress, **kw)
+    r = run(opt)
+    splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
+    click.echo(f"prepared {r.videos} videos ({splits}) into {r.out}; {r.failures} failures "
+               f"(see failures.csv); shards written {r.shards_written}, skipped "
+               f"{r.shards_skipped}; {r.seconds:.1f} s")
+    if r.shards_pending:
+        click.echo(f"{len(r.shards_pending)} shards of other parts are not finished yet; the "
+                   "index is rebuilt by whichever part finishes last")
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--verify", is_flag=True, help="Open every shard and decode sample frames.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(out: str, verify: bool, as_json: bool) -> None:
+    """Summarise a prepared dataset: videos per split and class, frames, bytes, failures.
+
+    \b
+    Examples:
+      vcorr inspect data/toy_h5
+      vcorr inspect data/toy_h5 --verify --json > summary.json
+    """
+    from pipelines.data.inspect import summarize
+
+    s = summarize(out, verify=verify, progress=verify and not as_json)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        _print_summary(s)
+    if verify and s["verify_errors"]:
+        raise SystemExit(1)
+
+
+def _print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{s['out']} ({s['dataset'] or 'dataset'}, {s['num_classes']} classes)")
+    for col in ("split", "videos", "frames", "MiB", "shards", "classes seen"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for name, sp in s["splits"].items():
+        t.add_row(name, str(sp["videos"]), str(sp["frames"]), f"{sp['bytes'] / 2**20:.1f}",
+                  str(sp["shards"]), str(len(s["per_class"].get(name, {}))))
+    t.add_row("all", str(s["videos"]), str(s["frames"]), f"{s['bytes'] / 2**20:.1f}", "", "",
+              style="bold")
+    console.print(t)
+    if s["num_classes"] <= 50:
+        ct = Table(title="videos per class")
+        ct.add_column("class")
+        for name in s["splits"]:
+            ct.add_column(name, justify="right")
+        labels = sorted({c for d in s["per_class"].values() for c in d})
+        for c in labels:
+            ct.add_row(c, *(str(s["per_class"].get(n, {}).get(c, 0)) for n in s["splits"]))
+        console.print(ct)
+    console.print(f"failures: {s['failures']}" + (
+        " (" + ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items()) + ")"
+        if s["failures"] else ""))
+    if "verify_errors" in s:
+        errs = s["verify_errors"]
+        console.print("verify: " + ("all videos decode" if not errs else
+                                    f"{len(errs)} videos FAILED, first: {errs[0]}"))
