@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import click
 
@@ -34,6 +33,7 @@ def loader(out: str | None, synthetic: str | None, clips: int, frames: int, inte
 
     from pipelines.bench.loader import bench_loader, make_synthetic_dataset
     from pipelines.errors import UserError
+    from pipelines.fileio import write_atomic
 
     if synthetic:
         out = str(make_synthetic_dataset(synthetic))
@@ -55,6 +55,4 @@ def loader(out: str | None, synthetic: str | None, clips: int, frames: int, inte
     click.echo(f"shard loader is {r['shard_vs_decord']:.1f}x decord (target >= 10x); the floor "
                f"is {r['floor_vs_shard']:.2f}x the shard loader (target <= 1.5x)")
     if json_path:
-        tmp = Path(json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(r, indent=2) + "\n")
-        os.replace(tmp, json_path)
+        write_atomic(json_path, json.dumps(r, indent=2) + "\n")

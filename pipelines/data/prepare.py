@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import platform
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, ShardWriter,
                                    read_shard_tables, shard_name)
 from pipelines.data.video_io import VideoSource, select_frames, stored_fps
 from pipelines.errors import UserError
+from pipelines.fileio import write_atomic
 
 # Options that change what is stored; a rerun into the same OUT must agree on them.
 _DATA_OPTIONS = ("format", "every", "fps", "short_side", "codec", "quality",
@@ -263,7 +263,7 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     result = build_index(out, shards, ann.failures)
     result.shards_written, result.shards_skipped = written, len(mine) - len(todo)
     result.seconds = round(time.time() - t0, 3)
-    _write_atomic(out / "classes.txt", "".join(c + "\n" for c in ann.classes))
+    write_atomic(out / "classes.txt", "".join(c + "\n" for c in ann.classes))
     meta = {"options": {**asdict(opt), "part": f"{part}/{nparts}"},
             "data_options": opt.data_options(), "dataset": ann.dataset,
             "num_classes": len(ann.classes), "versions": _versions(),
@@ -271,7 +271,7 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
                        "failures": result.failures, "shards": len(shards),
                        "shards_pending": result.shards_pending},
             "seconds": result.seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
+    write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
     return result
 
 
@@ -323,13 +323,7 @@ def _write_csv(path: Path, columns: tuple, rows: list[dict]) -> None:
                        lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    _write_atomic(path, buf.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def _versions() -> dict:

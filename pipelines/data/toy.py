@@ -8,14 +8,13 @@ fits it. Written as real lossless videos so it goes through ``vcorr prepare`` li
 """
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.data.video_io import write_videos_segmented
+from pipelines.fileio import write_atomic
 from pipelines.errors import UserError
 
 CLASSES = ("up", "down", "left", "right")
@@ -103,14 +102,8 @@ def make_toy(out: str | Path, opt: ToyOptions = ToyOptions()) -> dict:
     n_train = opt.videos - n_val
     rows = [(f"videos/toy_{i:05d}.mp4", CLASSES[lab], "train" if i < n_train else "val",
              f"toy_{i:05d}") for i, lab in enumerate(labels)]
-    _write_atomic(out / "annotations.csv", "path,label,split,id\n"
+    write_atomic(out / "annotations.csv", "path,label,split,id\n"
                   + "".join(",".join(r) + "\n" for r in rows))
-    _write_atomic(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
+    write_atomic(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
     return {"out": str(out), "videos": opt.videos, "train": n_train, "val": n_val,
             "frames": opt.frames, "classes": list(CLASSES)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
