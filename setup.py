@@ -15,6 +15,7 @@ setup(
         "torch",
         "torchvision",
         "decord>=0.6.0",
+        "av>=10",  # fallback decoder for the frame widths decord 0.6 cannot convert
         "ffmpeg-python>=0.2.0",
         "imageio-ffmpeg>=0.4.9",
         "h5py>=3.8",

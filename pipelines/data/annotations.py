@@ -343,6 +343,9 @@ def parse_ucf101(files: Sequence[Path], labels: Path | None, root: Path) -> Anno
     return col.result("ucf101")
 
 
+DIVING48_CLASSES = 48
+
+
 def parse_diving48(files: Sequence[Path], labels: Path | None, root: Path) -> Annotations:
     """Diving48: ``Diving48_V2_{train,test}.json`` (lists of ``{"vid_name", "label",
     "start_frame", "end_frame"}``), optional ``Diving48_vocab.json`` as --labels (the class
@@ -355,6 +358,7 @@ def parse_diving48(files: Sequence[Path], labels: Path | None, root: Path) -> An
         classes = [" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in vocab]
     col = _Collector(classes)
     finder = _SourceFinder(root)
+    top = -1
     for f in files:
         items = _read_json(f)
         if not isinstance(items, list) or (items and not (
@@ -371,11 +375,17 @@ def parse_diving48(files: Sequence[Path], labels: Path | None, root: Path) -> An
                 continue
             if classes is not None:
                 label = classes[lab] if 0 <= lab < len(classes) else f"#{lab}"
+            elif lab < 0:
+                col.bad_row(f"{f}[{n}]", f"negative label {lab}")
+                continue
             else:
                 label = f"{lab:02d}"
+                top = max(top, lab)
             col.add(id_, label, split, finder.by_stem(id_), f"{f}[{n}]")
     if classes is None:
-        col.classes = None  # sorted two-digit names keep the official order
+        # Two-digit names "00".."47" for every class number (not only those seen), so that
+        # label_index is the official class number even for a subset of the videos.
+        col.classes = [f"{i:02d}" for i in range(max(DIVING48_CLASSES, top + 1))]
     return col.result("diving48")
 
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import platform
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 # Imported here, before workers fork, so that they start at once.
 import torch
-from torchvision.io import encode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
@@ -161,9 +162,16 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
             # Frame folders of JPEGs at their own size keep their bytes: no re-encoding loss.
             if (opt.codec == "jpeg" and opt.short_side == 0 and video.frame_file(0) is not None
                     and video.frame_file(0).suffix.lower() in (".jpg", ".jpeg")):
-                jpegs.extend(video.frame_file(i).read_bytes() for i in idx)
-                if size is None:
-                    size = tuple(video.get([idx[0]]).shape[1:3])
+                chunk = [video.frame_file(i).read_bytes() for i in idx]
+                # Decode them once anyway: a truncated or corrupt frame must be a failure
+                # here, not a crash in training, and all frames must share one size.
+                for d in decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8)
+                                      for b in chunk], mode=ImageReadMode.RGB):
+                    if size is None:
+                        size = tuple(d.shape[1:])
+                    elif tuple(d.shape[1:]) != size:
+                        raise ValueError(f"frame size {tuple(d.shape[1:])} differs from {size}")
+                jpegs.extend(chunk)
                 continue
             frames = torch.from_numpy(video.get(idx)).permute(0, 3, 1, 2)  # (N, 3, H, W)
             target = _resize_shape(frames.shape[2], frames.shape[3], opt.short_side)
@@ -186,9 +194,14 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
     return {"row": row, "jpegs": jpegs}
 
 
+# decord prefixes its messages with the time and its source file ("[20:28:41] /github/.../
+# video_reader.cc:486: Error: ..."): dropped, so that failures.csv is the same on every run.
+_DECORD_PREFIX = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return _DECORD_PREFIX.sub("", text[0] if text else type(exc).__name__)[:200]
 
 
 def _worker_init() -> None:

@@ -107,6 +107,26 @@ def stored_fps(source_fps: float, every: int = 1, fps: float | None = None) -> f
     return source_fps / max(1, every)
 
 
+def _pyav_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
+    """Decode ``indices`` (sorted) by reading the stream from the start with PyAV: slow for
+    long videos, used only where decord fails."""
+    import av
+
+    want = list(indices)
+    out: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        pos = 0
+        for i, frame in enumerate(container.decode(video=0)):
+            while pos < len(want) and want[pos] == i:
+                out.append(frame.to_ndarray(format="rgb24"))
+                pos += 1
+            if pos == len(want):
+                break
+    if len(out) != len(want):
+        raise ValueError(f"{path}: frame {want[len(out)]} not found")
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
 class VideoSource:
     """Random access to the frames of one video file or frame folder.
 
@@ -125,13 +145,25 @@ class VideoSource:
             import decord
 
             self._reader = decord.VideoReader(str(self.path), num_threads=1)
+            self._use_pyav = False
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Decode the frames at ``indices`` (sorted, in range)."""
         if self._reader is not None:
-            return self._reader.get_batch(list(indices)).asnumpy()
+            if not self._use_pyav:
+                try:
+                    out = self._reader.get_batch(list(indices)).asnumpy()
+                    if out.ndim == 4 and out.shape[-1] == 3:
+                        return out
+                except Exception as exc:  # decord raises its own DECORDError
+                    if "size must exactly match" not in str(exc):
+                        raise
+                # decord 0.6 cannot convert some widths (24, 48, ...: it copies a padded
+                # RGBA-sized buffer and fails): decode this file with PyAV instead.
+                self._use_pyav = True
+            return _pyav_frames(self.path, indices)
         from torchvision.io import ImageReadMode, decode_image, read_file
 
         out = [decode_image(read_file(str(self._files[i])), mode=ImageReadMode.RGB)

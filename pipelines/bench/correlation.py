@@ -1,0 +1,226 @@
+"""``vcorr bench correlation``: our correlation operator against the unfold formulation.
+
+Both compute CorrNet's learnable groupwise correlation (CorrNet Sec. 3) forward and backward
+(gradients w.r.t. the input and the weight) at one size, by default CorrNet-26's res2 block
+(C=64, T=8, 56x56, K=7, D=2, group size 32, batch 2). Reported:
+
+* time: best and median wall time of forward+backward over several runs (best-of is the
+  number least disturbed by other processes on a shared machine; speed-up uses it);
+* peak memory: the highest total of bytes allocated by tensors during one forward+backward,
+  above what was allocated at its start, read from ``torch.profiler``'s allocation events
+  (``profile_memory=True``; every CPU allocation and free, in order). The inputs and weight
+  exist before and are not counted; the output, gradients and all temporaries are;
+* the arithmetic floor: the operation's multiply-adds (counted as the papers do, one per
+  channel product: B*T*H*W*C*K*K forward, and three times that again backward for the input
+  gradient of the query frame, of the partner frame and for the weight) divided by the
+  machine's elementwise multiply-add rate, measured with one large fused ``addcmul_`` whose
+  operands do not fit the cache. The same rate measured in-cache is reported beside it.
+
+Issue 4's targets: at least 3x faster than unfold, at most 1/10 of its peak memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.ops import corrnet_correlation
+from pipelines.errors import UserError
+
+MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak of the running sum of tensor "
+                 "allocations and frees during one forward+backward, inputs excluded")
+
+
+@dataclass(frozen=True)
+class CorrelationBenchConfig:
+    """Size of the benchmarked correlation; defaults are CorrNet-26's res2 block."""
+
+    batch: int = 2
+    channels: int = 64
+    frames: int = 8
+    size: int = 56
+    kernel_size: int = 7
+    dilation: int = 2
+    group_size: int = 32
+    repeats: int = 5
+    unfold_repeats: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` with one line naming the bad option."""
+        for name in ("batch", "channels", "frames", "size", "kernel_size", "dilation",
+                     "group_size", "repeats", "unfold_repeats"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, "
+                                f"got {getattr(self, name)}")
+        if self.kernel_size % 2 == 0:
+            raise UserError(f"--kernel-size must be odd, got {self.kernel_size}")
+        if self.channels % self.group_size:
+            raise UserError(f"--group-size {self.group_size} must divide "
+                            f"--channels {self.channels}")
+
+    @property
+    def groups(self) -> int:
+        return self.channels // self.group_size
+
+
+def unfold_correlation(x: Tensor, weight: Tensor, kernel_size: int, dilation: int,
+                       groups: int) -> Tensor:
+    """The baseline: materialise every frame's C*K*K neighbourhood with ``F.unfold``.
+
+    Same definition and channel order as :func:`models.ops.corrnet_correlation` (frame t
+    against frame t-1, frame 0 against itself; weight (C, T, K, K); mean over each group), so
+    its output can be compared element by element. Autograd keeps the unfolded tensors.
+    """
+    b, c, t, h, w = x.shape
+    kk, cg = kernel_size * kernel_size, c // groups
+    partners = x[:, :, [0] + list(range(t - 1))]  # frame 0 is its own partner
+    queries = x.transpose(1, 2).reshape(b, t, groups, cg, 1, h * w)
+    cols = F.unfold(partners.transpose(1, 2).reshape(b * t, c, h, w), kernel_size,
+                    dilation=dilation, padding=(kernel_size // 2) * dilation)
+    cols = cols.view(b, t, groups, cg, kk, h * w)
+    # (C, T, K, K) -> (1, T, G, Cg, K*K, 1); shared-over-time weights broadcast over T.
+    wt = weight.reshape(c, weight.shape[1], kk).transpose(0, 1)
+    wt = wt.reshape(1, weight.shape[1], groups, cg, kk, 1)
+    out = (cols * queries * wt).mean(dim=3)  # (B, T, G, K*K, H*W)
+    return out.permute(0, 2, 3, 1, 4).reshape(b, groups * kk, t, h, w)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence C-level stderr (the profiler backend logs start/stop lines there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Peak extra bytes held by tensors while ``fn`` runs (CPU), from the profiler's events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _native_stderr_silenced():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def fma_rate(numel: int, repeats: int) -> float:
+    """Elementwise multiply-adds per second of one fused ``out.addcmul_(a, b)`` on ``numel``."""
+    a, b = torch.rand(numel), torch.rand(numel)
+    out = torch.zeros(numel)
+    out.addcmul_(a, b)  # warm-up: page in the buffers
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out.addcmul_(a, b)
+        best = min(best, time.perf_counter() - start)
+    return numel / best
+
+
+def _timings(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, thread pool, lazy initialisation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_correlation_bench(cfg: CorrelationBenchConfig,
+                          progress: Callable[[str], None] | None = None) -> dict:
+    """Time and measure both implementations; returns the numbers as a flat dict."""
+    cfg.validate()
+    say = progress or (lambda _msg: None)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = (cfg.batch, cfg.channels, cfg.frames, cfg.size, cfg.size)
+    k, d, g = cfg.kernel_size, cfg.dilation, cfg.groups
+    x = torch.randn(shape, generator=gen).requires_grad_()
+    weight = (1 + 0.1 * torch.randn(cfg.channels, cfg.frames, k, k, generator=gen))
+    weight.requires_grad_()
+    grad = torch.randn(cfg.batch, g * k * k, cfg.frames, cfg.size, cfg.size, generator=gen)
+
+    def step(op: Callable[..., Tensor]) -> Callable[[], tuple[Tensor, ...]]:
+        def run() -> tuple[Tensor, ...]:
+            out = op(x, weight, k, d, g)
+            # autograd.grad rather than .backward: no gradient accumulation between runs.
+            gx, gw = torch.autograd.grad(out, (x, weight), grad)
+            return out.detach(), gx, gw
+        return run
+
+    ours, unfold = step(corrnet_correlation), step(unfold_correlation)
+
+    say("checking agreement")
+    ref, got = unfold(), ours()
+    max_abs_error = (got[0] - ref[0]).abs().max().item()
+    grad_error = max((a - b).abs().max().item() for a, b in zip(got[1:], ref[1:]))
+    del ref, got
+
+    say("timing ours")
+    t_ours = _timings(ours, cfg.repeats)
+    say("timing unfold")
+    t_unfold = _timings(unfold, cfg.unfold_repeats)
+    say("measuring peak memory")
+    mem_ours = peak_memory_bytes(ours)
+    mem_unfold = peak_memory_bytes(unfold)
+
+    say("measuring multiply-add throughput")
+    large = 1 << 24  # 3 x 64 MiB operands: far beyond any cache, like the big tensors
+    small = 1 << 15  # 3 x 128 KiB: stays in L2
+    rate_large = fma_rate(large, 5)
+    rate_cache = max(fma_rate(small, 200), rate_large)
+    macs_forward = cfg.batch * cfg.frames * cfg.size * cfg.size * cfg.channels * k * k
+    macs = 4 * macs_forward  # forward, query grad, partner grad, weight grad
+    best_ours, best_unfold = min(t_ours), min(t_unfold)
+    floor = macs / rate_large
+    floor_cache = macs / rate_cache
+    input_bytes = x.numel() * x.element_size()
+    output_bytes = grad.numel() * grad.element_size()
+    return {
+        "config": asdict(cfg),
+        "threads": torch.get_num_threads(),
+        "max_abs_error": max_abs_error,
+        "max_abs_grad_error": grad_error,
+        "ours_best_s": best_ours,
+        "ours_median_s": statistics.median(t_ours),
+        "unfold_best_s": best_unfold,
+        "unfold_median_s": statistics.median(t_unfold),
+        "speedup_vs_unfold": best_unfold / best_ours,
+        "speedup_vs_unfold_median": statistics.median(t_unfold) / statistics.median(t_ours),
+        "ours_peak_bytes": mem_ours,
+        "unfold_peak_bytes": mem_unfold,
+        "peak_memory_ratio_vs_unfold": mem_ours / mem_unfold,
+        "ours_peak_vs_output": mem_ours / output_bytes,
+        "input_bytes": input_bytes,
+        "output_bytes": output_bytes,
+        "unfolded_bytes": input_bytes * k * k,
+        "memory_method": MEMORY_METHOD,
+        "multiply_adds": macs,
+        "fma_per_s_large": rate_large,
+        "fma_per_s_in_cache": rate_cache,
+        "floor_s": floor,
+        "floor_in_cache_s": floor_cache,
+        "ours_vs_floor": best_ours / floor,
+        "ours_vs_floor_in_cache": best_ours / floor_cache,
+        "unfold_vs_floor": best_unfold / floor,
+    }

@@ -1,0 +1,88 @@
+"""The model table behind ``vcorr models``: parameters, multiply-adds and default input of every
+registered model.
+
+Models are built on PyTorch's ``meta`` device, so nothing is allocated or initialised and a
+forward pass only propagates shapes; :class:`torch.utils.flop_counter.FlopCounterMode` counts the
+FLOPs of matmuls and convolutions (2 per multiply-add). We report multiply-adds (``gmacs`` =
+FLOPs / 2 / 1e9), the unit of the CPNet, CorrNet and DCF papers. Element-wise work (BN, ReLU,
+softmax, top-k) is not counted. For CPNet the k-NN distance matmul (N^2 C per module) is counted.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+from pipelines.errors import UserError
+
+MIB = 2 ** 20  # the CPNet paper's "M" (parameters / 2^20)
+
+
+def count_gmacs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Multiply-adds (in 1e9) of one forward pass on a (1, *input_shape) clip (eval mode)."""
+    device = next(model.parameters()).device
+    x = torch.empty((1, *input_shape), device=device)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def model_row(name: str, *, flops: bool = True) -> dict[str, Any]:
+    """One table row: name, paper, params (int and in 1e6 / 2^20), GMACs, default input."""
+    entry = models.get_model_entry(name)
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = models.create_model(name)
+    params = sum(p.numel() for p in model.parameters())
+    row: dict[str, Any] = {
+        "name": name,
+        "paper": entry.paper,
+        "params": int(params),
+        "params_1e6": params / 1e6,
+        "params_2p20": params / MIB,
+        "paper_params_2p20": entry.paper_params_m,
+        "gmacs": count_gmacs(model, entry.input_shape) if flops else None,
+        "input_shape": list(entry.input_shape),
+        "frames": entry.input_shape[1],
+        "num_classes": entry.num_classes,
+    }
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def model_table(pattern: str = "*", *, flops: bool = True) -> list[dict[str, Any]]:
+    """Rows of :func:`model_row` for every registered model matching ``pattern``."""
+    names = models.list_models(pattern)
+    if not names:
+        raise UserError(f"no registered model matches {pattern!r}; try `vcorr models` for the list")
+    return [model_row(n, flops=flops) for n in names]
+
+
+def render_model_table(rows: list[dict[str, Any]], console: Any) -> None:
+    """Print ``rows`` as a rich table on ``console``."""
+    from rich.table import Table
+
+    table = Table(title="vcorr models", caption="M = 10^6 parameters; M2 = 2^20 parameters (the CPNet "
+                  "paper's unit); GMACs = 10^9 multiply-adds (FLOPs/2, matmuls and convs) of one "
+                  "clip at the default input C x T x H x W")
+    table.add_column("name", no_wrap=True)
+    for col in ("M", "M2", "paper M2", "GMACs"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("classes", justify="right", no_wrap=True)
+    table.add_column("paper", overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], f"{r['params_1e6']:.2f}", f"{r['params_2p20']:.2f}",
+                      "" if r["paper_params_2p20"] is None else f"{r['paper_params_2p20']:.2f}",
+                      "-" if r["gmacs"] is None else f"{r['gmacs']:.2f}",
+                      "x".join(map(str, r["input_shape"])), str(r["num_classes"]), r["paper"])
+    console.print(table)
