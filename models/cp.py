@@ -30,8 +30,11 @@ from torch import nn
 
 from models.layers import zero_init_bn
 
-# Default working-set of one k-NN chunk, in distance-matrix elements (64 MiB of float32).
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# Default working-set of one k-NN chunk, in distance-matrix elements (32 MiB of float32). At
+# 8 x 28 x 28 positions it gives one frame of one clip against the 7 other frames per chunk
+# (17 MiB), the fastest layout measured on CPU: larger blocks fall further out of the cache,
+# smaller ones make more, less efficient matmul calls.
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
 
 def knn_chunk_rows(batch: int, n: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
@@ -39,16 +42,79 @@ def knn_chunk_rows(batch: int, n: int, chunk_elements: int = DEFAULT_CHUNK_ELEME
     return max(1, min(n, chunk_elements // max(1, batch * n)))
 
 
+def _topk_cost(n: int, k: int) -> float:
+    """Rough ns per row of ``torch.topk(k)`` over n values on CPU (a heap partial sort when
+    64 k <= n, otherwise nth_element, which costs ~4x more per value)."""
+    return n * (2.5 if 64 * k <= n else 9.0)
+
+
+def knn_group_size(frame_size: int, n: int, k: int) -> int:
+    """Values per group of the two-stage top-k in :func:`knn_other_frames` (1: plain top-k).
+
+    A group is ``g`` positions of one frame, ``frame_size / g`` apart. Cost model per query row:
+    top-k over the (n - frame_size) / g group minima, then gathering and ranking k * g
+    candidates; g must divide the frame and leave at least k groups outside the own frame.
+    """
+    others = n - frame_size
+    best, best_cost = 1, _topk_cost(others, k)
+    for g in range(2, frame_size + 1):
+        if frame_size % g or others // g < k:
+            continue
+        cost = _topk_cost(others // g, k) + 12.0 * k * g
+        if cost < best_cost:
+            best, best_cost = g, cost
+    return best
+
+
+def _select(d: torch.Tensor, k: int, frame_size: int, g: int, offsets: torch.Tensor | None,
+            mask_frames: tuple[int, int] | None) -> torch.Tensor:
+    """Column indices (nb, r, k) of the k smallest values of every row of ``d`` (nb, r, cols),
+    nearest first; ``cols`` is whole frames of ``frame_size``.
+
+    ``mask_frames=(t0, t1)``: the rows are the queries of frames t0..t1-1 and their own frame's
+    columns must not be chosen (they are skipped at group level, never written).
+    With ``g > 1``, exact two-stage top-k: the minimum of every group of g columns, the k groups
+    with the smallest minima, then the k smallest of those k * g candidates. Any value outside
+    the chosen groups is >= the k-th chosen group minimum >= the k-th smallest candidate, so
+    the result equals a top-k over the whole row (up to the order of exactly equal values).
+    """
+    nb, r, cols = d.shape
+    w = frame_size // g
+    mins = d if g == 1 else d.view(nb, r, cols // frame_size, g, w).amin(dim=3).view(nb, r, -1)
+    if mask_frames is not None:   # with g == 1 this writes into d: fine, it is not read again
+        t0, t1 = mask_frames
+        frames = mins.view(nb, t1 - t0, frame_size, cols // frame_size, w)[:, :, :, t0:t1]
+        frames.diagonal(dim1=1, dim2=3).fill_(float("inf"))
+    if g == 1:
+        return mins.topk(k, dim=2, largest=False, sorted=True).indices
+    groups = mins.topk(k, dim=2, largest=False, sorted=False).indices          # (nb, r, k)
+    first = groups + (groups // w) * (frame_size - w)                          # first column
+    cand_cols = (first.unsqueeze(-1) + offsets).view(nb, r, k * g)
+    best = d.gather(2, cand_cols).topk(k, dim=2, largest=False, sorted=True).indices
+    return cand_cols.gather(2, best)
+
+
 @torch.no_grad()
 def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
-                     chunk_rows: int | None = None) -> torch.Tensor:
+                     chunk_rows: int | None = None,
+                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """k nearest neighbours of every position among the positions of *other* frames.
 
     ``feat`` is (B, C, N) with positions in (t, h, w) raster order, N = T * frame_size.
     Distance is plain squared L2, ranked via ``|b|^2 - 2 a.b`` (``|a|^2`` is the same for a whole
-    query row and does not change the ranking). Queries are processed ``chunk_rows`` at a time
-    with one batched matmul each, so the largest temporary is (B, chunk_rows, N), never the
-    (B, N, N) matrix. Ties are broken arbitrarily (by ``torch.topk``).
+    query row and does not change the ranking), computed with ``torch.baddbmm``. The (B, N, N)
+    matrix is never built:
+
+    * if it fits in ``chunk_elements``, one block of all frames; the own-frame entries are
+      excluded at selection time;
+    * otherwise the queries go a part of one frame at a time (at most ``chunk_rows`` rows,
+      default: from ``chunk_elements``, also splitting the batch if needed) against the keys
+      of the *other* frames only, two ``baddbmm`` calls into one buffer: the own frame's
+      distances are never computed (1/T of the multiply-adds saved).
+      ``chunk_rows >= frame_size`` means whole frames (``chunk_rows // frame_size`` at a time).
+
+    Selection is an exact two-stage top-k on group minima (see :func:`knn_group_size`), much
+    cheaper than ``torch.topk`` over whole rows. Ties are broken arbitrarily.
     Returns (B, N, k) int64 indices, nearest first.
     """
     b, c, n = feat.shape
@@ -56,18 +122,49 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
         raise ValueError(f"N={n} positions is not a whole number of frames of {frame_size}")
     if not 1 <= k <= n - frame_size:
         raise ValueError(f"k={k} must be in 1..{n - frame_size} (positions outside the query's frame)")
-    rows = chunk_rows or knn_chunk_rows(b, n)
-    sq = feat.pow(2).sum(dim=1).unsqueeze(1)          # (B, 1, N)
+    f, frames, m = frame_size, n // frame_size, n - frame_size
+    g = knn_group_size(f, n, k)
+    offsets = torch.arange(g, device=feat.device) * (f // g) if g > 1 else None
+    sq = feat.pow(2).sum(dim=1).unsqueeze(1)           # (B, 1, N)
     queries = feat.transpose(1, 2)                     # (B, N, C), a view
     out = torch.empty(b, n, k, dtype=torch.long, device=feat.device)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        dist = torch.baddbmm(sq, queries[:, start:stop], feat, alpha=-2.0)  # (B, r, N)
-        # Mask the query's own frame; a chunk spans at most a few frames: one slice each.
-        for t in range(start // frame_size, (stop - 1) // frame_size + 1):
-            r0, r1 = max(start, t * frame_size) - start, min(stop, (t + 1) * frame_size) - start
-            dist[:, r0:r1, t * frame_size:(t + 1) * frame_size] = float("inf")
-        out[:, start:stop] = dist.topk(k, dim=2, largest=False, sorted=True).indices
+
+    if chunk_rows is None:
+        whole = b * n * n <= chunk_elements
+        frames_per_chunk, rows, batch_step = frames, f, b
+        if not whole:
+            rows = min(f, max(1, chunk_elements // m))
+            rows = -(-f // -(-f // rows))              # equal parts of a frame
+            batch_step = max(1, min(b, chunk_elements // (rows * m)))
+    else:
+        whole = chunk_rows >= f
+        frames_per_chunk, rows, batch_step = max(1, chunk_rows // f), min(chunk_rows, f), b
+
+    if whole:  # whole frames against all keys, own frame skipped at selection
+        for t0 in range(0, frames, frames_per_chunk):
+            t1 = min(frames, t0 + frames_per_chunk)
+            d = torch.baddbmm(sq, queries[:, t0 * f:t1 * f], feat, alpha=-2.0)
+            out[:, t0 * f:t1 * f] = _select(d, k, f, g, offsets, (t0, t1))
+        return out
+
+    buf = torch.empty(batch_step * rows * m, dtype=feat.dtype, device=feat.device)
+    for b0 in range(0, b, batch_step):
+        b1 = min(b, b0 + batch_step)
+        fb, sqb, qb = feat[b0:b1], sq[b0:b1], queries[b0:b1]
+        for t in range(frames):
+            lo, hi = t * f, (t + 1) * f
+            for start in range(lo, hi, rows):
+                stop = min(hi, start + rows)
+                d = buf[:(b1 - b0) * (stop - start) * m].view(b1 - b0, stop - start, m)
+                q = qb[:, start:stop]
+                # Keys of frames before and after t, side by side: column j is position j
+                # below lo and j + f from lo on.
+                if lo:
+                    torch.baddbmm(sqb[..., :lo], q, fb[..., :lo], alpha=-2.0, out=d[..., :lo])
+                if hi < n:
+                    torch.baddbmm(sqb[..., hi:], q, fb[..., hi:], alpha=-2.0, out=d[..., lo:])
+                col = _select(d, k, f, g, offsets, None)
+                out[b0:b1, start:stop] = col + f * (col >= lo)
     return out
 
 
@@ -81,6 +178,52 @@ def knn_other_frames_dense(feat: torch.Tensor, k: int, frame_size: int) -> torch
     frame = torch.arange(n, device=feat.device) // frame_size
     dist.masked_fill_(frame.unsqueeze(1) == frame.unsqueeze(0), float("inf"))
     return dist.topk(k, dim=2, largest=False, sorted=True).indices
+
+
+class _ReluMaxOverK(torch.autograd.Function):
+    """``relu(e).amax(dim=2)`` for e (B, N, k, C) with the same values and the same gradient as
+    autograd gives for ``F.relu`` followed by ``amax`` (the gradient is split evenly between
+    exactly tied maxima; none flows where the maximum is 0), in fewer passes over e:
+    ``relu(amax(e)) == amax(relu(e))`` and the backward is one select instead of a mask,
+    a cast, a multiply and the ReLU's own backward."""
+
+    @staticmethod
+    def forward(ctx, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = e.amax(dim=2).clamp_min_(0)
+        ctx.save_for_backward(e, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        e, out = ctx.saved_tensors
+        hit = e == out.unsqueeze(2)
+        # Number of tied maxima per (position, channel): k small slices added as bytes (a
+        # reduction over the middle dim of a bool mask is ~10x slower).
+        hits = hit.view(torch.uint8)
+        count = hits.select(2, 0).clone() if e.shape[2] < 256 else hits.select(2, 0).int()
+        for j in range(1, e.shape[2]):
+            count += hits.select(2, j)
+        # Where the maximum is 0 (all pairs cut by the ReLU) no gradient flows, as with F.relu.
+        share = torch.where(out > 0, grad / count, 0.0)
+        return hit * share.unsqueeze(2)
+
+
+def _batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, rows: torch.Tensor) -> torch.Tensor:
+    """``bn`` (any BatchNorm*d, C channels) applied to (M, C) rows, exactly as ``bn(x)`` on the
+    channels-first tensor x whose positions the rows are: the same statistics, running-stat and
+    ``num_batches_tracked`` updates (mirrors ``torch.nn.modules.batchnorm._BatchNorm.forward``)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(rows, bn.running_mean if track else None, bn.running_var if track else None,
+                        bn.weight, bn.bias, use_batch_stats, factor, bn.eps)
+
+
+def _relu_max_over_k(e: torch.Tensor) -> torch.Tensor:
+    return _ReluMaxOverK.apply(e)
 
 
 def grid_positions(t: int, h: int, w: int, *, dtype: torch.dtype = torch.float32,
@@ -157,6 +300,18 @@ class CPModule(nn.Module):
             f = f2.reshape(b, t, c, *f2.shape[-2:]).transpose(1, 2)
         return f
 
+    @property
+    def _last_relu(self) -> bool:
+        """True when the MLP ends in a ReLU (always, as built) so that it can be fused with the
+        max over the k pairs (:func:`_relu_max_over_k`)."""
+        return len(self.mlp) > 0 and isinstance(self.mlp[-1], nn.ReLU)
+
+    def mlp_pre_relu(self, e: torch.Tensor) -> torch.Tensor:
+        """The MLP after the first layer, without its last ReLU."""
+        for layer in list(self.mlp)[:-1]:
+            e = layer(e)
+        return e
+
     def first_layer(self, f: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Factorised first layer. f (B, C', N), pos (3, N), idx (B, N, k) -> (B, N, k, C1)."""
         b, c, n = f.shape
@@ -196,11 +351,16 @@ class CPModule(nn.Module):
         pos = grid_positions(t, h, w, dtype=f.dtype, device=f.device)
         e = self.first_layer(flat, pos, idx)                            # (B, N, k, C1)
         e = F.relu(self.bn1(e.reshape(-1, e.shape[-1])))
-        e = self.mlp(e)
-        g = e.view(b, n, k, -1).amax(dim=2)                             # max over the k pairs
-        g = self.proj(g).transpose(1, 2).reshape(b, self.channels, t, h, w)
+        e = self.mlp_pre_relu(e) if self._last_relu else self.mlp(e)
+        # max over the k pairs; the last ReLU is applied after the max (the same values).
+        g = _relu_max_over_k(e.view(b, n, k, -1)) if self._last_relu else e.view(b, n, k, -1).amax(dim=2)
+        # 1x1 conv back to C and the output BatchNorm on (B*N, C) rows, then viewed as
+        # (B, C, T, H, W) without a copy: the BatchNorm's kernels for rows are several times
+        # faster than for a (B, C, T, H, W) tensor with few positions per frame.
+        g = _batch_norm_rows(self.bn_out, self.proj(g).view(b * n, self.channels))
+        g = g.view(b, t, h, w, self.channels).permute(0, 4, 1, 2, 3)
         if g.shape[-2:] != x.shape[-2:]:
             g = F.interpolate(g.transpose(1, 2).reshape(b * t, self.channels, h, w),
                               size=x.shape[-2:], mode="bilinear", align_corners=False)
             g = g.reshape(b, t, self.channels, *x.shape[-2:]).transpose(1, 2)
-        return x + self.bn_out(g)
+        return x + g

@@ -136,6 +136,8 @@ class StageSpec:
     ``width`` is the block width (output channels of a basic block, inner width of a
     bottleneck). ``stride``/``temporal_stride`` apply to the first block. ``post_add`` and
     ``after`` are ``(block_index, plug-in factory)`` pairs; see the module docstring.
+    ``pass_index=True`` also passes ``index=i`` (the block's position in the stage) to the block
+    factory, for blocks that alternate within a stage (X3D's squeeze-excitation every other block).
     """
 
     name: str
@@ -147,6 +149,7 @@ class StageSpec:
     conv: ConvFactory = conv_2d
     post_add: tuple[tuple[int, PluginFactory], ...] = field(default=())
     after: tuple[tuple[int, PluginFactory], ...] = field(default=())
+    pass_index: bool = False
 
 
 def block_expansion(factory: BlockFactory) -> int:
@@ -182,7 +185,8 @@ def build_stage(spec: StageSpec, in_channels: int) -> tuple[nn.Sequential, int]:
         out_channels = spec.width * block_expansion(spec.block)
         plugins = [f(out_channels) for f in post.get(i, [])]
         post_add = None if not plugins else plugins[0] if len(plugins) == 1 else nn.Sequential(*plugins)
-        block = spec.block(channels, spec.width, stride, conv=spec.conv, post_add=post_add)
+        extra = {"index": i} if spec.pass_index else {}
+        block = spec.block(channels, spec.width, stride, conv=spec.conv, post_add=post_add, **extra)
         if block.out_channels != out_channels:
             raise ValueError(f"block factory of {spec.name} built {block.out_channels} channels, "
                              f"expected width * expansion = {out_channels}")

@@ -6,6 +6,12 @@ forward pass only propagates shapes; :class:`torch.utils.flop_counter.FlopCounte
 FLOPs of matmuls and convolutions (2 per multiply-add). We report multiply-adds (``gmacs`` =
 FLOPs / 2 / 1e9), the unit of the CPNet, CorrNet and DCF papers. Element-wise work (BN, ReLU,
 softmax, top-k) is not counted. For CPNet the k-NN distance matmul (N^2 C per module) is counted.
+
+A module may state its own count: a method ``macs(*inputs) -> int`` (multiply-adds of one call).
+The counter's FLOPs inside such a module are then replaced by ``2 * macs``. The correlation
+operator of CorrNet/DCF uses this: it is a custom autograd kernel whose element-wise products
+the counter does not see (CorrNet Table 1 / DCF Eq. 2: C * K^2 * (offsets) * T * H * W).
+Such modules must not be nested in one another.
 """
 from __future__ import annotations
 
@@ -28,12 +34,34 @@ def count_gmacs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
+    extra, handles = _analytic_counts(model, counter)
     try:
         with torch.no_grad(), counter:
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9
+        for handle in handles:
+            handle.remove()
+    return (counter.get_total_flops() + extra[0]) / 2 / 1e9
+
+
+def _analytic_counts(model: torch.nn.Module, counter: FlopCounterMode) -> tuple[list[int], list]:
+    """Hooks that swap the FLOPs counted inside modules with a ``macs`` method for 2 * macs."""
+    extra, entered = [0], []
+
+    def before(module: torch.nn.Module, inputs: tuple) -> None:
+        entered.append(counter.get_total_flops())
+
+    def after(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        seen = counter.get_total_flops() - entered.pop()
+        extra[0] += 2 * int(module.macs(*inputs)) - seen
+
+    handles = []
+    for module in model.modules():
+        if callable(getattr(module, "macs", None)):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+    return extra, handles
 
 
 def model_row(name: str, *, flops: bool = True) -> dict[str, Any]:
@@ -72,8 +100,8 @@ def render_model_table(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
 
     table = Table(title="vcorr models", caption="M = 10^6 parameters; M2 = 2^20 parameters (the CPNet "
-                  "paper's unit); GMACs = 10^9 multiply-adds (FLOPs/2, matmuls and convs) of one "
-                  "clip at the default input C x T x H x W")
+                  "paper's unit); GMACs = 10^9 multiply-adds (FLOPs/2, matmuls, convs, correlations) "
+                  "of one clip at the default input C x T x H x W")
     table.add_column("name", no_wrap=True)
     for col in ("M", "M2", "paper M2", "GMACs"):
         table.add_column(col, justify="right", no_wrap=True)

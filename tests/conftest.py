@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 def pytest_configure(config):
     # torchvision.io warns on every JPEG call that TorchCodec will replace it; not our concern.
@@ -395,3 +396,26 @@ def ffmpeg_testsrc(tmp_path_factory) -> Path:
     return path
 
 
+
+
+@pytest.fixture(scope="session")
+def toy_train_prepared(tmp_path_factory) -> Path:
+    """A toy dataset prepared for training tests (``tests/test_train.py``): 32 videos of 4
+    frames at 32x32 (24 train, 8 val), all four classes, JPEG, stored at the original size."""
+    from pipelines.data.toy import ToyOptions, make_toy
+
+    src = tmp_path_factory.mktemp("toy_train_src")
+    make_toy(src, ToyOptions(videos=32, val_fraction=0.25, seed=5))
+    out = tmp_path_factory.mktemp("toy_train") / "toy_h5"
+    run_prepare(out, "list", src / "annotations.csv", src, src / "classes.txt", short_side=0)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite: the tests use tiny tensors, for which two
+    OpenMP threads on a shared 2-core runner are 10-50x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -262,3 +262,50 @@ def test_bad_weight_shape():
         corrnet_correlation(torch.randn(1, 4, 3, 5, 5), torch.ones(4, 2, 3, 3), 3, 1, 1)
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         corrnet_correlation(torch.randn(4, 3, 5, 5), None, 3, 1, 1)
+
+
+# float32 against the float64 loop reference at 1e-5, values and gradients, over K, D, G, several
+# offsets (L), odd frame sizes, both clip ends, with/without a weight and with frames split into
+# blocks. (B, C, T, H, W, K, D, G, offsets, clip_ends, weight time steps or None, block_elements)
+FLOAT32_CASES = [
+    (2, 8, 5, 7, 9, 3, 1, 2, (-1,), "self", "T", None),
+    (1, 6, 3, 9, 7, 5, 2, 3, (-2, -1, 1, 2), "zero", None, None),      # DCF L = 2 on 3 frames
+    (2, 4, 4, 5, 5, 7, 1, 1, (-1, 1), "zero", 1, 4 * 25),            # weight with zero ends
+    (1, 9, 2, 3, 5, 9, 1, 3, (-1, 1, 2), "zero", "T", None),         # window wider than the frame
+    (3, 4, 1, 6, 5, 3, 2, 4, (-1,), "self", None, 1),                # a single frame
+    (1, 4, 6, 4, 3, 5, 1, 2, (3, -3), "self", "T", 4 * 12 * 2),      # |tau| = T/2, split runs
+]
+
+
+@pytest.mark.parametrize("case", FLOAT32_CASES)
+def test_float32_matches_reference(case):
+    b, c, t, h, w, k, d, g, offsets, ends, steps, block = case
+    gen = torch.Generator().manual_seed(len(offsets) * 100 + k * 10 + c)
+    x64 = torch.randn(b, c, t, h, w, dtype=torch.float64, generator=gen, requires_grad=True)
+    w64 = None
+    if steps is not None:
+        w64 = torch.randn(c, t if steps == "T" else steps, k, k, dtype=torch.float64,
+                          generator=gen, requires_grad=True)
+    dilations = tuple(d * abs(o) for o in offsets)
+    scale = 1.0 / math.sqrt(c // g)
+    x32 = x64.detach().float().requires_grad_()
+    w32 = None if w64 is None else w64.detach().float().requires_grad_()
+    out = correlation(x32, w32, kernel_size=k, groups=g, offsets=offsets, dilations=dilations,
+                      clip_ends=ends, scale=scale, block_elements=block)
+    ref = naive_correlation(x64, w64, k, g, offsets, dilations, ends, scale)
+    assert out.shape == ref.shape == (b, len(offsets) * g * k * k, t, h, w)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
+    ours = torch.autograd.grad(out, [x32] + ([w32] if w32 is not None else []), grad.float())
+    theirs = torch.autograd.grad(ref, [x64] + ([w64] if w64 is not None else []), grad)
+    for a, r in zip(ours, theirs):
+        torch.testing.assert_close(a.double(), r, atol=1e-5, rtol=0)
+
+
+def test_clip_without_partners_gives_zero_output_and_gradient():
+    """DCF ends on a one-frame clip: every partner is missing, so output and gradient are 0."""
+    x = torch.randn(2, 4, 1, 5, 5, requires_grad=True)
+    out = dcf_correlation(x, kernel_size=3, temporal_range=2)
+    assert out.shape == (2, 36, 1, 5, 5) and not out.any()
+    (grad,) = torch.autograd.grad(out, x, torch.randn_like(out))
+    assert not grad.any()

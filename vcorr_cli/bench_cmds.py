@@ -23,6 +23,7 @@ def bench() -> None:
       vcorr bench loader data/toy_h5 --json bench_loader.json
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
+      vcorr bench train data/k400_12 --model c2d_r18
     """
 
 
@@ -31,6 +32,7 @@ _BENCHES: list[tuple[str, str]] = [
     ("vcorr_cli.bench_models", "knn"),
     ("vcorr_cli.bench_models", "models"),
     ("vcorr_cli.bench_corr", "correlation"),
+    ("vcorr_cli.bench_train", "train"),
 ]
 
 for _module, _name in _BENCHES:

@@ -19,6 +19,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.data_cmds", "prepare"),
     ("vcorr_cli.data_cmds", "inspect"),
     ("vcorr_cli.models_cmd", "models"),
+    ("vcorr_cli.train_cmd", "train"),
     ("vcorr_cli.bench_cmds", "bench"),
 ]
 

@@ -18,10 +18,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Class pairs that swap under a horizontal flip (label indices of the official label files):
 # Something-Something v2 "pushing/moving something from left to right" and its mirror, etc.;
-# Jester "swiping left/right" and "sliding two fingers left/right" (see shared notes).
+# Jester "swiping left/right" (0/1) and "sliding two fingers left/right" (6/7) in the line
+# order of jester-v1-labels.csv, the order prepare gives Jester (11/12 and 16/17 are those
+# classes in alphabetical order, which vcorr does not use).
 SWAP_MAPS: dict[str, dict[int, int]] = {
     "ssv2": {86: 87, 87: 86, 93: 94, 94: 93, 166: 167, 167: 166},
-    "jester": {11: 12, 12: 11, 16: 17, 17: 16},
+    "jester": {0: 1, 1: 0, 6: 7, 7: 6},
 }
 
 

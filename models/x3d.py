@@ -1,0 +1,150 @@
+"""X3D (Feichtenhofer, "X3D: Expanding Architectures for Efficient Video Recognition", CVPR 2020),
+the second backbone of the DCF paper (DCF appendix A, Table 7), on :class:`models.resnet.VideoResNet`.
+
+X3D-S and X3D-M are the same network (width 2.0x, depth 2.2x of X2D: blocks [1, 2, 5, 3] ->
+[3, 5, 11, 7], stage widths 24, 48, 96, 192, bottleneck expansion 2.25) run on different clips:
+13 x 160 x 160 (S) and 16 x 224 x 224 (M).
+
+* Stem ("stage1", Table 7): 1x3x3 conv stride (1, 2, 2), 3 -> 24, then a channel-wise 3x1x1
+  conv, BN, ReLU; no max-pool.
+* Block (:class:`X3DBlock`): 1x1x1 -> BN -> ReLU -> channel-wise 3x3x3 (spatial stride in the
+  first block of a stage) -> BN -> squeeze-excitation (ratio 1/16, every other block, starting
+  with the first) -> swish -> 1x1x1 -> BN (gamma 0 at init) -> + shortcut -> ReLU.
+* Head (:class:`X3DHead`): conv5 1x1x1 192 -> 432 + BN + ReLU, global average pool, fc 432 ->
+  2048 (no BN) + ReLU, dropout, fc -> classes.
+
+Stages are named res2..res5 like every backbone in :mod:`models` (= DCF's stage2..stage5).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from models.layers import (ConvFactory, StemSpec, StrideLike, conv_2d, conv_depthwise,
+                           conv_temporal, zero_init_bn)
+from models.resnet import STAGE_NAMES, PluginFactory, StageSpec, VideoResNet, _shortcut
+
+X3D_WIDTHS = (24, 48, 96, 192)   # 12 * 2.0 * (1, 2, 4, 8)
+X3D_DEPTHS = (3, 5, 11, 7)       # ceil(2.2 * (1, 2, 5, 3))
+X3D_BOTTLENECK = 2.25            # inner width = 2.25 x stage width (54, 108, 216, 432)
+
+
+def se_width(channels: int, ratio: float = 1 / 16, divisor: int = 8) -> int:
+    """Squeeze width: ``channels * ratio`` rounded to a multiple of ``divisor`` (X3D's rule,
+    never below ``divisor`` nor 10% under the exact value). 54 -> 8, 108 -> 8, 216 -> 16, 432 -> 32."""
+    exact = channels * ratio
+    width = max(divisor, int(exact + divisor / 2) // divisor * divisor)
+    return width + divisor if width < 0.9 * exact else width
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating by the clip-global mean (Hu et al. 2018), 1x1x1 convs with bias.
+
+    Shape: (B, C, T, H, W) -> (B, C, T, H, W).
+    """
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv3d(channels, squeeze, 1)
+        self.fc2 = nn.Conv3d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3, 4), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class X3DBlock(nn.Module):
+    """X3D residual block (X3D Sec. 3, Table 1; DCF Table 7). ``width`` is the block's output
+    width (``expansion = 1``); the inner width is ``bottleneck * width``. ``index`` (the block's
+    position in its stage) puts squeeze-excitation on even blocks. ``conv``: the middle conv
+    factory (channel-wise 3x3x3).
+
+    Shape: (B, C_in, T, H, W) -> (B, width, T, H/s, W/s).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: StrideLike = 1, *,
+                 conv: ConvFactory = conv_depthwise, post_add: nn.Module | None = None, index: int = 0,
+                 bottleneck: float = X3D_BOTTLENECK, se_ratio: float = 1 / 16) -> None:
+        super().__init__()
+        inner = int(bottleneck * width)
+        self.out_channels = width
+        self.conv1 = nn.Conv3d(in_channels, inner, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(inner)
+        self.conv2 = conv(inner, inner, stride)
+        self.bn2 = nn.BatchNorm3d(inner)
+        self.se = (SqueezeExcite(inner, se_width(inner, se_ratio)) if se_ratio and index % 2 == 0
+                   else nn.Identity())
+        self.swish = nn.SiLU(inplace=True)
+        self.conv3 = nn.Conv3d(inner, width, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(width)
+        zero_init_bn(self.bn3)  # X3D's configurations zero-init each block's final BN
+        self.shortcut = _shortcut(in_channels, width, stride)
+        self.post_add = post_add if post_add is not None else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.swish(self.se(self.bn2(self.conv2(out))))
+        out = self.bn3(self.conv3(out)) + self.shortcut(x)
+        return self.relu(self.post_add(out))
+
+
+def x3d_stem_conv(in_channels: int, out_channels: int, stride: StrideLike = (1, 2, 2), *,
+                  t: int = 3) -> nn.Sequential:
+    """1x3x3 spatial conv (stride) then channel-wise tx1x1 temporal conv (DCF Table 7 "stage1";
+    the X3D code uses t = 5). Shape: (B, Ci, T, H, W) -> (B, Co, T, H/2, W/2)."""
+    return nn.Sequential(conv_2d(in_channels, out_channels, stride, k=3),
+                         conv_temporal(out_channels, out_channels, 1, t=t, groups=out_channels))
+
+
+class X3DHead(nn.Module):
+    """conv5 (C -> ``inner``) + BN + ReLU -> global mean -> fc (``inner`` -> ``hidden``, no bias)
+    + ReLU -> dropout -> fc (X3D Table 1 "conv5, pool5, fc1, fc2").
+
+    Shape: (B, C, T, H, W) -> (B, num_classes).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.5, *,
+                 inner: int = 432, hidden: int = 2048) -> None:
+        super().__init__()
+        self.conv5 = nn.Sequential(nn.Conv3d(in_channels, inner, 1, bias=False),
+                                   nn.BatchNorm3d(inner), nn.ReLU(inplace=True))
+        self.fc1 = nn.Linear(inner, hidden, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv5(x).mean(dim=(2, 3, 4))
+        return self.fc(self.dropout(self.relu(self.fc1(x))))
+
+
+def x3d(*, num_classes: int, widths: Sequence[int] = X3D_WIDTHS,
+        depths: Sequence[int] = X3D_DEPTHS, bottleneck: float = X3D_BOTTLENECK,
+        stem_width: int = 24, stem_t: int = 3, se_ratio: float = 1 / 16, head_hidden: int = 2048,
+        after: Mapping[str, Sequence[tuple[int, PluginFactory]]] | None = None,
+        stem_after: Sequence[PluginFactory] = (), dropout: float = 0.5,
+        in_channels: int = 3) -> VideoResNet:
+    """X3D-S/M (clip size picks the variant). ``after``: plug-ins per stage (res2..res5);
+    ``stem_after``: plug-ins after the stem (DCF's "stage1").
+
+    Shape: (B, in_channels, T, H, W) -> (B, num_classes).
+    """
+    after = dict(after or {})
+    unknown = set(after) - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; expected {STAGE_NAMES}")
+    block = partial(X3DBlock, bottleneck=bottleneck, se_ratio=se_ratio)
+    stages = [StageSpec(name, n, w, stride=2, block=block, conv=conv_depthwise,
+                        after=tuple(after.get(name, ())), pass_index=True)
+              for name, n, w in zip(STAGE_NAMES, depths, widths)]
+    stem = StemSpec(stem_width, partial(x3d_stem_conv, t=stem_t), (1, 2, 2), pool=False,
+                    after=tuple(stem_after))
+    head = partial(X3DHead, inner=int(bottleneck * widths[-1]), hidden=head_hidden)
+    return VideoResNet(stages, num_classes, stem=stem, in_channels=in_channels, head=head,
+                       dropout=dropout)

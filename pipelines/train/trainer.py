@@ -1,0 +1,505 @@
+"""``vcorr train``: the training loop behind the command.
+
+One function, :func:`train`, runs a config (see :mod:`pipelines.train.config`) on one CPU/GPU or
+as one rank of a torchrun job (DistributedDataParallel), through its phases (clip length, epochs,
+frozen BN, lr), validating every ``train.val_every`` epochs and writing ``RUN_DIR/last.pt``,
+``best.pt``, ``metrics.jsonl``, ``config.toml`` and ``summary.json``.
+
+Exact resume: clips depend only on (seed, epoch, index) (see :class:`VideoClipDataset`), the
+sample order only on (seed, epoch) (:class:`EpochSampler`), and a checkpoint holds the model,
+optimiser, scaler, torch RNG states and the position (phase, epoch, step within the epoch), so
+a resumed run repeats the uninterrupted one step for step. The DataLoader gets its own
+generator so that starting an epoch never draws from the global RNG that dropout uses.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from pipelines.data.dataset import VideoClipDataset
+from pipelines.data.inspect import read_classes
+from pipelines.data.samplers import make_sampler
+from pipelines.data.transforms import test_transform, train_transform
+from pipelines.errors import UserError
+from pipelines.fileio import write_atomic
+from pipelines.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from pipelines.train.config import phases as config_phases
+from pipelines.train.config import to_toml
+from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum,
+                                         cleanup_distributed, setup_distributed)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or inf: the run stops, the last good checkpoint is kept."""
+
+
+@dataclass
+class Position:
+    """Where training stands: the next (phase, epoch within it, step within the epoch) to run."""
+
+    phase: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunState:
+    position: Position = field(default_factory=Position)
+    best_top1: float = -1.0
+    last_val: dict[str, float] = field(default_factory=dict)
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+def _short_side(value: Any) -> Any:
+    if isinstance(value, list):
+        return None if not value or value == [0] else tuple(value)
+    return None if not value else int(value)
+
+
+def build_dataset(cfg: dict, frames: int, *, train: bool) -> VideoClipDataset:
+    """The training (random clip, augmented) or validation (centre clip and crop) dataset."""
+    d = cfg["data"]
+    mean = None if not d["normalize"] else (0.485, 0.456, 0.406)
+    sampler = make_sampler(d["sampler"], frames, d["interval"])
+    if train:
+        tf = train_transform(d["crop"], _short_side(d["short_side"]), d["random_resized"],
+                             color_jitter=d["color_jitter"], mean=mean)
+        return VideoClipDataset(d["root"], d["train_split"], sampler, tf, train=True,
+                                flip=d["flip"], seed=cfg["seed"])
+    tf = test_transform(d["crop"], _short_side(d["test_short_side"]), mean=mean)
+    return VideoClipDataset(d["root"], d["val_split"], sampler, tf, train=False, num_clips=1,
+                            seed=cfg["seed"])
+
+
+def build_model(cfg: dict, num_classes: int, frames: int) -> nn.Module:
+    """The registered model with the config's overrides and the dataset's class count. Models
+    that take ``num_frames`` (TRN heads) get the first phase's clip length unless set."""
+    name, args = cfg["model"]["name"], dict(cfg["model"]["args"])
+    try:
+        entry = models.get_model_entry(name)
+    except KeyError as exc:
+        raise UserError(str(exc)) from None
+    if "num_frames" in inspect.signature(entry.builder).parameters and "num_frames" not in args:
+        args["num_frames"] = frames
+    try:
+        return models.create_model(name, num_classes=num_classes, **args)
+    except TypeError as exc:
+        raise UserError(f"model.args: {exc}") from None
+
+
+def lr_at(cfg: dict, phase: dict, epoch: float) -> float:
+    """The learning rate at (fractional) ``epoch`` of ``phase``: linear warmup, then cosine
+    decay to 0 over the phase, step decay at ``milestones``, or constant."""
+    o = cfg["optim"]
+    base = phase["lr"]
+    if o["schedule"] == "cosine":
+        lr = base * 0.5 * (1 + math.cos(math.pi * min(epoch, phase["epochs"]) / phase["epochs"]))
+    elif o["schedule"] == "step":
+        lr = base * o["gamma"] ** sum(epoch >= m for m in o["milestones"])
+    else:
+        lr = base
+    if o["warmup_epochs"] > 0 and epoch < o["warmup_epochs"]:
+        lr *= epoch / o["warmup_epochs"]
+    return lr
+
+
+def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW; no weight decay on BN and bias parameters."""
+    o = cfg["optim"]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if o["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=o["lr"])
+    return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+
+
+def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
+    """Frozen BN keeps its running statistics (eval mode) while the rest trains."""
+    if not frozen:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _autocast(cfg: dict, device: torch.device) -> contextlib.AbstractContextManager:
+    amp = cfg["precision"]["amp"]
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _micro_batch(cfg: dict, phase: dict, env: DistEnv) -> int:
+    o = cfg["optim"]
+    per_step = phase["batch_size"]
+    if per_step % (o["accumulate"] * env.world_size):
+        raise UserError(f"batch size {per_step} is not divisible by optim.accumulate "
+                        f"({o['accumulate']}) x {env.world_size} processes")
+    return per_step // o["accumulate"] // env.world_size
+
+
+def _loader(ds: VideoClipDataset, sampler: torch.utils.data.Sampler, batch: int, workers: int,
+            *, drop_last: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        # Its own generator: creating an iterator must not advance the global RNG.
+        generator=torch.Generator().manual_seed(0),
+        prefetch_factor=4 if workers else None)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
+             batch: int) -> dict[str, float]:
+    """Top-1/top-5 and loss on the validation split (one centre clip, centre crop per video),
+    summed over ranks (each rank takes every world_size-th video, no padding)."""
+    ds = build_dataset(cfg, frames, train=False)
+    indices = list(range(env.rank, len(ds), env.world_size))
+    loader = _loader(ds, indices, batch, cfg["data"]["workers"], drop_last=False)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1, top-5, count
+    for x, y in loader:
+        x, y = x.to(env.device, non_blocking=True), y.to(env.device)
+        with _autocast(cfg, env.device):
+            out = model(x)
+        out = out.float()
+        totals[0] += F.cross_entropy(out, y, reduction="sum").item()
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        totals[1] += (top[:, 0] == y).sum().item()
+        totals[2] += (top == y[:, None]).any(dim=1).sum().item()
+        totals[3] += len(y)
+    model.train(was_training)
+    totals = all_reduce_sum(totals.to(env.device if env.device.type == "cuda" else "cpu")).cpu()
+    n = max(totals[3].item(), 1.0)
+    return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
+            "top5": totals[2].item() / n, "count": int(totals[3].item())}
+
+
+# --- progress and metrics ----------------------------------------------------------------------
+
+class _Metrics:
+    """``metrics.jsonl`` (rank 0): one JSON record per logged step and per validation."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and keep_until_step is not None and path.is_file():
+            # A resumed run drops the records the interrupted run wrote after its checkpoint.
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= keep_until_step]
+            write_atomic(path, "".join(k + "\n" for k in kept))
+        elif enabled and keep_until_step is None:
+            write_atomic(path, "")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None,
+          progress: bool = True, device: str | None = None,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Run the config ``cfg`` into ``out_dir``; returns the summary (also ``summary.json``).
+
+    ``resume`` continues from ``out_dir/last.pt``; ``init`` loads initial weights (a checkpoint,
+    a state dict, or torchvision 2D ResNet weights to inflate). ``stop_after_steps`` stops like
+    Ctrl-C after that many optimiser steps of this call (for tests and time-boxed jobs).
+    """
+    env = setup_distributed(device)
+    try:
+        return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | None,
+           progress: bool, stop_after_steps: int | None) -> dict[str, Any]:
+    data_root = Path(cfg["data"]["root"])
+    if not cfg["data"]["root"] or not (data_root / "index.csv").is_file():
+        raise UserError(f"{data_root}: not a prepared dataset (no index.csv); give --data or "
+                        "data.root, a folder written by `vcorr prepare`")
+    if env.distributed and cfg["train"]["sync_bn"] and env.device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU "
+                        "implementation); set train.sync_bn = false to train on CPUs")
+    plan = config_phases(cfg)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        if ckpt["config"] != cfg:
+            diff = _config_diff(ckpt["config"], cfg)
+            raise UserError(f"{out / 'last.pt'}: the run was started with another config "
+                            f"({', '.join(diff[:5])}); resume without changing it")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.toml", to_toml(cfg))
+
+    torch.manual_seed(cfg["seed"])
+    classes = read_classes(data_root)
+    model = build_model(cfg, len(classes), plan[0]["frames"]).to(env.device)
+    if init is not None and ckpt is None:
+        report = load_weights(model, init)
+        if env.is_main:
+            print(f"init: {len(report['loaded'])} tensors loaded, {len(report['inflated'])} "
+                  f"inflated, {len(report['skipped'])} skipped, {len(report['missing'])} left "
+                  f"at their initial values, from {init}")
+    if env.distributed and cfg["train"]["sync_bn"]:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if env.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, model)
+    amp = cfg["precision"]["amp"]
+    if amp == "fp16" and env.device.type != "cuda":
+        raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    state = RunState()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state.position = Position(**ckpt["position"])
+        state.best_top1 = ckpt["best_top1"]
+        state.last_val = dict(ckpt.get("last_val", {}))
+        _set_rng_state(ckpt["rng"], env.device)
+    metrics = _Metrics(out / "metrics.jsonl", env.is_main,
+                       state.position.global_step if ckpt is not None else None)
+
+    def checkpoint(name: str) -> None:
+        if not env.is_main:
+            return
+        save_checkpoint(out / name, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "scheduler": {"schedule": cfg["optim"]["schedule"],
+                          "lr": optimizer.param_groups[0]["lr"]},
+            "position": state.position.as_dict(), "best_top1": state.best_top1,
+            "last_val": state.last_val, "rng": _rng_state(env.device), "config": cfg,
+            "model_name": cfg["model"]["name"], "classes": classes,
+        })
+
+    steps_run = 0
+    stopped = False
+    t_start = time.perf_counter()
+    train_stats: dict[str, float] = {}
+    with _progress(progress and env.is_main) as bar:
+        try:
+            while state.position.phase < len(plan) and not stopped:
+                pos = state.position
+                phase = plan[pos.phase]
+                micro = _micro_batch(cfg, phase, env)
+                ds = build_dataset(cfg, phase["frames"], train=True)
+                per_rank = -(-len(ds) // env.world_size)
+                steps = per_rank // (micro * cfg["optim"]["accumulate"])
+                if cfg["train"]["max_steps_per_epoch"]:
+                    steps = min(steps, cfg["train"]["max_steps_per_epoch"])
+                if steps == 0:
+                    raise UserError(f"{data_root}: {len(ds)} training videos are fewer than one "
+                                    f"batch of {phase['batch_size']}")
+                epochs_before = sum(p["epochs"] for p in plan[:pos.phase])
+                while pos.epoch < phase["epochs"] and not stopped:
+                    global_epoch = epochs_before + pos.epoch
+                    ds.set_epoch(global_epoch)
+                    skip = pos.step_in_epoch * micro * cfg["optim"]["accumulate"]
+                    sampler = EpochSampler(len(ds), seed=cfg["seed"], epoch=global_epoch,
+                                           rank=env.rank, world_size=env.world_size, skip=skip)
+                    loader = _loader(ds, sampler, micro, cfg["data"]["workers"], drop_last=True)
+                    task = None
+                    if bar is not None:
+                        task = bar.add_task(
+                            f"phase {pos.phase + 1}/{len(plan)} epoch {pos.epoch + 1}/"
+                            f"{phase['epochs']} ({phase['frames']}f)", total=steps,
+                            completed=pos.step_in_epoch, stats="")
+                    train_stats = _run_epoch(net, model, optimizer, scaler, cfg, phase, env,
+                                             loader, steps, state, metrics, bar, task,
+                                             stop_after_steps, steps_run)
+                    steps_run += train_stats.pop("steps_run")
+                    if train_stats.pop("stopped"):
+                        stopped = True
+                        checkpoint("last.pt")
+                        break
+                    pos.epoch += 1
+                    pos.step_in_epoch = 0
+                    every = cfg["train"]["val_every"]
+                    last_epoch = pos.epoch == phase["epochs"] and pos.phase == len(plan) - 1
+                    if every and (pos.epoch % every == 0 or last_epoch):
+                        val = validate(model, cfg, phase["frames"], env,
+                                       cfg["train"]["val_batch_size"] or micro)
+                        state.last_val = val
+                        metrics.write({"epoch": global_epoch + 1, "step": pos.global_step,
+                                       "split": "val", "loss": val["loss"], "top1": val["top1"],
+                                       "top5": val["top5"], "lr": optimizer.param_groups[0]["lr"],
+                                       "count": val["count"]})
+                        if env.is_main:
+                            _print_epoch(global_epoch + 1, train_stats, val)
+                        if val["top1"] > state.best_top1:
+                            state.best_top1 = val["top1"]
+                            checkpoint("best.pt")
+                    elif env.is_main and progress:
+                        _print_epoch(global_epoch + 1, train_stats, None)
+                    checkpoint("last.pt")
+                if not stopped:
+                    pos.phase += 1
+                    pos.epoch = 0
+        except KeyboardInterrupt:
+            checkpoint("last.pt")
+            raise
+    seconds = time.perf_counter() - t_start
+    summary = {"run_dir": str(out), "model": cfg["model"]["name"],
+               "finished": state.position.phase >= len(plan), "position": state.position.as_dict(),
+               "best_val_top1": state.best_top1 if state.best_top1 >= 0 else None,
+               "last_val": state.last_val, "last_train": train_stats, "seconds": seconds}
+    if env.is_main:
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    summary["model_object"] = model
+    return summary
+
+
+def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, cfg: dict, phase: dict, env: DistEnv,
+               loader: torch.utils.data.DataLoader, steps: int, state: RunState,
+               metrics: _Metrics, bar: Any, task: Any, stop_after_steps: int | None,
+               steps_before: int) -> dict[str, Any]:
+    """Optimiser steps from ``state.position.step_in_epoch`` to ``steps``."""
+    o = cfg["optim"]
+    pos = state.position
+    acc = o["accumulate"]
+    net.train()
+    set_bn_frozen(net, phase["freeze_bn"])
+    it: Iterator = iter(loader)
+    window = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, count, non-finite
+    epoch_totals = torch.zeros(3, dtype=torch.float64)
+    t_window, wait_window, steps_run = time.perf_counter(), 0.0, 0
+    epochs_before = sum(p["epochs"] for p in config_phases(cfg)[:pos.phase])
+    while pos.step_in_epoch < steps:
+        lr = lr_at(cfg, phase, pos.epoch + pos.step_in_epoch / steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_stats = torch.zeros(4, dtype=torch.float64)
+        for j in range(acc):
+            t0 = time.perf_counter()
+            x, y = next(it)
+            wait_window += time.perf_counter() - t0
+            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+            sync = (net.no_sync() if env.distributed and j < acc - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with _autocast(cfg, env.device):
+                    out = net(x)
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=o["label_smoothing"])
+                scaler.scale(loss / acc).backward()
+            value = loss.item()
+            finite = math.isfinite(value)
+            step_stats += torch.tensor([value * len(y) if finite else 0.0,
+                                        (out.argmax(1) == y).sum().item(), len(y),
+                                        0.0 if finite else 1.0], dtype=torch.float64)
+        step_stats = all_reduce_sum(step_stats.to(env.device if env.device.type == "cuda"
+                                                  else "cpu")).cpu()
+        if step_stats[3] > 0:
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"loss is not finite at step {pos.global_step + 1} (phase "
+                                f"{pos.phase + 1}, epoch {epochs_before + pos.epoch + 1}); stopped, "
+                                "the last checkpoint is the last good one. Lower optim.lr or "
+                                "set optim.clip_grad")
+        if o["clip_grad"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        pos.step_in_epoch += 1
+        pos.global_step += 1
+        steps_run += 1
+        window += step_stats
+        epoch_totals += step_stats[:3]
+        if bar is not None:
+            bar.update(task, advance=1, stats=f"loss {step_stats[0] / step_stats[2]:.3f} "
+                                              f"lr {lr:.2e}")
+        if pos.global_step % cfg["train"]["log_every"] == 0 or pos.step_in_epoch == steps:
+            elapsed = time.perf_counter() - t_window
+            metrics.write({"epoch": epochs_before + pos.epoch + pos.step_in_epoch / steps,
+                           "step": pos.global_step, "split": "train",
+                           "loss": window[0].item() / window[2].item(),
+                           "top1": window[1].item() / window[2].item(), "lr": lr,
+                           "clips_per_s": window[2].item() / max(elapsed, 1e-9),
+                           "data_wait": wait_window / max(elapsed, 1e-9),
+                           "frames": phase["frames"]})
+            window.zero_()
+            t_window, wait_window = time.perf_counter(), 0.0
+        if stop_after_steps is not None and steps_before + steps_run >= stop_after_steps:
+            return _epoch_stats(epoch_totals, steps_run, stopped=True)
+    return _epoch_stats(epoch_totals, steps_run, stopped=False)
+
+
+def _epoch_stats(totals: torch.Tensor, steps_run: int, *, stopped: bool) -> dict[str, Any]:
+    n = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
+            "steps_run": steps_run, "stopped": stopped}
+
+
+def _print_epoch(epoch: int, train_stats: dict[str, float], val: dict[str, float] | None) -> None:
+    text = (f"epoch {epoch}: train loss {train_stats.get('loss', float('nan')):.4f} "
+            f"top-1 {100 * train_stats.get('top1', float('nan')):.1f}%")
+    if val is not None:
+        text += (f" | val loss {val['loss']:.4f} top-1 {100 * val['top1']:.1f}% "
+                 f"top-5 {100 * val['top5']:.1f}%")
+    print(text, flush=True)
+
+
+def _config_diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]

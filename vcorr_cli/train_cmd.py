@@ -1,0 +1,78 @@
+"""``vcorr train``: parse options, load the config, call :func:`pipelines.train.train`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("config", type=click.Path(path_type=Path), required=False)
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Prepared dataset folder (sets data.root).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Run folder for checkpoints, metrics and the resolved config "
+                   "[default: runs/<config name>].")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set optim.lr=0.1 --set phases.1.frames=16 "
+                   "(repeatable; values are TOML: 8, 0.1, true, [128, 160], \"x\").")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last.pt (CONFIG may be left out).")
+@click.option("--init", "init", type=click.Path(path_type=Path),
+              help="Start from these weights: a vcorr checkpoint, a state dict, or torchvision "
+                   "2D ResNet weights (inflated to the video model).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Force a device [default: CUDA when present].")
+@click.option("--no-progress", is_flag=True, help="No live progress bar (logs only).")
+def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tuple[str, ...],
+          resume: bool, init: Path | None, device: str | None, no_progress: bool) -> None:
+    """Train a registered model as described by CONFIG (TOML).
+
+    Writes RUN_DIR/config.toml (resolved), metrics.jsonl (one record per logged step and per
+    validation), last.pt and best.pt (atomic), summary.json. Under torchrun every process
+    trains one shard of each batch (DistributedDataParallel: nccl on GPUs, gloo on CPUs).
+
+    \b
+    Examples:
+      vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet
+      vcorr train cfg.toml --data data/k400 --set optim.lr=0.02 --set data.workers=8
+      vcorr train --out runs/toy_cpnet --resume
+      torchrun --nproc_per_node 8 -m vcorr_cli train cfg.toml --data /data/k400 --out runs/k
+    """
+    from pipelines.errors import UserError
+    from pipelines.train import load_config, train as run_train
+    from pipelines.train.checkpoint import load_checkpoint
+
+    if config is None and not resume:
+        raise UserError("give a CONFIG file (or --resume with --out RUN_DIR)")
+    if out_dir is None:
+        if config is None:
+            raise UserError("--resume needs --out RUN_DIR")
+        out_dir = Path("runs") / config.stem
+    sets = list(sets)
+    if data is not None:
+        sets.insert(0, f"data.root={_toml_string(str(data))}")
+    if config is None:
+        # Resume with the run's own config (plus any explicit --set).
+        saved = out_dir / "config.toml"
+        if not saved.is_file():
+            load_checkpoint(out_dir / "last.pt")  # a clear error if there is no run there
+            raise UserError(f"{saved}: the run's config is missing")
+        config = saved
+    cfg = load_config(config, sets)
+    try:
+        summary = run_train(cfg, out_dir, resume=resume, init=init, progress=not no_progress,
+                            device=device)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {out_dir / 'last.pt'} holds the last position; "
+                   f"continue with: vcorr train --out {out_dir} --resume", err=True)
+        raise SystemExit(130) from None
+    best = summary["best_val_top1"]
+    click.echo(f"done: {out_dir} (best val top-1 "
+               f"{'-' if best is None else f'{100 * best:.1f}%'}, {summary['seconds']:.0f} s)")
+
+
+def _toml_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
