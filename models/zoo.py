@@ -123,9 +123,9 @@ def trn(depth: int = 18, *, num_frames: int = 8, feature_dim: int = 256, hidden:
     return video_resnet(depth, conv="2d", head=head, **kw)
 
 
-def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 64, stride: int = 1,
+def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: int = 1,
             module: str | None = None, head: str = "fc", num_frames: int = 4, k: int = 8,
-            in_channels: int = 3) -> VideoResNet:
+            mlp_ratios: Sequence[float] = (0.25, 0.5), in_channels: int = 3) -> VideoResNet:
     """The moving-square toy models (CPNet poster): two 3x3 conv layers (each conv + BN + ReLU,
     stride 1), then the paper's module, global pooling and FC.
 
@@ -138,7 +138,7 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 64, stride: 
                  "smart": partial(smart_conv, k=3, t=3)}
     if conv not in factories:
         raise ValueError(f"unknown toy conv {conv!r}; expected one of {sorted(factories)}")
-    post_add = ((0, partial(CPModule, k=k)),) if module == "cp" else ()
+    post_add = ((0, partial(CPModule, k=k, mlp_ratios=tuple(mlp_ratios))),) if module == "cp" else ()
     after = ((0, NonLocalBlock),) if module == "nl" else ()
     if module not in (None, "cp", "nl"):
         raise ValueError(f"unknown toy module {module!r}; expected None, 'cp' or 'nl'")

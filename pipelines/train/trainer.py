@@ -60,6 +60,9 @@ class Position:
 @dataclass
 class RunState:
     position: Position = field(default_factory=Position)
+    # RNG states right after the last completed optimiser step: what a checkpoint saves, so
+    # that an interrupt in the middle of a step (dropout already drawn) still resumes exactly.
+    rng: dict[str, Any] = field(default_factory=dict)
     best_top1: float = -1.0
     last_val: dict[str, float] = field(default_factory=dict)
 
@@ -312,6 +315,7 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
         state.best_top1 = ckpt["best_top1"]
         state.last_val = dict(ckpt.get("last_val", {}))
         _set_rng_state(ckpt["rng"], env.device)
+    state.rng = _rng_state(env.device)
     metrics = _Metrics(out / "metrics.jsonl", env.is_main,
                        state.position.global_step if ckpt is not None else None)
 
@@ -324,7 +328,7 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
             "scheduler": {"schedule": cfg["optim"]["schedule"],
                           "lr": optimizer.param_groups[0]["lr"]},
             "position": state.position.as_dict(), "best_top1": state.best_top1,
-            "last_val": state.last_val, "rng": _rng_state(env.device), "config": cfg,
+            "last_val": state.last_val, "rng": state.rng or _rng_state(env.device), "config": cfg,
             "model_name": cfg["model"]["name"], "classes": classes,
         })
 
@@ -368,11 +372,12 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
                         stopped = True
                         checkpoint("last.pt")
                         break
-                    pos.epoch += 1
-                    pos.step_in_epoch = 0
+                    # The epoch counter moves only after validation: a run stopped in between
+                    # resumes at (epoch, last step) and validates that epoch first.
                     every = cfg["train"]["val_every"]
-                    last_epoch = pos.epoch == phase["epochs"] and pos.phase == len(plan) - 1
-                    if every and (pos.epoch % every == 0 or last_epoch):
+                    done = pos.epoch + 1
+                    last_epoch = done == phase["epochs"] and pos.phase == len(plan) - 1
+                    if every and (done % every == 0 or last_epoch):
                         val = validate(model, cfg, phase["frames"], env,
                                        cfg["train"]["val_batch_size"] or micro)
                         state.last_val = val
@@ -387,6 +392,8 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
                             checkpoint("best.pt")
                     elif env.is_main and progress:
                         _print_epoch(global_epoch + 1, train_stats, None)
+                    pos.epoch += 1
+                    pos.step_in_epoch = 0
                     checkpoint("last.pt")
                 if not stopped:
                     pos.phase += 1
@@ -460,6 +467,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
         pos.step_in_epoch += 1
         pos.global_step += 1
         steps_run += 1
+        state.rng = _rng_state(env.device)
         window += step_stats
         epoch_totals += step_stats[:3]
         if bar is not None:
