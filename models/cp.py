@@ -19,10 +19,17 @@ The first MLP layer is applied in factorised form: ``W [f_i0; f_ij; dp] = A f_i0
 and ``dp = p_ij - p_i0``, so each point is projected once (``A f - P p`` and ``B f + P p``) and
 only the C1-wide projections of the neighbours are gathered; the (B, 2C+3, N, k) pair tensor is
 never built. :meth:`CPModule.first_layer_direct` is the literal form, kept for tests.
+
+Speed on CPU (same math; ``vcorr bench knn`` / ``vcorr bench models``): the k-NN never builds
+the (B, N, N) matrix and selects with an exact two-stage top-k on group minima; float32 matmuls
+(k-NN distances, the MLP's and the projections' 1x1 layers) use oneDNN where torch has it
+(:func:`onednn_linear_available`; :data:`USE_ONEDNN` turns it off); the last ReLU and the max
+over the k pairs are one autograd function with the same gradient; the output BatchNorm runs on
+(B*N, C) rows. Results differ from the plain torch formulation only by float rounding.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +37,85 @@ from torch import nn
 
 from models.layers import zero_init_bn
 
-# Default working-set of one k-NN chunk, in distance-matrix elements (32 MiB of float32). At
-# 8 x 28 x 28 positions it gives one frame of one clip against the 7 other frames per chunk
-# (17 MiB), the fastest layout measured on CPU: larger blocks fall further out of the cache,
-# smaller ones make more, less efficient matmul calls.
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# --- oneDNN fp32 matmul -------------------------------------------------------------------
+# torch.matmul/bmm/F.linear in float32 on CPU go to the BLAS (MKL); on some CPUs (AMD EPYC with
+# AVX-512) MKL's sgemm reaches only ~40% of what oneDNN's does (measured ~80 vs ~200 GFLOP/s
+# per core). torch exposes oneDNN's fp32 matmul as ``torch.ops.mkldnn._linear_pointwise`` (the
+# kernel TorchInductor uses on CPU); it is used when present and checked once against F.linear.
+USE_ONEDNN = True                  # set False to use only torch's public ops (BLAS)
+ONEDNN_MIN_MACS = 1 << 24          # smaller k-NN problems stay on one batched baddbmm call
+_onednn_ok: bool | None = None
+
+
+def onednn_linear_available() -> bool:
+    """Whether oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) is used: it exists,
+    agrees with ``F.linear`` on a small check, and :data:`USE_ONEDNN` is set."""
+    global _onednn_ok
+    if not USE_ONEDNN:
+        return False
+    if _onednn_ok is None:
+        _onednn_ok = False
+        try:
+            if (torch.backends.mkldnn.is_available()
+                    and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+                gen = torch.Generator().manual_seed(0)
+                x, w, bias = (torch.randn(s, generator=gen) for s in ((5, 7), (3, 7), (3,)))
+                with torch.no_grad():
+                    got = torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+                _onednn_ok = bool(torch.allclose(got, F.linear(x, w, bias), atol=1e-5, rtol=1e-5))
+        except (RuntimeError, AttributeError, TypeError):
+            _onednn_ok = False
+    return _onednn_ok
+
+
+def _linear_onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w.T + bias`` with oneDNN (no autograd; see :func:`linear`)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+class _LinearOneDNN(torch.autograd.Function):
+    """``F.linear`` with oneDNN for the forward and the input gradient (and the weight gradient
+    unless the rows are many and the matrices thin, where the BLAS is faster)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
+                bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _linear_onednn(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _linear_onednn(grad, weight.t().contiguous(), None)
+        g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[1]:
+            if g2.shape[0] <= 256 * min(weight.shape):
+                grad_w = _linear_onednn(g2.t(), x2.t(), None)
+            else:
+                grad_w = g2.t() @ x2
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; with oneDNN for float32 CPU tensors where available
+    (:func:`onednn_linear_available`). Same math; rounding may differ in the last bits."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and onednn_linear_available()):
+        return _LinearOneDNN.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+# Default working-set of one k-NN chunk, in distance-matrix elements (16 MiB of float32). At
+# 8 x 28 x 28 positions this is half a frame of one clip against all positions per chunk, the
+# fastest layout measured on CPU: larger blocks fall out of the cache, smaller ones make more,
+# less efficient matmul calls.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def knn_chunk_rows(batch: int, n: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
@@ -52,8 +133,9 @@ def knn_group_size(frame_size: int, n: int, k: int) -> int:
     """Values per group of the two-stage top-k in :func:`knn_other_frames` (1: plain top-k).
 
     A group is ``g`` positions of one frame, ``frame_size / g`` apart. Cost model per query row:
-    top-k over the (n - frame_size) / g group minima, then gathering and ranking k * g
-    candidates; g must divide the frame and leave at least k groups outside the own frame.
+    top-k over the ~(n - frame_size) / g group minima of the other frames, then gathering and
+    ranking k * g candidates; g must divide the frame and leave at least k groups outside the
+    own frame.
     """
     others = n - frame_size
     best, best_cost = 1, _topk_cost(others, k)
@@ -67,12 +149,13 @@ def knn_group_size(frame_size: int, n: int, k: int) -> int:
 
 
 def _select(d: torch.Tensor, k: int, frame_size: int, g: int, offsets: torch.Tensor | None,
-            mask_frames: tuple[int, int] | None) -> torch.Tensor:
+            own: tuple[int, int] | None) -> torch.Tensor:
     """Column indices (nb, r, k) of the k smallest values of every row of ``d`` (nb, r, cols),
     nearest first; ``cols`` is whole frames of ``frame_size``.
 
-    ``mask_frames=(t0, t1)``: the rows are the queries of frames t0..t1-1 and their own frame's
-    columns must not be chosen (they are skipped at group level, never written).
+    ``own=(t0, t1)``: the rows are queries of frames t0..t1-1 (whole frames, or a part of frame
+    t0 when t1 == t0 + 1) whose own frame's columns must not be chosen; they are skipped at
+    group level (never written into ``d``).
     With ``g > 1``, exact two-stage top-k: the minimum of every group of g columns, the k groups
     with the smallest minima, then the k smallest of those k * g candidates. Any value outside
     the chosen groups is >= the k-th chosen group minimum >= the k-th smallest candidate, so
@@ -81,10 +164,13 @@ def _select(d: torch.Tensor, k: int, frame_size: int, g: int, offsets: torch.Ten
     nb, r, cols = d.shape
     w = frame_size // g
     mins = d if g == 1 else d.view(nb, r, cols // frame_size, g, w).amin(dim=3).view(nb, r, -1)
-    if mask_frames is not None:   # with g == 1 this writes into d: fine, it is not read again
-        t0, t1 = mask_frames
-        frames = mins.view(nb, t1 - t0, frame_size, cols // frame_size, w)[:, :, :, t0:t1]
-        frames.diagonal(dim1=1, dim2=3).fill_(float("inf"))
+    if own is not None:   # with g == 1 this writes into d: fine, it is not read again
+        t0, t1 = own
+        if t1 == t0 + 1:
+            mins[:, :, t0 * w:t1 * w] = float("inf")
+        else:
+            frames = mins.view(nb, t1 - t0, frame_size, cols // frame_size, w)[:, :, :, t0:t1]
+            frames.diagonal(dim1=1, dim2=3).fill_(float("inf"))
     if g == 1:
         return mins.topk(k, dim=2, largest=False, sorted=True).indices
     groups = mins.topk(k, dim=2, largest=False, sorted=False).indices          # (nb, r, k)
@@ -92,6 +178,22 @@ def _select(d: torch.Tensor, k: int, frame_size: int, g: int, offsets: torch.Ten
     cand_cols = (first.unsqueeze(-1) + offsets).view(nb, r, k * g)
     best = d.gather(2, cand_cols).topk(k, dim=2, largest=False, sorted=True).indices
     return cand_cols.gather(2, best)
+
+
+def _row_chunks(n: int, frame_size: int, rows: int) -> Iterator[tuple[int, int, int, int]]:
+    """(start, stop, t0, t1): whole frames t0..t1-1 at a time when ``rows >= frame_size``,
+    else equal parts of at most ``rows`` rows of one frame t0 (t1 = t0 + 1)."""
+    f = frame_size
+    if rows >= f:
+        step = rows // f
+        for t0 in range(0, n // f, step):
+            t1 = min(n // f, t0 + step)
+            yield t0 * f, t1 * f, t0, t1
+        return
+    part = -(-f // -(-f // rows))
+    for t in range(n // f):
+        for start in range(t * f, (t + 1) * f, part):
+            yield start, min((t + 1) * f, start + part), t, t + 1
 
 
 @torch.no_grad()
@@ -102,16 +204,18 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
 
     ``feat`` is (B, C, N) with positions in (t, h, w) raster order, N = T * frame_size.
     Distance is plain squared L2, ranked via ``|b|^2 - 2 a.b`` (``|a|^2`` is the same for a whole
-    query row and does not change the ranking), computed with ``torch.baddbmm``. The (B, N, N)
-    matrix is never built:
+    query row and does not change the ranking). The (B, N, N) matrix is never built; queries go
+    in chunks of at most ``chunk_rows`` rows (default: blocks of ``chunk_elements`` distances):
+    whole frames at a time when ``chunk_rows >= frame_size``, else parts of one frame.
 
-    * if it fits in ``chunk_elements``, one block of all frames; the own-frame entries are
-      excluded at selection time;
-    * otherwise the queries go a part of one frame at a time (at most ``chunk_rows`` rows,
-      default: from ``chunk_elements``, also splitting the batch if needed) against the keys
-      of the *other* frames only, two ``baddbmm`` calls into one buffer: the own frame's
-      distances are never computed (1/T of the multiply-adds saved).
-      ``chunk_rows >= frame_size`` means whole frames (``chunk_rows // frame_size`` at a time).
+    * On CPU in float32, with oneDNN (:func:`onednn_linear_available`) and enough work, one
+      clip at a time: ``|b|^2 - 2 a.b`` for a chunk of queries against all N keys is one oneDNN
+      matmul with bias (about 2.4x faster than ``torch.bmm``'s BLAS on some CPUs, e.g. AMD
+      EPYC with AVX-512); the own frame is skipped at selection.
+    * Otherwise ``torch.baddbmm``: one block of all frames if the (B, N, N) matrix fits in
+      ``chunk_elements``; else parts of one frame against the keys of the *other* frames only
+      (two ``baddbmm`` calls into one buffer, 1/T of the multiply-adds saved), splitting the
+      batch if needed.
 
     Selection is an exact two-stage top-k on group minima (see :func:`knn_group_size`), much
     cheaper than ``torch.topk`` over whole rows. Ties are broken arbitrarily.
@@ -122,49 +226,54 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
         raise ValueError(f"N={n} positions is not a whole number of frames of {frame_size}")
     if not 1 <= k <= n - frame_size:
         raise ValueError(f"k={k} must be in 1..{n - frame_size} (positions outside the query's frame)")
-    f, frames, m = frame_size, n // frame_size, n - frame_size
+    f, m = frame_size, n - frame_size
     g = knn_group_size(f, n, k)
     offsets = torch.arange(g, device=feat.device) * (f // g) if g > 1 else None
     sq = feat.pow(2).sum(dim=1).unsqueeze(1)           # (B, 1, N)
-    queries = feat.transpose(1, 2)                     # (B, N, C), a view
     out = torch.empty(b, n, k, dtype=torch.long, device=feat.device)
 
-    if chunk_rows is None:
-        whole = b * n * n <= chunk_elements
-        frames_per_chunk, rows, batch_step = frames, f, b
-        if not whole:
-            rows = min(f, max(1, chunk_elements // m))
-            rows = -(-f // -(-f // rows))              # equal parts of a frame
-            batch_step = max(1, min(b, chunk_elements // (rows * m)))
-    else:
-        whole = chunk_rows >= f
-        frames_per_chunk, rows, batch_step = max(1, chunk_rows // f), min(chunk_rows, f), b
-
-    if whole:  # whole frames against all keys, own frame skipped at selection
-        for t0 in range(0, frames, frames_per_chunk):
-            t1 = min(frames, t0 + frames_per_chunk)
-            d = torch.baddbmm(sq, queries[:, t0 * f:t1 * f], feat, alpha=-2.0)
-            out[:, t0 * f:t1 * f] = _select(d, k, f, g, offsets, (t0, t1))
+    if (feat.device.type == "cpu" and feat.dtype == torch.float32
+            and n * n * c >= ONEDNN_MIN_MACS and onednn_linear_available()):
+        keys = feat.transpose(1, 2).contiguous()       # (B, N, C)
+        rows = chunk_rows or max(1, chunk_elements // n)
+        for i in range(b):
+            for start, stop, t0, t1 in _row_chunks(n, f, rows):
+                d = _linear_onednn(keys[i, start:stop] * -2.0, keys[i], sq[i, 0])   # (r, N)
+                out[i, start:stop] = _select(d.unsqueeze(0), k, f, g, offsets, (t0, t1))[0]
         return out
 
-    buf = torch.empty(batch_step * rows * m, dtype=feat.dtype, device=feat.device)
+    queries = feat.transpose(1, 2)                     # (B, N, C), a view
+    if chunk_rows is None:
+        whole = b * n * n <= chunk_elements
+        rows, batch_step = n, b
+        if not whole:
+            rows = min(f, max(1, chunk_elements // m))
+            batch_step = max(1, min(b, chunk_elements // (rows * m)))
+    else:
+        whole, rows, batch_step = chunk_rows >= f, chunk_rows, b
+
+    if whole:  # whole frames against all keys, own frame skipped at selection
+        for start, stop, t0, t1 in _row_chunks(n, f, rows):
+            d = torch.baddbmm(sq, queries[:, start:stop], feat, alpha=-2.0)
+            out[:, start:stop] = _select(d, k, f, g, offsets, (t0, t1))
+        return out
+
+    buf = torch.empty(batch_step * min(rows, f) * m, dtype=feat.dtype, device=feat.device)
     for b0 in range(0, b, batch_step):
         b1 = min(b, b0 + batch_step)
         fb, sqb, qb = feat[b0:b1], sq[b0:b1], queries[b0:b1]
-        for t in range(frames):
+        for start, stop, t, _ in _row_chunks(n, f, rows):
             lo, hi = t * f, (t + 1) * f
-            for start in range(lo, hi, rows):
-                stop = min(hi, start + rows)
-                d = buf[:(b1 - b0) * (stop - start) * m].view(b1 - b0, stop - start, m)
-                q = qb[:, start:stop]
-                # Keys of frames before and after t, side by side: column j is position j
-                # below lo and j + f from lo on.
-                if lo:
-                    torch.baddbmm(sqb[..., :lo], q, fb[..., :lo], alpha=-2.0, out=d[..., :lo])
-                if hi < n:
-                    torch.baddbmm(sqb[..., hi:], q, fb[..., hi:], alpha=-2.0, out=d[..., lo:])
-                col = _select(d, k, f, g, offsets, None)
-                out[b0:b1, start:stop] = col + f * (col >= lo)
+            d = buf[:(b1 - b0) * (stop - start) * m].view(b1 - b0, stop - start, m)
+            q = qb[:, start:stop]
+            # Keys of frames before and after t, side by side: column j is position j below
+            # lo and j + f from lo on.
+            if lo:
+                torch.baddbmm(sqb[..., :lo], q, fb[..., :lo], alpha=-2.0, out=d[..., :lo])
+            if hi < n:
+                torch.baddbmm(sqb[..., hi:], q, fb[..., hi:], alpha=-2.0, out=d[..., lo:])
+            col = _select(d, k, f, g, offsets, None)
+            out[b0:b1, start:stop] = col + f * (col >= lo)
     return out
 
 
@@ -184,8 +293,8 @@ class _ReluMaxOverK(torch.autograd.Function):
     """``relu(e).amax(dim=2)`` for e (B, N, k, C) with the same values and the same gradient as
     autograd gives for ``F.relu`` followed by ``amax`` (the gradient is split evenly between
     exactly tied maxima; none flows where the maximum is 0), in fewer passes over e:
-    ``relu(amax(e)) == amax(relu(e))`` and the backward is one select instead of a mask,
-    a cast, a multiply and the ReLU's own backward."""
+    ``relu(amax(e)) == amax(relu(e))``, and the backward is two passes over e instead of a
+    bool mask, its cast, a multiply and the ReLU's own backward."""
 
     @staticmethod
     def forward(ctx, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -194,18 +303,16 @@ class _ReluMaxOverK(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         e, out = ctx.saved_tensors
-        hit = e == out.unsqueeze(2)
-        # Number of tied maxima per (position, channel): k small slices added as bytes (a
-        # reduction over the middle dim of a bool mask is ~10x slower).
-        hits = hit.view(torch.uint8)
-        count = hits.select(2, 0).clone() if e.shape[2] < 256 else hits.select(2, 0).int()
-        for j in range(1, e.shape[2]):
-            count += hits.select(2, j)
-        # Where the maximum is 0 (all pairs cut by the ReLU) no gradient flows, as with F.relu.
-        share = torch.where(out > 0, grad / count, 0.0)
-        return hit * share.unsqueeze(2)
+        # 1.0 at the maxima, written as float directly (a bool mask would be cast later).
+        hit = torch.empty_like(e)
+        torch.eq(e, out.unsqueeze(2), out=hit)
+        # Where the maximum is 0 (all pairs cut by the ReLU) no gradient flows, as with F.relu;
+        # tied maxima share it evenly, as with amax.
+        share = torch.where(out > 0, grad / hit.sum(dim=2), 0.0)
+        return hit.mul_(share.unsqueeze(2))
 
 
 def _batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, rows: torch.Tensor) -> torch.Tensor:
@@ -309,7 +416,7 @@ class CPModule(nn.Module):
     def mlp_pre_relu(self, e: torch.Tensor) -> torch.Tensor:
         """The MLP after the first layer, without its last ReLU."""
         for layer in list(self.mlp)[:-1]:
-            e = layer(e)
+            e = linear(e, layer.weight, layer.bias) if type(layer) is nn.Linear else layer(e)
         return e
 
     def first_layer(self, f: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -317,10 +424,12 @@ class CPModule(nn.Module):
         b, c, n = f.shape
         k = idx.shape[-1]
         w_pos, w_q, w_nb = self.weight1.split([3, c, c], dim=1)
+        c1 = w_q.shape[0]
         pos_proj = (w_pos @ pos).t()                                    # (N, C1)
         ft = f.transpose(1, 2)                                          # (B, N, C')
-        query = ft @ w_q.t() - pos_proj + self.bias1                    # (B, N, C1)
-        neigh = ft @ w_nb.t() + pos_proj                                # (B, N, C1)
+        both = linear(ft, torch.cat([w_q, w_nb]))                       # (B, N, 2 C1): A f, B f
+        query = both[..., :c1] - pos_proj + self.bias1                  # (B, N, C1)
+        neigh = both[..., c1:] + pos_proj                               # (B, N, C1)
         flat = (idx + torch.arange(b, device=idx.device).view(b, 1, 1) * n).reshape(-1)
         gathered = neigh.reshape(b * n, -1).index_select(0, flat).view(b, n, k, -1)
         return query.unsqueeze(2) + gathered
@@ -350,17 +459,20 @@ class CPModule(nn.Module):
             self.last_knn = idx
         pos = grid_positions(t, h, w, dtype=f.dtype, device=f.device)
         e = self.first_layer(flat, pos, idx)                            # (B, N, k, C1)
-        e = F.relu(self.bn1(e.reshape(-1, e.shape[-1])))
+        e = F.relu(self.bn1(e.reshape(-1, e.shape[-1])), inplace=True)    # BN keeps its input
         e = self.mlp_pre_relu(e) if self._last_relu else self.mlp(e)
         # max over the k pairs; the last ReLU is applied after the max (the same values).
-        g = _relu_max_over_k(e.view(b, n, k, -1)) if self._last_relu else e.view(b, n, k, -1).amax(dim=2)
-        # 1x1 conv back to C and the output BatchNorm on (B*N, C) rows, then viewed as
-        # (B, C, T, H, W) without a copy: the BatchNorm's kernels for rows are several times
-        # faster than for a (B, C, T, H, W) tensor with few positions per frame.
-        g = _batch_norm_rows(self.bn_out, self.proj(g).view(b * n, self.channels))
-        g = g.view(b, t, h, w, self.channels).permute(0, 4, 1, 2, 3)
-        if g.shape[-2:] != x.shape[-2:]:
-            g = F.interpolate(g.transpose(1, 2).reshape(b * t, self.channels, h, w),
-                              size=x.shape[-2:], mode="bilinear", align_corners=False)
+        e = e.view(b, n, k, -1)
+        g = _relu_max_over_k(e) if self._last_relu else e.amax(dim=2)
+        g = linear(g, self.proj.weight, self.proj.bias)                 # 1x1 back to C: (B, N, C)
+        if (h, w) != tuple(x.shape[-2:]):   # downsampled k-NN: upsample, then the output BN
+            g = g.view(b, t, h, w, self.channels).permute(0, 1, 4, 2, 3)
+            g = g.reshape(b * t, self.channels, h, w)
+            g = F.interpolate(g, size=x.shape[-2:], mode="bilinear", align_corners=False)
             g = g.reshape(b, t, self.channels, *x.shape[-2:]).transpose(1, 2)
-        return x + g
+            return x + self.bn_out(g)
+        # The output BatchNorm on the (B*N, C) rows, then viewed as (B, C, T, H, W) without a
+        # copy: BatchNorm's kernels for rows are several times faster than for a channels-first
+        # (B, C, T, H, W) tensor with few positions per frame (the same statistics and updates).
+        g = _batch_norm_rows(self.bn_out, g.view(b * n, self.channels))
+        return x + g.view(b, t, h, w, self.channels).permute(0, 4, 1, 2, 3)
