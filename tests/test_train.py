@@ -47,9 +47,11 @@ RNG_HEAVY = ['model.name="c2d_r18"',
 
 
 def toy_cfg(root: Path, *sets: str) -> dict:
-    """The example toy C2D config made tiny: width 8, batch 4, 2 epochs, no loader workers."""
+    """The example toy C2D config made tiny: width 8, batch 4, 2 epochs, no warmup, no loader
+    workers (tests that need a warmup set it themselves)."""
     base = [f"data.root={json.dumps(str(root))}", "data.workers=0", "optim.batch_size=4",
-            "optim.epochs=2", "train.log_every=1", "model.args={width=8}"]
+            "optim.epochs=2", "optim.warmup_epochs=0", "train.log_every=1",
+            "model.args={width=8}"]
     return load_config(TOY_C2D, base + list(sets))
 
 
