@@ -23,6 +23,7 @@ setup(
         "rich>=13",
         "tqdm>=4.60",
         "numpy>=1.23",
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["vcorr = vcorr_cli.main:main"]},

@@ -24,6 +24,7 @@ def bench() -> None:
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
       vcorr bench train data/k400_12 --model c2d_r18
+      vcorr bench eval data/k400_12 --model c2d_r18 --clips 25 --crops 10
     """
 
 
@@ -33,6 +34,7 @@ _BENCHES: list[tuple[str, str]] = [
     ("vcorr_cli.bench_models", "models"),
     ("vcorr_cli.bench_corr", "correlation"),
     ("vcorr_cli.bench_train", "train"),
+    ("vcorr_cli.bench_eval", "eval"),
 ]
 
 for _module, _name in _BENCHES:

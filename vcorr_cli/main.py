@@ -20,6 +20,8 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.data_cmds", "inspect"),
     ("vcorr_cli.models_cmd", "models"),
     ("vcorr_cli.train_cmd", "train"),
+    ("vcorr_cli.eval_cmds", "eval"),
+    ("vcorr_cli.eval_cmds", "compare"),
     ("vcorr_cli.bench_cmds", "bench"),
 ]
 

@@ -1,0 +1,345 @@
+"""``vcorr eval``: multi-view testing of a training checkpoint.
+
+Every video gives ``clips`` evenly spaced clips (the training clip length, interval and
+sampler, from the checkpoint's config), read once and resized once in DataLoader workers (the
+dataset's test mode with ``num_clips`` and no crop); the ``crops`` spatial views are cut from
+that tensor on the device, batched across videos up to ``max_views_per_batch``, and the view
+scores averaged per video (softmax probabilities or logits; flipped views label-swapped back).
+A video that cannot be read is reported in ``failed_videos`` and counted, never dropped.
+
+Outputs (atomic): ``metrics.json``, ``predictions.csv``, ``scores.npz``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from pipelines.data.dataset import VideoClipDataset
+from pipelines.data.inspect import read_classes
+from pipelines.data.samplers import make_sampler
+from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
+from pipelines.errors import UserError
+from pipelines.evaluate.views import CROP_CHOICES, average_views, build_views, crop_boxes
+from pipelines.fileio import write_atomic
+
+
+@dataclass
+class EvalSettings:
+    clips: int = 10
+    crops: int = 3
+    crop_size: int | None = None      # None: the checkpoint's data.crop
+    short_side: int | None = None     # None: data.test_short_side; 0 keeps the stored size
+    full_frame: bool = False
+    average: str = "probs"            # probs | logits
+    max_views_per_batch: int = 64
+    workers: int = 2
+    amp: bool = True                  # autocast on CUDA
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --- data --------------------------------------------------------------------------------------
+
+class _Resize(nn.Module):
+    """uint8 (T, C, H, W) video -> uint8 (C, T, H', W'): only the short-side resize, so that
+    workers send uint8 and every crop is cut later from the one resized tensor."""
+
+    def __init__(self, short_side: int | None) -> None:
+        super().__init__()
+        ops: list = [v2.Resize(short_side, antialias=True)] if short_side else []
+        self.tf = v2.Compose(ops + [ToModelLayout()])
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.tf(video)
+
+
+class _SafeVideos(torch.utils.data.Dataset):
+    """Items of a test-mode dataset as dicts; a video that fails to read gives its error."""
+
+    def __init__(self, ds: VideoClipDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            clips, _ = self.ds[index]
+            if clips.dim() == 4:  # num_clips == 1
+                clips = clips.unsqueeze(0)
+            return {"index": index, "clips": clips, "error": ""}
+        except Exception as exc:  # noqa: BLE001 - reported per video, never dropped
+            return {"index": index, "clips": None,
+                    "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _failure(ds: VideoClipDataset, index: int, error: str) -> dict[str, str]:
+    v = ds.videos[index]
+    return {"id": v["id"], "label": ds.classes[v["label_index"]], "error": error}
+
+
+def _first(batch: list) -> Any:
+    return batch[0]
+
+
+def clip_settings(cfg: dict) -> tuple[int, int, str]:
+    """(frames, interval, sampler) of the last training phase."""
+    from pipelines.train.config import phases
+
+    return phases(cfg)[-1]["frames"], cfg["data"]["interval"], cfg["data"]["sampler"]
+
+
+# --- the evaluation loop -----------------------------------------------------------------------
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, interval: int,
+              sampler: str, crop_size: int, short_side: int | None, normalize: bool,
+              settings: EvalSettings, swap_map: dict[int, int], device: torch.device,
+              limit: int | None = None, sync_timing: bool = False,
+              progress: bool = False) -> dict[str, Any]:
+    """Scores of every video of ``split``: returns ids, labels, (V, K) averaged scores,
+    failures and the time spent waiting for data, building views and in the model."""
+    s = settings
+    if s.crops not in CROP_CHOICES:
+        raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
+    ds = VideoClipDataset(root, split, make_sampler(sampler, frames, interval),
+                          _Resize(short_side), train=False, num_clips=s.clips)
+    n_videos = len(ds) if limit is None else min(limit, len(ds))
+    subset = _SafeVideos(ds)
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=1, sampler=list(range(n_videos)), num_workers=s.workers,
+        collate_fn=_first, pin_memory=device.type == "cuda",
+        prefetch_factor=2 if s.workers else None)
+    mean = std = None
+    if normalize:
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1)
+    model.eval()
+    scores: dict[int, torch.Tensor] = {}
+    failed: list[dict[str, Any]] = []
+    pending: list[tuple[int, torch.Tensor, list[bool]]] = []  # (video, views, flips)
+    # partial view logits of videos whose views span several batches
+    partial: dict[int, list[torch.Tensor]] = {}
+    flips_of: dict[int, list[bool]] = {}
+    views_left: dict[int, int] = {}
+    t = {"data": 0.0, "views": 0.0, "model": 0.0}
+    views_per_video = 0
+
+    def sync() -> None:
+        if sync_timing and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def flush() -> None:
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        x = torch.cat([p[1] for p in pending])
+        owners = [p[0] for p in pending for _ in range(p[1].shape[0])]
+        pending.clear()
+        with _autocast(device, s.amp):
+            out = model(x).float()
+        sync()
+        t["model"] += time.perf_counter() - t0
+        for vid in dict.fromkeys(owners):
+            sel = [k for k, o in enumerate(owners) if o == vid]
+            partial.setdefault(vid, []).append(out[sel[0]:sel[-1] + 1])
+            views_left[vid] -= len(sel)
+            if views_left[vid] == 0:
+                logits = torch.cat(partial.pop(vid))
+                scores[vid] = average_views(logits, flips_of.pop(vid), swap_map,
+                                            s.average).cpu()
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n_videos, unit="video", desc="eval")
+    with torch.inference_mode():
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                break
+            t["data"] += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+            idx = item["index"]
+            if item["clips"] is None:
+                failed.append(_failure(ds, idx, item["error"]))
+                continue
+            t0 = time.perf_counter()
+            clips = item["clips"].to(device, non_blocking=True)
+            try:
+                boxes = None if s.full_frame else crop_boxes(clips.shape[-2], clips.shape[-1],
+                                                             crop_size, s.crops)
+            except ValueError as exc:
+                failed.append(_failure(ds, idx, f"ValueError: {exc}"))
+                continue
+            views, flips = build_views(clips, boxes)
+            views = views.float().div_(255)
+            if mean is not None:
+                views = views.sub_(mean).div_(std)
+            sync()
+            t["views"] += time.perf_counter() - t0
+            views_per_video = max(views_per_video, views.shape[0])
+            flips_of[idx], views_left[idx] = flips, views.shape[0]
+            # shapes differ between videos only in full-frame mode: flush before mixing
+            if pending and pending[0][1].shape[1:] != views.shape[1:]:
+                flush()
+            start = 0
+            while start < views.shape[0]:
+                room = s.max_views_per_batch - sum(p[1].shape[0] for p in pending)
+                part = views[start:start + room]
+                pending.append((idx, part, flips))
+                start += part.shape[0]
+                if sum(p[1].shape[0] for p in pending) >= s.max_views_per_batch:
+                    flush()
+        flush()
+    if bar is not None:
+        bar.close()
+    order = sorted(scores)
+    return {
+        "ids": [ds.videos[i]["id"] for i in order],
+        "labels": [ds.videos[i]["label_index"] for i in order],
+        "scores": (torch.stack([scores[i] for i in order]).numpy() if order
+                   else np.zeros((0, len(ds.classes)), np.float32)),
+        "failed": failed, "classes": ds.classes, "views_per_video": views_per_video,
+        "timing": t, "num_videos": n_videos,
+    }
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def compute_metrics(scores: np.ndarray, labels: list[int] | np.ndarray,
+                    classes: list[str]) -> dict[str, Any]:
+    """Top-1/top-5, mean class accuracy, per-class accuracy and support, and the confusion
+    matrix (rows: true class, columns: predicted) of (V, K) scores."""
+    labels = np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    n = len(labels)
+    conf = np.zeros((k, k), dtype=np.int64)
+    if n:
+        pred = scores.argmax(axis=1)
+        np.add.at(conf, (labels, pred), 1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :min(5, k)]
+        top1 = float((pred == labels).mean())
+        top5 = float((top == labels[:, None]).any(axis=1).mean())
+    else:
+        top1 = top5 = 0.0
+    support = conf.sum(axis=1)
+    per_class = []
+    for c in range(k):
+        acc = float(conf[c, c] / support[c]) if support[c] else None
+        per_class.append({"class": classes[c], "accuracy": acc, "support": int(support[c])})
+    accs = [p["accuracy"] for p in per_class if p["accuracy"] is not None]
+    return {"top1": top1, "top5": top5,
+            "mean_class_accuracy": float(np.mean(accs)) if accs else 0.0,
+            "per_class": per_class, "confusion_matrix": conf.tolist()}
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: str | Path | None,
+                        split: str = "val", settings: EvalSettings | None = None,
+                        device: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` of the prepared ``data`` and write ``out``."""
+    from pipelines.train.checkpoint import load_checkpoint
+    from pipelines.train.config import phases
+    from pipelines.train.trainer import build_model
+
+    s = settings or EvalSettings()
+    t_start = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)
+    for key in ("model", "config", "classes"):
+        if key not in ckpt:
+            raise UserError(f"{checkpoint}: checkpoint has no {key!r}")
+    cfg = ckpt["config"]
+    root = Path(data or cfg["data"]["root"])
+    if not (root / "index.csv").is_file():
+        raise UserError(f"{root}: not a prepared dataset (no index.csv); give --data")
+    classes = read_classes(root)
+    if list(classes) != list(ckpt["classes"]):
+        raise UserError(f"{root}: its {len(classes)} classes differ from the checkpoint's "
+                        f"{len(ckpt['classes'])}; evaluate on the dataset the model was trained on")
+    frames, interval, sampler = clip_settings(cfg)
+    crop_size = s.crop_size or cfg["data"]["crop"]
+    short_side = cfg["data"]["test_short_side"] if s.short_side is None else s.short_side
+    if isinstance(short_side, list):
+        short_side = short_side[0] if short_side else 0
+    short_side = int(short_side) or None
+    meta = root / "prepare.json"
+    dataset_name = json.loads(meta.read_text()).get("dataset", "") if meta.is_file() else ""
+    swap_map = SWAP_MAPS.get(dataset_name, {})
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(cfg, len(classes), phases(cfg)[0]["frames"])
+    model.load_state_dict(ckpt["model"])
+    model.to(dev)
+    r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
+                  crop_size=crop_size, short_side=short_side,
+                  normalize=bool(cfg["data"]["normalize"]), settings=s, swap_map=swap_map,
+                  device=dev, progress=progress)
+    metrics = compute_metrics(r["scores"], r["labels"], classes)
+    n_eval, n_failed = len(r["ids"]), len(r["failed"])
+    metrics.update({
+        "num_videos": n_eval, "num_failed": n_failed, "failed_videos": r["failed"],
+        "top1_counting_failed_as_wrong": (metrics["top1"] * n_eval / (n_eval + n_failed)
+                                          if n_eval + n_failed else 0.0),
+        "views_per_video": s.clips * (1 if s.full_frame else s.crops),
+        "clips": s.clips, "crops": 1 if s.full_frame else s.crops, "full_frame": s.full_frame,
+        "averaging": s.average, "crop_size": None if s.full_frame else crop_size,
+        "short_side": short_side, "frames": frames, "interval": interval, "sampler": sampler,
+        "label_swap": bool(swap_map), "dataset": str(root), "split": split,
+        "checkpoint": str(checkpoint), "model_name": ckpt.get("model_name", cfg["model"]["name"]),
+        "device": str(dev), "settings": asdict(s), "timing": r["timing"],
+    })
+    metrics["seconds"] = time.perf_counter() - t_start
+    out = Path(out) if out is not None else Path(checkpoint).parent / (
+        f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(out, metrics, r, classes)
+    metrics["out"] = str(out)
+    return metrics
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], r: dict[str, Any],
+                  classes: list[str]) -> None:
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "label", "predicted", "correct", "top5", "error"])
+    k5 = min(5, len(classes))
+    for vid, label, sc in zip(r["ids"], r["labels"], r["scores"]):
+        top = np.argsort(-sc, kind="stable")[:k5]
+        w.writerow([vid, classes[label], classes[int(top[0])], int(top[0] == label),
+                    "|".join(classes[int(c)] for c in top), ""])
+    for f in r["failed"]:
+        w.writerow([f["id"], f["label"], "", 0, "", f["error"]])
+    write_atomic(out / "predictions.csv", buf.getvalue())
+    npz = io.BytesIO()
+    np.savez(npz, ids=np.asarray(r["ids"], dtype=str), labels=np.asarray(r["labels"], np.int64),
+             scores=np.asarray(r["scores"], np.float32), classes=np.asarray(classes, dtype=str))
+    write_bytes_atomic(out / "scores.npz", npz.getvalue())

@@ -1,0 +1,101 @@
+"""Test-time views: spatial crops of the evenly spaced clips of a video, and the averaging of
+their class scores.
+
+A clip is cropped on the tensor after the frames were read and resized once, so every view of
+a video comes from one read. Crop layouts (``crops``):
+
+- ``1``: the centre crop.
+- ``3``: three crops along the longer side (start, centre, end), centred on the shorter side;
+  together they cover the frame.
+- ``6``: six crops evenly spaced along the longer side (the CPNet authors' evaluation).
+- ``10``: the four corners and the centre, plus their horizontal flips.
+
+A flipped view's class scores are mapped back through the dataset's label-swap map (e.g.
+"left to right" <-> "right to left") before averaging.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+CROP_CHOICES = (1, 3, 6, 10)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A ``size`` x ``size`` crop at row ``y``, column ``x``; ``flip``: mirrored horizontally."""
+
+    y: int
+    x: int
+    size: int
+    flip: bool = False
+
+
+def _spaced(length: int, size: int, n: int) -> list[int]:
+    room = length - size
+    if n == 1:
+        return [room // 2]
+    return [int(round(i * room / (n - 1))) for i in range(n)]
+
+
+def crop_boxes(height: int, width: int, size: int, crops: int) -> list[Box]:
+    """The crop boxes of ``crops`` views of a ``height`` x ``width`` frame."""
+    if crops not in CROP_CHOICES:
+        raise ValueError(f"crops must be one of {CROP_CHOICES}, got {crops}")
+    if size > height or size > width:
+        raise ValueError(f"crop {size} is larger than the frame ({height}x{width}); lower "
+                         "--crop-size or raise --short-side")
+    cy, cx = (height - size) // 2, (width - size) // 2
+    if crops == 1:
+        return [Box(cy, cx, size)]
+    if crops in (3, 6):
+        if width >= height:
+            return [Box(cy, x, size) for x in _spaced(width, size, crops)]
+        return [Box(y, cx, size) for y in _spaced(height, size, crops)]
+    five = [Box(0, 0, size), Box(0, width - size, size), Box(height - size, 0, size),
+            Box(height - size, width - size, size), Box(cy, cx, size)]
+    return five + [Box(b.y, b.x, size, True) for b in five]
+
+
+def build_views(clips: torch.Tensor, boxes: Sequence[Box] | None) -> tuple[torch.Tensor, list[bool]]:
+    """``clips`` (N, C, T, H, W) -> views (N * len(boxes), C, T, s, s), clip-major, and which
+    views are flipped. ``boxes=None``: the full frames (one view per clip)."""
+    if boxes is None:
+        return clips, [False] * clips.shape[0]
+    views, flips = [], []
+    for k in range(clips.shape[0]):
+        for b in boxes:
+            v = clips[k, :, :, b.y:b.y + b.size, b.x:b.x + b.size]
+            views.append(v.flip(-1) if b.flip else v)
+            flips.append(b.flip)
+    return torch.stack(views), flips
+
+
+def swap_scores(scores: torch.Tensor, swap_map: dict[int, int]) -> torch.Tensor:
+    """Class scores (..., K) of a flipped view as scores of the unflipped video: the score of
+    class c is the flipped view's score of ``swap_map[c]``."""
+    if not swap_map:
+        return scores
+    perm = torch.arange(scores.shape[-1])
+    for a, b in swap_map.items():
+        if a < len(perm) and b < len(perm):
+            perm[a] = b
+    return scores.index_select(-1, perm.to(scores.device))
+
+
+def average_views(logits: torch.Tensor, flipped: Sequence[bool], swap_map: dict[int, int],
+                  mode: str = "probs") -> torch.Tensor:
+    """One video's (V, K) view logits -> (K,) averaged scores: softmax probabilities
+    (``probs``) or raw logits (``logits``), flipped views swapped back first."""
+    if mode not in ("probs", "logits"):
+        raise ValueError(f"mode must be probs or logits, got {mode!r}")
+    scores = logits.float()
+    if mode == "probs":
+        scores = scores.softmax(dim=-1)
+    mask = torch.tensor(list(flipped), dtype=torch.bool, device=scores.device)
+    if mask.any() and swap_map:
+        scores = scores.clone()
+        scores[mask] = swap_scores(scores[mask], swap_map)
+    return scores.mean(dim=0)

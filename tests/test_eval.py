@@ -1,0 +1,335 @@
+"""Evaluation (issue 6): view geometry (1/3/6/10 crops, flips, label swaps), clip positions,
+score averaging, metrics against a hand-made confusion matrix, `vcorr compare` on synthetic
+results, and one tiny end-to-end `vcorr eval` of a checkpoint trained for two steps on the toy
+dataset (fixture ``toy_train_prepared``)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipelines.data.samplers import DenseSampler, SegmentSampler
+from pipelines.errors import UserError
+from pipelines.evaluate import (EvalSettings, average_views, build_views, compare_results,
+                                compute_metrics, crop_boxes, evaluate_checkpoint, swap_scores)
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
+METRIC_KEYS = {"top1", "top5", "mean_class_accuracy", "per_class", "confusion_matrix",
+               "num_videos", "views_per_video", "clips", "crops", "averaging", "checkpoint",
+               "seconds", "num_failed", "failed_videos"}
+
+
+# --- view geometry -----------------------------------------------------------------------------
+
+def covered(h: int, w: int, boxes) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    for b in boxes:
+        m[b.y:b.y + b.size, b.x:b.x + b.size] = True
+    return m
+
+
+def test_one_crop_is_centred() -> None:
+    (b,) = crop_boxes(128, 171, 112, 1)
+    assert (b.y, b.x, b.size, b.flip) == (8, 29, 112, False)
+
+
+@pytest.mark.parametrize("h,w", [(128, 171), (171, 128), (112, 300)])
+def test_three_crops_cover_the_frame_along_the_longer_side(h: int, w: int) -> None:
+    boxes = crop_boxes(h, w, 112, 3)
+    assert len(boxes) == 3 and not any(b.flip for b in boxes)
+    wide = w >= h
+    longer, shorter = (w, h) if wide else (h, w)
+    starts = [b.x if wide else b.y for b in boxes]
+    across = {b.y if wide else b.x for b in boxes}
+    assert starts == [0, round((longer - 112) / 2), longer - 112]
+    assert across == {(shorter - 112) // 2}
+    m = covered(h, w, boxes)
+    lo = (shorter - 112) // 2  # the whole longer side, the centre band of the shorter one
+    band = m[lo:lo + 112, :] if wide else m[:, lo:lo + 112]
+    assert band.all() and m.sum() == band.size
+
+
+def test_six_crops_evenly_spaced() -> None:
+    boxes = crop_boxes(128, 256, 128, 6)
+    assert [b.x for b in boxes] == [0, 26, 51, 77, 102, 128]  # round(i * 128 / 5)
+    assert {b.y for b in boxes} == {0} and covered(128, 256, boxes).all()
+    tall = crop_boxes(200, 100, 100, 6)
+    assert [b.y for b in tall] == [0, 20, 40, 60, 80, 100] and {b.x for b in tall} == {0}
+
+
+def test_ten_crops_corners_centre_and_flips() -> None:
+    boxes = crop_boxes(128, 171, 112, 10)
+    pos = [(b.y, b.x) for b in boxes]
+    assert pos[:5] == [(0, 0), (0, 59), (16, 0), (16, 59), (8, 29)]
+    assert pos[5:] == pos[:5]
+    assert [b.flip for b in boxes] == [False] * 5 + [True] * 5
+    assert covered(128, 171, boxes).all()
+
+
+def test_crop_larger_than_frame_is_refused() -> None:
+    with pytest.raises(ValueError, match="larger than the frame"):
+        crop_boxes(100, 200, 112, 3)
+    with pytest.raises(ValueError, match="crops must be"):
+        crop_boxes(128, 128, 112, 4)
+
+
+def test_build_views_cuts_and_flips_the_right_pixels() -> None:
+    clips = torch.arange(2 * 3 * 2 * 6 * 8, dtype=torch.float32).view(2, 3, 2, 6, 8)
+    boxes = crop_boxes(6, 8, 4, 10)
+    views, flips = build_views(clips, boxes)
+    assert views.shape == (20, 3, 2, 4, 4) and flips == ([False] * 5 + [True] * 5) * 2
+    assert torch.equal(views[1], clips[0, :, :, 0:4, 4:8])           # top-right corner
+    assert torch.equal(views[5], clips[0, :, :, 0:4, 0:4].flip(-1))  # flipped top-left
+    assert torch.equal(views[14], clips[1, :, :, 1:5, 2:6])          # clip 2, centre
+    full, fl = build_views(clips, None)
+    assert full is clips and fl == [False, False]
+
+
+# --- clip positions ----------------------------------------------------------------------------
+
+def test_clips_evenly_spaced_inside_the_video() -> None:
+    s = DenseSampler(8, 2)  # span 15
+    clips = s.test(100, 5)
+    starts = [c[0] for c in clips]
+    assert starts == [0, 21, 42, 64, 85] and clips[-1][-1] == 99
+    assert all(all(0 <= i < 100 for i in c) and len(c) == 8 for c in clips)
+    assert all(c == list(range(c[0], c[0] + 15, 2)) for c in clips)
+    assert s.test(100, 1)[0][0] == 42  # one clip: the centred one
+
+
+def test_short_videos_loop_and_stay_inside() -> None:
+    s = DenseSampler(8, 1)
+    clips = s.test(5, 3)
+    assert clips == [[0, 1, 2, 3, 4, 0, 1, 2]] * 3
+    seg = SegmentSampler(4).test(3, 2)
+    assert all(0 <= i < 3 for c in seg for i in c) and len(seg) == 2
+
+
+# --- averaging ---------------------------------------------------------------------------------
+
+def test_average_probs_and_logits_by_hand() -> None:
+    logits = torch.tensor([[0.0, math_log(3.0), 0.0], [math_log(2.0), 0.0, 0.0]])
+    # softmax rows: [1/5, 3/5, 1/5] and [2/4, 1/4, 1/4]
+    probs = average_views(logits, [False, False], {}, "probs")
+    assert torch.allclose(probs, torch.tensor([(0.2 + 0.5) / 2, (0.6 + 0.25) / 2,
+                                               (0.2 + 0.25) / 2]))
+    lg = average_views(logits, [False, False], {}, "logits")
+    assert torch.allclose(lg, logits.mean(0))
+
+
+def math_log(x: float) -> float:
+    return float(np.log(x))
+
+
+def test_flipped_views_are_swapped_back() -> None:
+    swap = {0: 1, 1: 0}
+    assert torch.equal(swap_scores(torch.tensor([[1.0, 2.0, 3.0]]), swap),
+                       torch.tensor([[2.0, 1.0, 3.0]]))
+    logits = torch.tensor([[4.0, 1.0, 0.0], [1.0, 4.0, 0.0]])  # view 2 is the mirror image
+    out = average_views(logits, [False, True], swap, "logits")
+    assert torch.allclose(out, torch.tensor([4.0, 1.0, 0.0]))
+    # without a swap map flips are averaged as they are
+    assert torch.allclose(average_views(logits, [False, True], {}, "logits"),
+                          torch.tensor([2.5, 2.5, 0.0]))
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def test_metrics_against_a_hand_computed_confusion_matrix() -> None:
+    classes = ["a", "b", "c"]
+    labels = [0, 0, 0, 1, 1, 2]
+    scores = np.array([[.9, .05, .05], [.2, .7, .1], [.6, .3, .1],   # a: a, b, a
+                       [.1, .8, .1], [.5, .2, .3],                   # b: b, a
+                       [.1, .2, .7]])                                # c: c
+    m = compute_metrics(scores, labels, classes)
+    assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["top5"] == 1.0
+    assert [p["accuracy"] for p in m["per_class"]] == pytest.approx([2 / 3, 1 / 2, 1.0])
+    assert [p["support"] for p in m["per_class"]] == [3, 2, 1]
+    assert m["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # a class without videos has no accuracy and is left out of the mean
+    m2 = compute_metrics(scores[:5], labels[:5], classes)
+    assert m2["per_class"][2] == {"class": "c", "accuracy": None, "support": 0}
+    assert m2["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+def fake_result(folder: Path, classes: list[str], accs: list[float], support: int = 4,
+                top1: float | None = None) -> Path:
+    folder.mkdir(parents=True)
+    per = [{"class": c, "accuracy": a, "support": support} for c, a in zip(classes, accs)]
+    (folder / "metrics.json").write_text(json.dumps(
+        {"top1": top1 if top1 is not None else float(np.mean(accs)), "per_class": per}))
+    return folder
+
+
+def test_compare_gains_exact_and_plot_written(tmp_path: Path) -> None:
+    classes = ["run", "jump", "swim", "walk"]
+    base = fake_result(tmp_path / "base", classes, [0.5, 0.25, 0.75, 1.0])
+    model = fake_result(tmp_path / "cpnet", classes, [0.75, 0.25, 0.5, 1.0])
+    other = fake_result(tmp_path / "corr", classes, [1.0, 1.0, 1.0, 1.0])
+    from vcorr_cli.main import cli
+
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(cli, ["compare", str(model), "--baseline", str(base), "--out",
+                                      str(out), "--top", "2"], prog_name="vcorr")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    for name in ("gains.csv", "gains.md", "gains.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "gains.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == ["run", "jump", "walk", "swim"]
+    assert [float(r["gain"]) for r in rows] == [0.25, 0.0, 0.0, -0.25]
+    assert [float(r["baseline_accuracy"]) for r in rows] == [0.5, 0.25, 1.0, 0.75]
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["improved"], s["worse"], s["equal"]) == (1, 1, 2)
+    assert s["overall_gain"] == pytest.approx(0.0) and s["mean_per_class_gain"] == 0.0
+    assert [r["class"] for r in s["largest_gains"]] == ["run"]
+    assert [r["class"] for r in s["largest_losses"]] == ["swim"]
+    assert "| run | 50.0% | 75.0% | +25.0 | 4 |" in (out / "gains.md").read_text()
+    # several models against one baseline
+    summaries = compare_results([model, other], base, tmp_path / "cmp2")
+    assert [x["name"] for x in summaries] == ["cpnet", "corr"]
+    assert summaries[1]["mean_per_class_gain"] == pytest.approx((0.5 + 0.75 + 0.25) / 4)
+    assert (tmp_path / "cmp2" / "corr" / "gains.png").is_file()
+
+
+def test_compare_refuses_other_class_lists(tmp_path: Path) -> None:
+    base = fake_result(tmp_path / "base", ["a", "b"], [0.5, 0.5])
+    model = fake_result(tmp_path / "m", ["a", "c"], [0.5, 0.5])
+    with pytest.raises(UserError, match="different class lists"):
+        compare_results([model], base, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    from vcorr_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["compare", str(model), "--baseline", str(base)],
+                                prog_name="vcorr")
+    assert result.exit_code == 2 and "error:" in result.output
+    assert "different class lists" in result.output
+    result = CliRunner().invoke(cli, ["compare", str(model), "--baseline",
+                                      str(tmp_path / "missing")], prog_name="vcorr")
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory, toy_train_prepared: Path) -> Path:
+    from pipelines.train import load_config, train
+
+    sets = [f"data.root={json.dumps(str(toy_train_prepared))}", "data.workers=0",
+            "optim.batch_size=4", "optim.epochs=1", "optim.warmup_epochs=0",
+            "train.max_steps_per_epoch=2", "train.val_every=0", "model.args={width=8}"]
+    out = tmp_path_factory.mktemp("eval_run")
+    train(load_config(TOY_C2D, sets), out, progress=False, device="cpu")
+    return out / "last.pt"
+
+
+def test_cli_eval_end_to_end(tmp_path: Path, toy_checkpoint: Path,
+                             toy_train_prepared: Path) -> None:
+    from vcorr_cli.main import cli
+
+    out = tmp_path / "eval"
+    args = ["eval", str(toy_checkpoint), "--data", str(toy_train_prepared), "--clips", "2",
+            "--crops", "3", "--crop-size", "24", "--workers", "0", "--device", "cpu",
+            "--max-views-per-batch", "4", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(cli, args, prog_name="vcorr")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    assert m["num_videos"] == 8 and m["num_failed"] == 0 and m["views_per_video"] == 6
+    assert (m["clips"], m["crops"], m["averaging"]) == (2, 3, "probs")
+    assert sum(map(sum, m["confusion_matrix"])) == 8 and len(m["per_class"]) == 4
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and set(rows[0]) >= {"id", "label", "predicted", "top5"}
+    assert len(rows[0]["top5"].split("|")) == 4
+    z = np.load(out / "scores.npz")
+    assert z["scores"].shape == (8, 4) and np.allclose(z["scores"].sum(1), 1.0, atol=1e-5)
+    assert list(z["ids"]) == [r["id"] for r in rows]
+    top1 = np.mean(z["scores"].argmax(1) == z["labels"])
+    assert m["top1"] == pytest.approx(top1)
+
+
+def test_eval_matches_validation_and_reports_failed_videos(
+        tmp_path: Path, toy_checkpoint: Path, toy_train_prepared: Path, monkeypatch) -> None:
+    from pipelines.data.shards import ShardReader
+    from pipelines.train import load_checkpoint
+    from pipelines.train.distributed import DistEnv
+    from pipelines.train.trainer import build_model, validate
+
+    # 1 clip x 1 centre crop of the full 32 px frame = the trainer's validation
+    s = EvalSettings(clips=1, crops=1, workers=0, average="logits")
+    m = evaluate_checkpoint(toy_checkpoint, toy_train_prepared, tmp_path / "a", settings=s,
+                            device="cpu")
+    ckpt = load_checkpoint(toy_checkpoint)
+    model = build_model(ckpt["config"], 4, 4)
+    model.load_state_dict(ckpt["model"])
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    val = validate(model, ckpt["config"], 4, env, 8)
+    assert m["top1"] == pytest.approx(val["top1"]) and m["top5"] == pytest.approx(val["top5"])
+    # full-frame testing and 10 crops run too (views per video)
+    m_ff = evaluate_checkpoint(toy_checkpoint, toy_train_prepared, tmp_path / "ff",
+                               settings=EvalSettings(clips=2, full_frame=True, workers=0),
+                               device="cpu")
+    assert m_ff["views_per_video"] == 2 and m_ff["top1"] == pytest.approx(m["top1"])
+
+    original = ShardReader.read_encoded
+    first_id = next(csv.DictReader(open(tmp_path / "a" / "predictions.csv")))["id"]
+
+    def broken(self, shard, video_id, indices):
+        if video_id == first_id:
+            raise OSError("truncated shard")
+        return original(self, shard, video_id, indices)
+
+    monkeypatch.setattr(ShardReader, "read_encoded", broken)
+    m2 = evaluate_checkpoint(toy_checkpoint, toy_train_prepared, tmp_path / "b",
+                             settings=EvalSettings(clips=2, crops=10, crop_size=28, workers=0),
+                             device="cpu")
+    assert m2["num_videos"] == 7 and m2["num_failed"] == 1 and m2["views_per_video"] == 20
+    assert m2["failed_videos"][0]["id"] == first_id
+    assert "truncated shard" in m2["failed_videos"][0]["error"]
+    rows = list(csv.DictReader(open(tmp_path / "b" / "predictions.csv")))
+    assert len(rows) == 8 and rows[-1]["id"] == first_id and rows[-1]["error"]
+
+
+def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:
+    from vcorr_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "none.pt")], prog_name="vcorr")
+    assert r.exit_code == 2 and "checkpoint not found" in r.output
+    r = CliRunner().invoke(cli, ["eval", str(toy_checkpoint), "--data", str(tmp_path)],
+                           prog_name="vcorr")
+    assert r.exit_code == 2 and "not a prepared dataset" in r.output
+
+
+def test_bench_eval_runs_on_the_toy_set(tmp_path: Path, toy_train_prepared: Path) -> None:
+    from vcorr_cli.main import cli
+
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(cli, ["bench", "eval", str(toy_train_prepared), "--model", "toy_c2d",
+                                 "--frames", "4", "--crop", "28", "--short-side", "0",
+                                 "--clips", "2", "--crops", "10", "--videos", "3",
+                                 "--workers", "0", "--device", "cpu", "--json", str(out)],
+                           prog_name="vcorr")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    b = json.loads(out.read_text())
+    assert b["videos"] == 3 and b["views_per_video"] == 20 and b["videos_per_s"] > 0
+    assert 0 <= b["overhead_share"] <= 1 and isinstance(b["target_met"], bool)
+
+
+def test_help_has_examples() -> None:
+    from vcorr_cli.main import cli
+
+    for args in (["eval", "--help"], ["compare", "--help"], ["bench", "eval", "--help"]):
+        r = CliRunner().invoke(cli, args, prog_name="vcorr")
+        assert r.exit_code == 0 and "Examples:" in r.output, args
