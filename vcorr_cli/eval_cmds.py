@@ -1,6 +1,7 @@
 """``vcorr eval`` and ``vcorr compare``: parse options, call :mod:`pipelines.evaluate`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -63,6 +64,8 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
                      max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
                             progress=not no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     views = "full frame" if full_frame else f"{m['crops']} crop(s) of {m['crop_size']}"
     t = Table(title=f"{m['model_name']} on {split}: {clips} clip(s) x {views}, "
                     f"{m['averaging']} averaged")

@@ -119,9 +119,10 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
               sampler: str, crop_size: int, short_side: int | None, normalize: bool,
               settings: EvalSettings, swap_map: dict[int, int], device: torch.device,
               limit: int | None = None, sync_timing: bool = False,
-              progress: bool = False) -> dict[str, Any]:
-    """Scores of every video of ``split``: returns ids, labels, (V, K) averaged scores,
-    failures and the time spent waiting for data, building views and in the model."""
+              progress: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Scores of every video of ``split`` (under torchrun: of this rank's share, every
+    ``world_size``-th video): returns ids, labels, (V, K) averaged scores, failures and the time
+    spent waiting for data, building views and in the model."""
     s = settings
     if s.crops not in CROP_CHOICES:
         raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
@@ -130,7 +131,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
     n_videos = len(ds) if limit is None else min(limit, len(ds))
     subset = _SafeVideos(ds)
     loader = torch.utils.data.DataLoader(
-        subset, batch_size=1, sampler=list(range(n_videos)), num_workers=s.workers,
+        subset, batch_size=1, sampler=list(range(rank, n_videos, world_size)),
+        num_workers=s.workers,
         collate_fn=_first, pin_memory=device.type == "cuda",
         prefetch_factor=2 if s.workers else None)
     mean = std = None
@@ -223,6 +225,7 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
         bar.close()
     order = sorted(scores)
     return {
+        "indices": order,
         "ids": [ds.videos[i]["id"] for i in order],
         "labels": [ds.videos[i]["label_index"] for i in order],
         "scores": (torch.stack([scores[i] for i in order]).numpy() if order
@@ -269,6 +272,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     """Evaluate ``checkpoint`` on ``split`` of the prepared ``data`` and write ``out``."""
     from pipelines.train.checkpoint import load_checkpoint
     from pipelines.train.config import phases
+    from pipelines.train.distributed import cleanup_distributed, setup_distributed
     from pipelines.train.trainer import build_model
 
     s = settings or EvalSettings()
@@ -294,14 +298,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     meta = root / "prepare.json"
     dataset_name = json.loads(meta.read_text()).get("dataset", "") if meta.is_file() else ""
     swap_map = SWAP_MAPS.get(dataset_name, {})
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(cfg, len(classes), phases(cfg)[0]["frames"])
-    model.load_state_dict(ckpt["model"])
-    model.to(dev)
-    r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
-                  crop_size=crop_size, short_side=short_side,
-                  normalize=bool(cfg["data"]["normalize"]), settings=s, swap_map=swap_map,
-                  device=dev, progress=progress)
+    env = setup_distributed(device)
+    dev = env.device
+    try:
+        model = build_model(cfg, len(classes), phases(cfg)[0]["frames"])
+        model.load_state_dict(ckpt["model"])
+        model.to(dev)
+        r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
+                      crop_size=crop_size, short_side=short_side,
+                      normalize=bool(cfg["data"]["normalize"]), settings=s, swap_map=swap_map,
+                      device=dev, progress=progress and env.is_main, rank=env.rank,
+                      world_size=env.world_size)
+        r = gather_results(r, env.world_size)
+    finally:
+        cleanup_distributed()
     metrics = compute_metrics(r["scores"], r["labels"], classes)
     n_eval, n_failed = len(r["ids"]), len(r["failed"])
     metrics.update({
@@ -319,10 +329,35 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     metrics["seconds"] = time.perf_counter() - t_start
     out = Path(out) if out is not None else Path(checkpoint).parent / (
         f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_outputs(out, metrics, r, classes)
+    if env.is_main:  # under torchrun, rank 0 writes the gathered results
+        out.mkdir(parents=True, exist_ok=True)
+        write_outputs(out, metrics, r, classes)
     metrics["out"] = str(out)
     return metrics
+
+
+def gather_results(r: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """Under torchrun, every rank's share of :func:`run_views` merged back into video order
+    (``all_gather_object``: works on gloo and nccl); alone, ``r`` unchanged."""
+    if world_size == 1:
+        return r
+    import torch.distributed as dist
+
+    keys = ("indices", "ids", "labels", "scores", "failed", "timing", "views_per_video")
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, {k: r[k] for k in keys})
+    rows = sorted((i, vid, lab, sc) for p in parts
+                  for i, vid, lab, sc in zip(p["indices"], p["ids"], p["labels"], p["scores"]))
+    merged = dict(r)
+    merged["indices"] = [row[0] for row in rows]
+    merged["ids"] = [row[1] for row in rows]
+    merged["labels"] = [row[2] for row in rows]
+    merged["scores"] = (np.stack([row[3] for row in rows]) if rows
+                        else np.zeros((0, r["scores"].shape[1]), np.float32))
+    merged["failed"] = [f for p in parts for f in p["failed"]]
+    merged["timing"] = {k: sum(p["timing"][k] for p in parts) for k in r["timing"]}
+    merged["views_per_video"] = max(p["views_per_video"] for p in parts)
+    return merged
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], r: dict[str, Any],
