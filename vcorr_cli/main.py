@@ -22,6 +22,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.train_cmd", "train"),
     ("vcorr_cli.eval_cmds", "eval"),
     ("vcorr_cli.eval_cmds", "compare"),
+    ("vcorr_cli.visualize_cmds", "visualize"),
     ("vcorr_cli.bench_cmds", "bench"),
 ]
 

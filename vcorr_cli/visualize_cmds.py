@@ -1,0 +1,176 @@
+"""``vcorr visualize``: figures of correspondences, correlations and correlation filters;
+parse options, call :mod:`pipelines.visualize`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+
+@click.group()
+def visualize() -> None:
+    """Figures of what correspondence / correlation models see (PNG, optionally GIF).
+
+    \b
+    Examples:
+      vcorr visualize correlation --pixels clip.mp4 --out viz/
+      vcorr visualize correspondences --checkpoint runs/toy_cpnet/best.pt clip.mp4 --out viz/
+      vcorr visualize filters runs/corrnet/best.pt --out viz/
+    """
+
+
+def _clip_options(f: Callable) -> Callable:
+    for opt in reversed([
+        click.argument("video", required=False, type=click.Path(path_type=Path)),
+        click.option("--data", type=click.Path(path_type=Path),
+                     help="Prepared dataset folder (with --id) instead of a VIDEO file."),
+        click.option("--id", "video_id", help="Video id in --data."),
+        click.option("--frames", type=click.IntRange(min=2), default=None,
+                     help="Clip length [default: the checkpoint's evaluation clip, or the "
+                          "model's default, or 8 with --pixels]."),
+        click.option("--interval", type=click.IntRange(min=1), default=None,
+                     help="Frame interval [default: the checkpoint's, else 1]."),
+        click.option("--short-side", type=click.IntRange(min=1), default=None,
+                     help="Resize the short side to this before use [default: as stored]."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+                     help="Output folder for the figures."),
+        click.option("--animate", is_flag=True, help="Also write an animated GIF."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _read(loaded: Any, video: Path | None, data: Path | None, video_id: str | None,
+          frames: int | None, interval: int | None, short_side: int | None):
+    from pipelines.visualize.clip import read_clip, resize_frames
+
+    n = frames or (loaded.frames if loaded is not None else 8)
+    step = interval or (loaded.interval if loaded is not None else 1)
+    sampler = loaded.sampler if loaded is not None else "dense"
+    clip = read_clip(video, n, step, sampler, data=data, video_id=video_id)
+    clip.frames = resize_frames(clip.frames, short_side)
+    return clip
+
+
+def _report(paths: list[Path]) -> None:
+    for p in paths:
+        click.echo(str(p))
+
+
+def _model(checkpoint: Path | None, model: str | None):
+    from pipelines.errors import UserError
+    from pipelines.visualize.clip import load_model
+
+    if (checkpoint is None) == (model is None):
+        raise UserError("give exactly one of --checkpoint and --model")
+    return load_model(checkpoint, model)
+
+
+@visualize.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Training checkpoint.")
+@click.option("--model", "model_name", help="Registered model name (random weights).")
+@click.option("--pixels", is_flag=True,
+              help="No model: correlate normalised pixel patches with the previous frame.")
+@click.option("--patch", default=5, show_default=True, type=click.IntRange(min=1),
+              help="--pixels: patch size P (odd).")
+@click.option("--kernel-size", default=9, show_default=True, type=click.IntRange(min=1),
+              help="--pixels: K x K displacement grid (odd).")
+@click.option("--dilation", default=2, show_default=True, type=click.IntRange(min=1),
+              help="--pixels: spacing of the displacement grid in pixels.")
+@click.option("--offset", type=int, default=None,
+              help="Model: temporal offset shown [default: -1 where present].")
+@_clip_options
+def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, patch: int,
+                kernel_size: int, dilation: int, offset: int | None, video: Path | None,
+                data: Path | None, video_id: str | None, frames: int | None,
+                interval: int | None, short_side: int | None, out_dir: Path,
+                animate: bool) -> None:
+    """Dominant displacement (argmax over the KxK displacements) of every correlation stage,
+    colour-coded with the optical-flow colour wheel over the frames (DCF Figs 4-5).
+
+    Shown is the motion of the content (for offset -1: from the previous frame to this one),
+    in input pixels. With --pixels, per-pixel features are zero-mean unit-norm PxP RGB patches
+    correlated with the previous frame on a KxK grid of the given dilation (flat regions show
+    zero motion). Writes OUT/correlation.png (or correlation_pixels.png).
+
+    \b
+    Examples:
+      vcorr visualize correlation --pixels clip.mp4 --out viz/
+      vcorr visualize correlation --pixels clip.mp4 --kernel-size 7 --dilation 3 --animate --out viz/
+      vcorr visualize correlation --checkpoint runs/corrnet/best.pt --data data/k400 --id abc --out viz/
+      vcorr visualize correlation --model dcf_x3d_s clip.mp4 --short-side 160 --out viz/
+    """
+    from pipelines.errors import UserError
+    from pipelines.visualize.correlation import visualize_model_correlation, visualize_pixels
+
+    if pixels:
+        if checkpoint is not None or model_name is not None:
+            raise UserError("--pixels takes no --checkpoint / --model")
+        if patch % 2 == 0 or kernel_size % 2 == 0:
+            raise UserError("--patch and --kernel-size must be odd")
+        clip = _read(None, video, data, video_id, frames, interval, short_side)
+        _report(visualize_pixels(clip, out_dir, patch=patch, kernel_size=kernel_size,
+                                 dilation=dilation, animate=animate))
+        return
+    loaded = _model(checkpoint, model_name)
+    clip = _read(loaded, video, data, video_id, frames, interval, short_side)
+    _report(visualize_model_correlation(loaded, clip, out_dir, offset=offset, animate=animate))
+
+
+@visualize.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Training checkpoint.")
+@click.option("--model", "model_name", help="Registered model name (random weights).")
+@click.option("--module", "module_index", default=-1, show_default=True, type=int,
+              help="Which CP module, in network order (negative counts from the end).")
+@click.option("--points", default=None,
+              help="Query points 't,y,x;t,y,x' in input pixels of the clip as fed to the model "
+                   "(after --short-side) [default: the positions the module changes most].")
+@click.option("--num-points", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Automatic query points.")
+@_clip_options
+def correspondences(checkpoint: Path | None, model_name: str | None, module_index: int,
+                    points: str | None, num_points: int, video: Path | None, data: Path | None,
+                    video_id: str | None, frames: int | None, interval: int | None,
+                    short_side: int | None, out_dir: Path, animate: bool) -> None:
+    """The k correspondences a CP module proposes for query positions, across the clip's
+    frames (CPNet Fig. 5): filled circles win the max-pool of Eq. 2 for at least one MLP
+    channel (the set A; the number is how many channels), crosses win none. Below: the L1
+    change |CP(x) - x| per frame. Writes OUT/correspondences.png.
+
+    \b
+    Examples:
+      vcorr visualize correspondences --checkpoint runs/toy_cpnet/best.pt clip.mp4 --out viz/
+      vcorr visualize correspondences --model toy_cpnet clip.mp4 --points "1,16,12;2,16,20" --out viz/
+      vcorr visualize correspondences --checkpoint runs/cpnet/best.pt --data data/ssv2 --id 123 \\
+          --module 0 --num-points 5 --animate --out viz/
+    """
+    from pipelines.visualize.correspondences import visualize_correspondences
+
+    loaded = _model(checkpoint, model_name)
+    clip = _read(loaded, video, data, video_id, frames, interval, short_side)
+    _report(visualize_correspondences(loaded, clip, out_dir, module_index=module_index,
+                                      points=points, num_points=num_points, animate=animate))
+
+
+@visualize.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder for the figures.")
+@click.option("--channels", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Channels shown (those with the largest weight spread).")
+@click.option("--times", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Time steps shown (evenly spaced).")
+def filters(checkpoint: Path, out_dir: Path, channels: int, times: int) -> None:
+    """Learned correlation weights of a CorrNet checkpoint (CorrNet Fig. 4): per operator a
+    time x channel grid of KxK maps, an arrow from the centre to each map's largest weight.
+    Writes OUT/filters_<module>.png.
+
+    \b
+    Examples:
+      vcorr visualize filters runs/corrnet/best.pt --out viz/
+      vcorr visualize filters runs/corrnet/best.pt --channels 8 --times 4 --out viz/
+    """
+    from pipelines.visualize.filters import visualize_filters
+
+    _report(visualize_filters(checkpoint, out_dir, max_channels=channels, max_times=times))
