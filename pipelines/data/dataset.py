@@ -1,7 +1,6 @@
 """The clip loader: a torch Dataset over the HDF5 shards written by ``vcorr prepare``."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.data.inspect import read_classes, read_index
+from pipelines.data.inspect import read_classes, read_index, read_meta
 from pipelines.data.samplers import DenseSampler, SegmentSampler
 from pipelines.data.shards import ShardReader
 from pipelines.data.transforms import SWAP_MAPS, as_video
@@ -63,8 +62,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"flip must be off, on or swap, got {flip!r}")
         self.flip = flip
         if flip == "swap" and swap_map is None:
-            meta = self.root / "prepare.json"
-            dataset = json.loads(meta.read_text()).get("dataset", "") if meta.is_file() else ""
+            dataset = read_meta(self.root).get("dataset", "")
             if dataset not in SWAP_MAPS:
                 raise UserError(f"{self.root}: no built-in label-swap map for dataset "
                                 f"{dataset!r}; give swap_map or use flip='on'/'off'")

@@ -34,6 +34,13 @@ def read_classes(out: str | Path) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def read_meta(out: str | Path) -> dict:
+    """``OUT/prepare.json`` (what prepare did, incl. ``dataset``: the annotation format), or
+    ``{}`` for a folder without one."""
+    path = Path(out) / "prepare.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
               progress: bool = False) -> dict:
     """Videos per split and class, frames, bytes and failures of a prepared ``out``.
@@ -49,8 +56,7 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
     if failures_path.is_file():
         with open(failures_path, newline="", encoding="utf-8") as f:
             failures = list(csv.DictReader(f))
-    meta_path = out / "prepare.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_meta(out)
     splits: dict[str, dict] = {}
     per_class: dict[str, Counter] = defaultdict(Counter)
     for r in rows:

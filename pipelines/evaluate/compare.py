@@ -103,8 +103,6 @@ def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.evaluate.evaluate import write_bytes_atomic
-
     n = max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * n + 1.5), 4.8))
     gains = [100 * r["gain"] for r in rows]
@@ -121,7 +119,7 @@ def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def compare_results(results: list[str | Path], baseline: str | Path, out: str | Path,

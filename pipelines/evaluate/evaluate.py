@@ -15,7 +15,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from pipelines.data.dataset import VideoClipDataset
-from pipelines.data.inspect import read_classes
+from pipelines.data.inspect import read_classes, read_meta
 from pipelines.data.samplers import make_sampler
 from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
 from pipelines.errors import UserError
@@ -46,13 +45,6 @@ class EvalSettings:
     max_views_per_batch: int = 64
     workers: int = 2
     amp: bool = True                  # autocast on CUDA
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -270,17 +262,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
                         split: str = "val", settings: EvalSettings | None = None,
                         device: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the prepared ``data`` and write ``out``."""
-    from pipelines.train.checkpoint import load_checkpoint
-    from pipelines.train.config import phases
     from pipelines.train.distributed import cleanup_distributed, setup_distributed
-    from pipelines.train.trainer import build_model
+    from pipelines.train.trainer import model_from_checkpoint
 
     s = settings or EvalSettings()
     t_start = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint)
-    for key in ("model", "config", "classes"):
-        if key not in ckpt:
-            raise UserError(f"{checkpoint}: checkpoint has no {key!r}")
+    model, ckpt = model_from_checkpoint(checkpoint)
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])
     if not (root / "index.csv").is_file():
@@ -295,14 +282,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     if isinstance(short_side, list):
         short_side = short_side[0] if short_side else 0
     short_side = int(short_side) or None
-    meta = root / "prepare.json"
-    dataset_name = json.loads(meta.read_text()).get("dataset", "") if meta.is_file() else ""
-    swap_map = SWAP_MAPS.get(dataset_name, {})
+    swap_map = SWAP_MAPS.get(read_meta(root).get("dataset", ""), {})
     env = setup_distributed(device)
     dev = env.device
     try:
-        model = build_model(cfg, len(classes), phases(cfg)[0]["frames"])
-        model.load_state_dict(ckpt["model"])
         model.to(dev)
         r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
                       crop_size=crop_size, short_side=short_side,
@@ -377,4 +360,4 @@ def write_outputs(out: Path, metrics: dict[str, Any], r: dict[str, Any],
     npz = io.BytesIO()
     np.savez(npz, ids=np.asarray(r["ids"], dtype=str), labels=np.asarray(r["labels"], np.int64),
              scores=np.asarray(r["scores"], np.float32), classes=np.asarray(classes, dtype=str))
-    write_bytes_atomic(out / "scores.npz", npz.getvalue())
+    write_atomic(out / "scores.npz", npz.getvalue())

@@ -5,7 +5,6 @@ identical frames gives the 2D network's activations).
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from pipelines.errors import UserError
+from pipelines.fileio import replace_atomic
 
 FORMAT = "vcorr-checkpoint-1"
 
@@ -21,10 +21,7 @@ FORMAT = "vcorr-checkpoint-1"
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash while saving
     never destroys the previous checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

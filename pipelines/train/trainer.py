@@ -106,6 +106,19 @@ def build_model(cfg: dict, num_classes: int, frames: int) -> nn.Module:
         raise UserError(f"model.args: {exc}") from None
 
 
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint, built as training built it (the config's model with
+    the checkpoint's classes and first-phase clip length) with its weights, and the checkpoint."""
+    ckpt = load_checkpoint(path)
+    for key in ("model", "config", "classes"):
+        if key not in ckpt:
+            raise UserError(f"{path}: checkpoint has no {key!r}")
+    cfg = ckpt["config"]
+    model = build_model(cfg, len(ckpt["classes"]), config_phases(cfg)[0]["frames"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
 def lr_at(cfg: dict, phase: dict, epoch: float) -> float:
     """The learning rate at (fractional) ``epoch`` of ``phase``: linear warmup, then cosine
     decay to 0 over the phase, step decay at ``milestones``, or constant."""
@@ -366,7 +379,7 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
                             completed=pos.step_in_epoch, stats="")
                     train_stats = _run_epoch(net, model, optimizer, scaler, cfg, phase, env,
                                              loader, steps, state, metrics, bar, task,
-                                             stop_after_steps, steps_run)
+                                             stop_after_steps, steps_run, epochs_before)
                     steps_run += train_stats.pop("steps_run")
                     if train_stats.pop("stopped"):
                         stopped = True
@@ -416,8 +429,9 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                scaler: torch.amp.GradScaler, cfg: dict, phase: dict, env: DistEnv,
                loader: torch.utils.data.DataLoader, steps: int, state: RunState,
                metrics: _Metrics, bar: Any, task: Any, stop_after_steps: int | None,
-               steps_before: int) -> dict[str, Any]:
-    """Optimiser steps from ``state.position.step_in_epoch`` to ``steps``."""
+               steps_before: int, epochs_before: int) -> dict[str, Any]:
+    """Optimiser steps from ``state.position.step_in_epoch`` to ``steps``; ``epochs_before``
+    is the number of epochs of the earlier phases (for global epoch numbers)."""
     o = cfg["optim"]
     pos = state.position
     acc = o["accumulate"]
@@ -427,7 +441,6 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     window = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, count, non-finite
     epoch_totals = torch.zeros(3, dtype=torch.float64)
     t_window, wait_window, steps_run = time.perf_counter(), 0.0, 0
-    epochs_before = sum(p["epochs"] for p in config_phases(cfg)[:pos.phase])
     while pos.step_in_epoch < steps:
         lr = lr_at(cfg, phase, pos.epoch + pos.step_in_epoch / steps)
         for group in optimizer.param_groups:

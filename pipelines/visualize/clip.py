@@ -43,17 +43,10 @@ def load_model(checkpoint: str | Path | None = None, name: str | None = None) ->
 
     if checkpoint is not None:
         from pipelines.evaluate.evaluate import clip_settings
-        from pipelines.train.checkpoint import load_checkpoint
-        from pipelines.train.config import phases
-        from pipelines.train.trainer import build_model
+        from pipelines.train.trainer import model_from_checkpoint
 
-        ckpt = load_checkpoint(checkpoint)
-        for key in ("model", "config", "classes"):
-            if key not in ckpt:
-                raise UserError(f"{checkpoint}: checkpoint has no {key!r}")
+        model, ckpt = model_from_checkpoint(checkpoint)
         cfg = ckpt["config"]
-        model = build_model(cfg, len(ckpt["classes"]), phases(cfg)[0]["frames"])
-        model.load_state_dict(ckpt["model"])
         frames, interval, sampler = clip_settings(cfg)
         return LoadedModel(model.eval(), cfg["model"]["name"], int(frames), int(interval),
                            str(sampler), bool(cfg["data"].get("normalize", True)))
