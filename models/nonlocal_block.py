@@ -8,6 +8,7 @@ Inserted with ``after=[(block_index, NonLocalBlock)]`` (after a residual block).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.layers import zero_init_bn
@@ -32,9 +33,12 @@ class NonLocalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        theta = self.theta(x).flatten(2).transpose(1, 2)           # (B, N, C')
-        phi = self.pool(self.phi(x)).flatten(2)                    # (B, C', M)
-        g = self.pool(self.g(x)).flatten(2).transpose(1, 2)        # (B, M, C')
-        attn = torch.softmax((theta @ phi) * self.inner ** -0.5, dim=-1)  # (B, N, M)
-        y = (attn @ g).transpose(1, 2).reshape(b, self.inner, t, h, w)
+        # softmax(theta phi^T / sqrt(C')) g is scaled dot-product attention; torch's fused kernel
+        # never stores the (N, M) matrix, which dominates time and memory on long clips. It
+        # needs channel-last contiguous inputs, else torch falls back to the materialising path.
+        theta = self.theta(x).flatten(2).transpose(1, 2).contiguous()         # (B, N, C')
+        phi = self.pool(self.phi(x)).flatten(2).transpose(1, 2).contiguous()  # (B, M, C')
+        g = self.pool(self.g(x)).flatten(2).transpose(1, 2).contiguous()      # (B, M, C')
+        y = F.scaled_dot_product_attention(theta, phi, g)                     # (B, N, C')
+        y = y.transpose(1, 2).reshape(b, self.inner, t, h, w)
         return x + self.bn(self.out(y))

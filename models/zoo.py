@@ -124,7 +124,7 @@ def trn(depth: int = 18, *, num_frames: int = 8, feature_dim: int = 256, hidden:
 
 
 def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: int = 1,
-            module: str | None = None, head: str = "fc", num_frames: int = 4, k: int = 8,
+            module: str | None = None, head: str = "fc", num_frames: int = 3, k: int = 8,
             mlp_ratios: Sequence[float] = (0.25, 0.5), in_channels: int = 3) -> VideoResNet:
     """The moving-square toy models (CPNet poster): two 3x3 conv layers (each conv + BN + ReLU,
     stride 1), then the paper's module, global pooling and FC.
@@ -139,7 +139,8 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: 
     if conv not in factories:
         raise ValueError(f"unknown toy conv {conv!r}; expected one of {sorted(factories)}")
     post_add = ((0, partial(CPModule, k=k, mlp_ratios=tuple(mlp_ratios))),) if module == "cp" else ()
-    after = ((0, NonLocalBlock),) if module == "nl" else ()
+    # No phi/g sub-sampling on the toy: its 2x2 max-pool would tell even from odd positions.
+    after = ((0, partial(NonLocalBlock, sub_sample=True)),) if module == "nl" else ()
     if module not in (None, "cp", "nl"):
         raise ValueError(f"unknown toy module {module!r}; expected None, 'cp' or 'nl'")
     heads = {"fc": None, "trn": partial(TRNHead, num_frames=num_frames)}
@@ -155,7 +156,7 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: 
 # --- registered variants ------------------------------------------------------------------
 K400 = dict(input_shape=(3, 8, 224, 224), num_classes=400)      # Kinetics, 8-frame clips
 SSV2 = dict(input_shape=(3, 12, 224, 224), num_classes=174)     # Something-Something v2
-TOY = dict(input_shape=(3, 4, 32, 32), num_classes=4)           # moving square, T=4
+TOY = dict(input_shape=(3, 3, 32, 32), num_classes=4)           # moving square, T=3
 RES345_ALL = {"res3": (0, 1), "res4": (0, 1), "res5": (0, 1)}   # every block of res3-5 (ResNet-18)
 
 register_model("c2d_r18", c2d, paper="CPNet supp. Table 1 (C2D)", paper_params_m=10.84, depth=18, **K400)
@@ -191,7 +192,7 @@ register_model("toy_c2d", toy_net, paper="CPNet poster toy (C2D)", conv="2d", **
 register_model("toy_c3d", toy_net, paper="CPNet poster toy (C3D)", conv="3d", **TOY)
 register_model("toy_artnet", toy_net, paper="CPNet poster toy (ARTNet)", conv="smart", **TOY)
 register_model("toy_trn", toy_net, paper="CPNet poster toy (TRN)", conv="2d", head="trn",
-               num_frames=4, **TOY)
+               num_frames=3, **TOY)
 register_model("toy_nl", toy_net, paper="CPNet poster toy (NL)", conv="2d", module="nl", **TOY)
 # k=1 and a C-wide MLP: with k=8 the max over a query's past and future neighbours is symmetric
 # in the sign of the motion and training sits for epochs at ~50% (axis found, sign not); one

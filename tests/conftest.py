@@ -162,7 +162,7 @@ def list_dataset(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory) -> dict:
-    """``vcorr toy`` output: 16 videos of 4 frames, 4 of them val."""
+    """``vcorr toy`` output: 16 videos of 3 frames, 4 of them val."""
     from pipelines.data.toy import ToyOptions, make_toy
 
     out = tmp_path_factory.mktemp("toy")
@@ -400,7 +400,7 @@ def ffmpeg_testsrc(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_train_prepared(tmp_path_factory) -> Path:
-    """A toy dataset prepared for training tests (``tests/test_train.py``): 32 videos of 4
+    """A toy dataset prepared for training tests (``tests/test_train.py``): 32 videos of 3
     frames at 32x32 (24 train, 8 val), all four classes, JPEG, stored at the original size."""
     from pipelines.data.toy import ToyOptions, make_toy
 

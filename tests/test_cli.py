@@ -158,7 +158,7 @@ def test_toy_prepare_inspect_end_to_end(cli_toy: Path, cli_prepared: Path) -> No
     r = run("inspect", cli_prepared, "--json")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
-    assert (s["videos"], s["frames"], s["num_classes"], s["failures"]) == (12, 48, 4, 0)
+    assert (s["videos"], s["frames"], s["num_classes"], s["failures"]) == (12, 36, 4, 0)
     assert {k: v["videos"] for k, v in s["splits"].items()} == {"train": 10, "val": 2}
     assert s["splits"]["train"]["shards"] == 3
     expect: dict[str, dict[str, int]] = {}
@@ -170,11 +170,11 @@ def test_toy_prepare_inspect_end_to_end(cli_toy: Path, cli_prepared: Path) -> No
     r = run("inspect", cli_prepared, "--verify")
     assert r.exit_code == 0, r.output
     rows = {}
-    for line in r.stdout.splitlines():  # rich table rows: "│ train │ 10 │ 40 │ ..."
+    for line in r.stdout.splitlines():  # rich table rows: "│ train │ 10 │ 30 │ ..."
         cells = [c.strip() for c in line.split("│")[1:-1]]
         if cells and cells[0] in ("train", "val", "all"):
             rows[cells[0]] = cells[1:3]
-    assert rows == {"train": ["10", "40"], "val": ["2", "8"], "all": ["12", "48"]}
+    assert rows == {"train": ["10", "30"], "val": ["2", "6"], "all": ["12", "36"]}
     assert "failures: 0" in r.stdout and "verify: all videos decode" in r.stdout
 
 

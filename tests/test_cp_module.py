@@ -373,3 +373,4 @@ def test_cp_module_sees_other_frames_only() -> None:
         x2[:, :, 2] += 3.0
         y2 = m(x2)
     assert not torch.allclose(y[:, :, 0], y2[:, :, 0])
+

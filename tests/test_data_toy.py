@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import torch
 import pytest
 
 from pipelines.data.toy import CLASSES, ToyOptions, make_toy, render_toy, toy_trajectories
@@ -41,10 +42,10 @@ def square_positions(frames: np.ndarray, square: int = 2) -> list[tuple[int, int
 def test_trajectories_respect_steps_canvas_and_direction(seed):
     opt = ToyOptions(videos=400, seed=seed)
     labels, pos = toy_trajectories(opt)
-    assert labels.shape == (400,) and pos.shape == (400, 4, 2)
+    assert labels.shape == (400,) and pos.shape == (400, opt.frames, 2)
     assert set(np.unique(labels)) == {0, 1, 2, 3}  # all four directions occur
-    free = opt.canvas - opt.square
-    assert pos.min() >= 0 and pos.max() <= free  # the whole square stays on the canvas
+    # the whole square stays on the canvas, opt.margin pixels off every border
+    assert pos.min() == opt.margin and pos.max() == opt.canvas - opt.square - opt.margin
     d = np.diff(pos, axis=1)  # (N, T-1, 2)
     for lab, dd in zip(labels, d):
         dy, dx = DIRECTION[CLASSES[lab]]
@@ -62,9 +63,10 @@ def test_start_positions_cover_the_allowed_range():
     opt = ToyOptions(videos=2000, seed=0)
     labels, pos = toy_trajectories(opt)
     right = pos[labels == CLASSES.index("right")]
-    # moving right: x starts at 0..free-total, y anywhere in 0..free
-    assert right[:, 0, 0].min() == 0 and right[:, 0, 0].max() == opt.canvas - opt.square
-    assert right[:, 0, 1].min() == 0 and right[:, 0, 1].max() > 0
+    # moving right: y anywhere in margin..canvas-square-margin, x from the margin up
+    m = opt.margin
+    assert right[:, 0, 0].min() == m and right[:, 0, 0].max() == opt.canvas - opt.square - m
+    assert right[:, 0, 1].min() == m and right[:, 0, 1].max() > m
 
 
 def test_wrap_allows_long_paths_and_stays_in_canvas():
@@ -84,14 +86,38 @@ def test_wrap_allows_long_paths_and_stays_in_canvas():
 
 def test_path_too_long_without_wrap_is_a_clear_error():
     with pytest.raises(UserError, match="--wrap"):
-        toy_trajectories(ToyOptions(videos=4, frames=5))  # 4*9 = 36 px > 30 px of room
+        toy_trajectories(ToyOptions(videos=4, frames=5))  # 4*9 = 36 px > 24 px of room
+    with pytest.raises(UserError, match="margin"):
+        toy_trajectories(ToyOptions(videos=4, frames=4))  # 27 px > 32 - 2 - 2*3
     toy_trajectories(ToyOptions(videos=4, frames=5, wrap=True))  # fine with wrap
-    toy_trajectories(ToyOptions(videos=4, frames=5, max_step=7))  # 28 px fits
+    toy_trajectories(ToyOptions(videos=4, frames=5, max_step=7, margin=0))  # 28 px fits
+
+
+def _pooled_toy_features(opt: ToyOptions) -> torch.Tensor:
+    """Spatio-temporal mean of a fresh two-layer toy C2D's features for every toy video."""
+    from models import create_model
+
+    labels, pos = toy_trajectories(opt)
+    frames = torch.from_numpy(render_toy(opt, labels, pos)).float() / 255
+    clips = frames.reshape(opt.videos, opt.frames, opt.canvas, opt.canvas, 3).permute(0, 4, 1, 2, 3)
+    torch.manual_seed(0)
+    net = create_model("toy_c2d").eval()
+    with torch.no_grad():
+        return net.forward_features(clips).mean((2, 3, 4))
+
+
+def test_margin_leaves_no_border_shortcut():
+    """With the default margin every video gives a translation-invariant two-layer net the same
+    pooled features (so C2D/TRN/NL can only guess); without it the borders give positions away."""
+    feats = _pooled_toy_features(ToyOptions(videos=64, seed=3))
+    assert torch.allclose(feats, feats[:1].expand_as(feats), atol=1e-5)
+    leaky = _pooled_toy_features(ToyOptions(videos=64, frames=4, margin=0, seed=3))
+    assert (leaky - leaky[:1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("opt", [ToyOptions(videos=0), ToyOptions(square=0),
                                  ToyOptions(min_step=5, max_step=4),
-                                 ToyOptions(val_fraction=1.0)])
+                                 ToyOptions(val_fraction=1.0), ToyOptions(margin=-1)])
 def test_bad_options_raise_user_error(opt, tmp_path):
     with pytest.raises(UserError):
         make_toy(tmp_path / "t", opt)

@@ -238,8 +238,8 @@ TINY_CLIPS: dict[str, tuple[int, int]] = {
     "c3d_r18": (4, 32), "artnet_r18": (4, 32), "nl_c2d_r18": (4, 32), "trn_r18": (8, 32),
     "cpnet_r18": (4, 32), "cpnet_r18_5cp": (4, 32), "cpnet_r18_4cp": (4, 32),
     "cpnet_r34": (4, 32), "cpnet_r101": (2, 32),
-    "toy_c2d": (4, 8), "toy_c3d": (4, 8), "toy_artnet": (4, 8), "toy_trn": (4, 8),
-    "toy_nl": (4, 8), "toy_cpnet": (4, 8),
+    "toy_c2d": (3, 8), "toy_c3d": (3, 8), "toy_artnet": (3, 8), "toy_trn": (3, 8),
+    "toy_nl": (3, 8), "toy_cpnet": (3, 8),
 }
 NUM_CLASSES = 3
 
@@ -351,7 +351,7 @@ def test_trn_model_eval_deterministic_across_instances() -> None:
     a = models.create_model("toy_trn")
     torch.manual_seed(1)
     b = models.create_model("toy_trn")
-    x = torch.randn(2, 3, 4, 8, 8)
+    x = torch.randn(2, 3, 3, 8, 8)
     a.eval()
     b.eval()
     with torch.no_grad():
@@ -484,3 +484,24 @@ def test_model_row_c2d_r18() -> None:
     assert row["input_shape"] == [3, 8, 224, 224] and row["num_classes"] == 400
     hand = c2d_r18_macs() / 1e9
     assert row["gmacs"] == pytest.approx(hand, rel=0.01)
+
+
+@pytest.mark.parametrize("sub_sample", [True, False])
+def test_nonlocal_block_equals_naive_embedded_gaussian(sub_sample):
+    """The fused-attention block equals y_i = sum_j softmax_j(theta_i . phi_j / sqrt(C')) g_j
+    written out per position in float64 (NL paper Eq. 1-3), with a non-zero output BN."""
+    torch.manual_seed(0)
+    block = NonLocalBlock(6, sub_sample=sub_sample).double().eval()
+    nn.init.normal_(block.bn.weight)
+    x = torch.randn(2, 6, 2, 5, 4, dtype=torch.float64)
+    theta = block.theta(x).flatten(2)                      # (B, C', N)
+    phi = block.pool(block.phi(x)).flatten(2)              # (B, C', M)
+    g = block.pool(block.g(x)).flatten(2)
+    y = torch.zeros_like(theta)
+    for b in range(x.shape[0]):
+        for i in range(theta.shape[2]):
+            logits = torch.stack([theta[b, :, i] @ phi[b, :, j] for j in range(phi.shape[2])])
+            w = torch.softmax(logits / block.inner ** 0.5, 0)
+            y[b, :, i] = (g[b] * w).sum(1)
+    expect = x + block.bn(block.out(y.reshape(2, block.inner, 2, 5, 4)))
+    torch.testing.assert_close(block(x), expect, rtol=1e-9, atol=1e-9)

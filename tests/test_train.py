@@ -2,7 +2,7 @@
 resume, progressive phases with frozen BN, 2-process DDP on CPU (gloo), the non-finite-loss
 stop, safe checkpoint loading, torchvision ResNet inflation, and the learning-rate schedule.
 
-Every run is tiny: the toy moving-square dataset (24 train / 8 val clips of 4 frames at
+Every run is tiny: the toy moving-square dataset (24 train / 8 val clips of 3 frames at
 32x32, fixture ``toy_train_prepared``), models of width 8, batch 4, 1-2 epochs, data loading
 in the main process unless a test is about workers, one torch thread (two busy cores shared
 with other jobs make intra-op threading 10x slower, not faster).
@@ -358,7 +358,7 @@ def test_train_end_to_end_writes_the_run_dir(tmp_path: Path, toy_train_prepared:
     assert [r["epoch"] for r in val_recs] == [1, 2]
     assert [r["step"] for r in val_recs] == [STEPS, 2 * STEPS]
     assert all(r["count"] == VAL_VIDEOS for r in val_recs)
-    assert all(r["frames"] == 4 for r in train_recs)
+    assert all(r["frames"] == 3 for r in train_recs)
     # the lr logged is the schedule's: warmup then cosine over the phase
     plan = phases(cfg)
     for r in train_recs:

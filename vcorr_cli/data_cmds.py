@@ -12,13 +12,16 @@ from pipelines.errors import UserError
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--videos", default=2000, show_default=True, help="Number of videos.")
 @click.option("--val-fraction", default=0.2, show_default=True, help="Share of the val split.")
-@click.option("--frames", default=4, show_default=True, help="Frames per video.")
+@click.option("--frames", default=3, show_default=True, help="Frames per video.")
 @click.option("--canvas", default=32, show_default=True, help="Frame size in pixels.")
 @click.option("--square", default=2, show_default=True, help="Square size in pixels.")
 @click.option("--min-step", default=7, show_default=True, help="Smallest move per frame.")
 @click.option("--max-step", default=9, show_default=True, help="Largest move per frame.")
 @click.option("--wrap/--no-wrap", default=False, show_default=True,
               help="Wrap around the borders (for long clips) instead of staying inside.")
+@click.option("--margin", default=3, show_default=True,
+              help="Pixels kept free between the square and every border (without --wrap), so "
+                   "a two-layer 3x3 net cannot read the direction from a border.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (output is "
               "deterministic for a seed).")
 def toy(out: str, **kw) -> None:

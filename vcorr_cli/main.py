@@ -24,6 +24,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.eval_cmds", "compare"),
     ("vcorr_cli.visualize_cmds", "visualize"),
     ("vcorr_cli.bench_cmds", "bench"),
+    ("vcorr_cli.demo_cmd", "demo"),
 ]
 
 
@@ -48,6 +49,7 @@ def cli() -> None:
 
     \b
     Typical use:
+      vcorr demo                   # everything below on the toy dataset, with a report
       vcorr toy data/toy
       vcorr prepare --format list --annotations data/toy/annotations.csv \\
                     --root data/toy --out data/toy_h5 --short-side 0
