@@ -177,7 +177,7 @@ def report_md(out: Path, r: dict[str, Any]) -> str:
 A 2x2 white square moves 7-9 px per frame up, down, left or right on a 32x32 canvas
 (3 frames, kept 3 px off the borders); the direction is the label. {n_train} train /
 {p['videos'] - n_train} val videos, every model trained {p['epochs']} epochs with the same schedule
-(examples/configs/toy_*.toml: AdamW, cosine, batch 32). The CPNet poster reports that the
+(examples/configs/toy_*.toml: AdamW, cosine, batch 16). The CPNet poster reports that the
 baselines stay at chance, because two 3x3 convs cannot see a 7-9 px step and non-local
 attention has no positions, while CPNet fits the toy.
 
