@@ -353,6 +353,11 @@ class CPModule(nn.Module):
         reduction: if set, a 1x1 conv + BN (no ReLU) to C/reduction before the k-NN.
         downsample: 2x bilinear spatial downsampling before the k-NN, upsampled back after.
         chunk_rows: query rows per k-NN chunk (default: from a 64 MiB working set).
+        tie_break: w >= 0; the k-NN ranks ``|f_a - f_b|^2 + w |p_a - p_b|^2`` (p: the normalised
+            (t, h, w) positions), so that among equally near features the nearest in space-time
+            wins. 0 (default) is the paper's distance. Real features are almost never tied; a
+            synthetic flat background is (the toy: thousands of exactly equal distances, which
+            the authors' TF top-k breaks by lowest index and ours by float rounding).
 
     If a clip has fewer than k positions outside a frame, k is clamped to that number (tiny
     test clips); at least two frames are required.
@@ -361,7 +366,7 @@ class CPModule(nn.Module):
 
     def __init__(self, channels: int, k: int = 8, mlp_ratios: Sequence[float] = (0.25, 0.5), *,
                  reduction: int | None = None, downsample: bool = False,
-                 chunk_rows: int | None = None) -> None:
+                 chunk_rows: int | None = None, tie_break: float = 0.0) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
@@ -369,6 +374,7 @@ class CPModule(nn.Module):
         if not widths:
             raise ValueError("the CP module needs at least one MLP layer")
         self.channels, self.k, self.downsample, self.chunk_rows = channels, k, downsample, chunk_rows
+        self.tie_break = tie_break
         feat_dim = channels
         self.reduce: nn.Module | None = None
         if reduction:
@@ -454,10 +460,13 @@ class CPModule(nn.Module):
         n = t * h * w
         flat = f.reshape(b, c, n)
         k = min(self.k, n - h * w)
-        idx = knn_other_frames(flat.detach(), k, h * w, chunk_rows=self.chunk_rows)
+        pos = grid_positions(t, h, w, dtype=f.dtype, device=f.device)
+        keys = flat.detach()
+        if self.tie_break:
+            keys = torch.cat([keys, (pos * self.tie_break ** 0.5).expand(b, 3, n)], dim=1)
+        idx = knn_other_frames(keys, k, h * w, chunk_rows=self.chunk_rows)
         if self.keep_knn:
             self.last_knn = idx
-        pos = grid_positions(t, h, w, dtype=f.dtype, device=f.device)
         e = self.first_layer(flat, pos, idx)                            # (B, N, k, C1)
         e = F.relu(self.bn1(e.reshape(-1, e.shape[-1])), inplace=True)    # BN keeps its input
         e = self.mlp_pre_relu(e) if self._last_relu else self.mlp(e)

@@ -165,7 +165,7 @@ class StemSpec:
     ResNet default: 1x7x7 conv, stride (1, 2, 2), 64 channels, then a 1x3x3 max-pool with stride
     (1, 2, 2): 224 px in -> 56 px into res2. ``pool=False`` suits 112 px inputs (56 px into res2).
     ``after``: plug-in factories ``(channels) -> nn.Module`` applied to the stem's output (DCF
-    Table 2 places a correlation block after "stage1").
+    Table 2 places a correlation block after "stage1"). ``norm=False`` drops the BN (the toy nets).
     """
 
     width: int = 64
@@ -173,6 +173,7 @@ class StemSpec:
     stride: Triple = (1, 2, 2)
     pool: bool = True
     after: tuple[Callable[[int], nn.Module], ...] = field(default=())
+    norm: bool = True
 
 
 class Stem(nn.Sequential):
@@ -180,7 +181,8 @@ class Stem(nn.Sequential):
 
     def __init__(self, in_channels: int, spec: StemSpec) -> None:
         layers: list[nn.Module] = [spec.conv(in_channels, spec.width, spec.stride),
-                                   nn.BatchNorm3d(spec.width), nn.ReLU(inplace=True)]
+                                   nn.BatchNorm3d(spec.width) if spec.norm else nn.Identity(),
+                                   nn.ReLU(inplace=True)]
         if spec.pool:
             layers.append(nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
         layers.extend(factory(spec.width) for factory in spec.after)

@@ -109,7 +109,8 @@ class Bottleneck(nn.Module):
 
 
 class PlainBlock(nn.Module):
-    """One conv -> BN -> [post_add] -> ReLU, no residual (the toy nets' second conv layer).
+    """One conv -> BN -> [post_add] -> ReLU, no residual (the toy nets' second conv layer);
+    ``norm=False`` drops the BN.
 
     Shape: (B, C_in, T, H, W) -> (B, width, T/st, H/s, W/s).
     """
@@ -117,11 +118,12 @@ class PlainBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_channels: int, width: int, stride: StrideLike = 1, *,
-                 conv: ConvFactory = conv_2d, post_add: nn.Module | None = None) -> None:
+                 conv: ConvFactory = conv_2d, post_add: nn.Module | None = None,
+                 norm: bool = True) -> None:
         super().__init__()
         self.out_channels = width
         self.conv = conv(in_channels, width, stride)
-        self.bn = nn.BatchNorm3d(width)
+        self.bn = nn.BatchNorm3d(width) if norm else nn.Identity()
         self.post_add = post_add if post_add is not None else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 

@@ -256,7 +256,9 @@ def naive_cp_forward(m: CPModule, x: torch.Tensor) -> torch.Tensor:
             dists = []
             for j, (tj, hj, wj) in enumerate(positions):
                 if tj != ti:
-                    dists.append((float(((feats[i] - feats[j]) ** 2).sum()), j))
+                    space_time = ((tj - ti) / t) ** 2 + ((hj - hi) / hf) ** 2 + ((wj - wi) / wf) ** 2
+                    dists.append((float(((feats[i] - feats[j]) ** 2).sum())
+                                  + m.tie_break * space_time, j))
             dists.sort()
             embeds = []
             for _, j in dists[:k]:
@@ -279,6 +281,7 @@ def naive_cp_forward(m: CPModule, x: torch.Tensor) -> torch.Tensor:
 CP_CONFIGS = {
     "r18": dict(channels=8, kw=dict(k=4), size=3),
     "r18_k_above_frame": dict(channels=8, kw=dict(k=12), size=3),
+    "tie_break": dict(channels=8, kw=dict(k=4, tie_break=2.0), size=3),
     "r101": dict(channels=16, kw=dict(k=4, mlp_ratios=(1 / 8,), reduction=8), size=3),
     "r101_downsample": dict(channels=16, kw=dict(k=4, mlp_ratios=(1 / 8,), reduction=8,
                                                  downsample=True), size=4),
@@ -374,3 +377,24 @@ def test_cp_module_sees_other_frames_only() -> None:
         y2 = m(x2)
     assert not torch.allclose(y[:, :, 0], y2[:, :, 0])
 
+
+
+def test_tie_break_picks_the_nearest_position_among_equal_features() -> None:
+    """With a flat feature map every distance ties; ``tie_break`` makes each query's neighbour
+    the same (h, w) in an adjacent frame, and a unique nearest feature still wins over a nearer
+    position (the toy's square finds the square, the black background stays in place)."""
+    m = CPModule(4, k=1, tie_break=0.01)
+    m.keep_knn = True
+    x = torch.zeros(1, 4, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+    idx = m.last_knn[0, :, 0]
+    t, hw = idx // 25, idx % 25
+    query = torch.arange(75)
+    assert torch.equal(hw, query % 25)
+    assert ((t - query // 25).abs() == 1).all()
+    x[0, :, 0, 4, 4] = 1.0          # a feature only at (0, 4, 4) and (2, 0, 0)
+    x[0, :, 2, 0, 0] = 1.0
+    with torch.no_grad():
+        m(x)
+    assert m.last_knn[0, 4 * 5 + 4, 0] == 2 * 25     # (0, 4, 4) -> (2, 0, 0), far but equal

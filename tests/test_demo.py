@@ -1,9 +1,8 @@
 """``vcorr demo --quick`` end to end (issue 8): run as a real process, as a user types it.
 
 Checks that every stage ran as a real ``vcorr`` command, every artefact exists, the report
-embeds the figures and the table, and C2D stays at chance on the shortcut-free toy. The issue
-also asks for "CPNet beats C2D"; on this toy and budget CPNet does not yet (README, "The toy
-experiment"), so that check is left out rather than written to fail or to pass by luck.
+embeds the figures and the table, C2D stays at chance on the shortcut-free toy and CPNet beats
+it by a wide margin (the poster's claim).
 """
 from __future__ import annotations
 
@@ -68,6 +67,15 @@ def test_quick_demo_c2d_is_at_chance(quick_demo):
               if line.split(",")[2] == "val"]
     shares = {c: labels.count(c) / len(labels) for c in set(labels)}
     assert any(abs(rows["c2d"]["val_top1"] - v) < 1e-9 for v in shares.values()), (rows["c2d"], shares)
+
+
+def test_quick_demo_cpnet_beats_c2d(quick_demo):
+    out, _ = quick_demo
+    rows = {row["key"]: row for row in json.loads((out / "demo.json").read_text())["rows"]}
+    # At 25% C2D has nothing to learn from; CPNet usually reaches 100% here (README). The bar
+    # is set below the worst plateau seen in the ablations (motion axis without its sign, ~53%)
+    # so that a different CPU's rounding cannot fail it, while a CPNet at chance always does.
+    assert rows["cpnet"]["val_top1"] > rows["c2d"]["val_top1"] + 0.2, (rows["cpnet"], rows["c2d"])
 
 
 def test_demo_refuses_a_folder_with_files(tmp_path):
