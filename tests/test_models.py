@@ -429,7 +429,7 @@ def test_overrides_apply_and_do_not_leak() -> None:
     assert m.head.fc.out_features == 7
     assert dict(entry.defaults) == before
     m = models.create_model("toy_cpnet")
-    assert [c.k for c in m.modules() if isinstance(c, CPModule)] == [entry.defaults["k"]] == [1]
+    assert [c.k for c in m.modules() if isinstance(c, CPModule)] == [entry.defaults["k"]] == [2]
     assert m.head.fc.out_features == entry.num_classes == 4
 
 

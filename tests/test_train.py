@@ -365,7 +365,7 @@ def test_train_end_to_end_writes_the_run_dir(tmp_path: Path, toy_train_prepared:
         s = r["step"] - 1
         assert r["lr"] == pytest.approx(lr_at(cfg, plan[0], s / STEPS), abs=1e-12)
     assert train_recs[0]["lr"] == 0.0 and train_recs[3]["lr"] == pytest.approx(
-        0.003 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+        cfg["optim"]["lr"] * 0.5 * (1 + math.cos(math.pi * 0.25)))
 
     saved = json.loads((out / "summary.json").read_text())
     assert saved["finished"] is True
@@ -528,6 +528,7 @@ def test_resume_at_epoch_boundaries(tmp_path: Path, toy_train_prepared: Path,
 
 def test_phases_switch_clip_length_and_freeze_bn(tmp_path: Path, toy_train_prepared: Path) -> None:
     cfg = toy_cfg(toy_train_prepared, 'optim.optimizer="sgd"', "optim.lr=0.1",
+                  "model.args={width=8, norm=true}",  # the toy nets have no BN by default
                   "phases=[{frames=2, epochs=1}, {frames=4, epochs=1, freeze_bn=true}]")
     out = tmp_path / "run"
     init = state_of(trainer_mod.build_model(cfg, 4, 2))  # seed 0 inside train() too
