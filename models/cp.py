@@ -370,6 +370,8 @@ class CPModule(nn.Module):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
+        if tie_break < 0:
+            raise ValueError(f"tie_break must be >= 0, got {tie_break}")
         widths = [max(1, int(round(channels * r))) for r in mlp_ratios]
         if not widths:
             raise ValueError("the CP module needs at least one MLP layer")

@@ -134,7 +134,7 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: 
     "nl" (non-local block after the second layer) or "cp" (CP module before its ReLU).
     ``head``: "fc" or "trn" (multi-scale relations over ``num_frames`` frames). ``stride``: the
     spatial stride of the first layer (2 makes the CP module's k-NN 16x cheaper on 32x32 input).
-    ``norm``: a BN after each of the two convs. The poster allows "two layers of 3x3 conv"; a BN
+    ``norm``: a BN after each of the two convs (SMART units keep their own BNs). The poster allows "two layers of 3x3 conv"; a BN
     over mostly black frames scales the square's few positions into outliers ~5 std away, whose
     feature terms then drown the CP MLP's (dt, dh, dw) input, and CPNet fits the toy for few
     seeds (README, toy experiment). ``tie_break``: see :class:`CPModule`.
@@ -145,8 +145,9 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: 
         raise ValueError(f"unknown toy conv {conv!r}; expected one of {sorted(factories)}")
     post_add = ((0, partial(CPModule, k=k, mlp_ratios=tuple(mlp_ratios), tie_break=tie_break)),
                 ) if module == "cp" else ()
-    # The NL paper's phi/g sub-sampling is kept (45 vs 8.8 ms per toy clip without it); its 2x2
-    # max-pool tells even from odd positions, which gives NL the motion axis on the toy.
+    # The NL paper's phi/g sub-sampling is kept (45 vs 8.8 ms per toy clip without it). Its 2x2
+    # max-pool tells even from odd positions; with BN in the toy convs that gave NL the motion
+    # axis (48%), without BN NL stays at chance.
     after = ((0, NonLocalBlock),) if module == "nl" else ()
     if module not in (None, "cp", "nl"):
         raise ValueError(f"unknown toy module {module!r}; expected None, 'cp' or 'nl'")

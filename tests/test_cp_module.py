@@ -307,11 +307,14 @@ def test_cp_module_equals_naive_per_pair_reference(config: str) -> None:
 
 
 def test_cp_module_needs_two_frames_and_positive_k() -> None:
-    """Neighbours come from other frames: one frame is an error, as is k < 1."""
+    """Neighbours come from other frames: one frame is an error, as are k < 1 and a negative
+    tie-break weight."""
     with pytest.raises(ValueError):
         CPModule(8)(torch.randn(1, 8, 1, 3, 3))
     with pytest.raises(ValueError):
         CPModule(8, k=0)
+    with pytest.raises(ValueError, match="tie_break"):
+        CPModule(8, tie_break=-0.1)
 
 
 def test_cp_module_parameter_shapes() -> None:
