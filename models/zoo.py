@@ -134,10 +134,11 @@ def toy_net(*, num_classes: int = 4, conv: str = "2d", width: int = 16, stride: 
     "nl" (non-local block after the second layer) or "cp" (CP module before its ReLU).
     ``head``: "fc" or "trn" (multi-scale relations over ``num_frames`` frames). ``stride``: the
     spatial stride of the first layer (2 makes the CP module's k-NN 16x cheaper on 32x32 input).
-    ``norm``: a BN after each of the two convs (SMART units keep their own BNs). The poster allows "two layers of 3x3 conv"; a BN
-    over mostly black frames scales the square's few positions into outliers ~5 std away, whose
-    feature terms then drown the CP MLP's (dt, dh, dw) input, and CPNet fits the toy for few
-    seeds (README, toy experiment). ``tie_break``: see :class:`CPModule`.
+    ``norm``: a BN after each of the two convs (SMART units keep their own BNs). The poster
+    allows "two layers of 3x3 conv"; a BN over mostly black frames scales the square's few
+    positions into outliers ~5 std away, whose feature terms then drown the CP MLP's
+    (dt, dh, dw) input, and CPNet fits the toy for few seeds (README, toy experiment).
+    ``tie_break``: see :class:`CPModule`.
     """
     factories = {"2d": partial(conv_2d, k=3), "3d": partial(conv_3d, k=3, t=3),
                  "smart": partial(smart_conv, k=3, t=3)}

@@ -84,7 +84,6 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
     click.echo(f"wrote {m['out']}")
 
 
-eval_cmd.name = "eval"
 eval = eval_cmd  # registered in vcorr_cli.main as ("vcorr_cli.eval_cmds", "eval")
 
 

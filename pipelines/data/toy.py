@@ -4,7 +4,8 @@ A white ``square`` x ``square`` patch on a black ``canvas`` x ``canvas`` frame m
 step of ``min_step``..``max_step`` pixels per frame in one of four directions; the direction is
 the label. Per-frame appearance is identical across classes, so a model can only solve it by
 relating positions across frames: the poster reports that C2D/C3D/TRN/NL with two 3x3 conv
-layers stay at chance and CPNet fits it (what we measure is in the README). Written as real lossless videos so it goes through ``vcorr prepare`` like any dataset.
+layers stay at chance and CPNet fits it (what we measure is in the README). Written as real
+lossless videos so it goes through ``vcorr prepare`` like any dataset.
 
 Two choices the poster leaves open close the shortcuts a translation-invariant network could
 otherwise take (measured: with T=4 and no margin, TRN reached 99.7% from where the square touched
