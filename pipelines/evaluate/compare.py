@@ -98,13 +98,10 @@ def _md(rows: list[dict[str, Any]], summary: dict[str, Any], name: str) -> str:
 
 def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Sorted bar chart of the per-class gains (points) with class names, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipelines.visualize.figures import plt, save
 
     n = max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * n + 1.5), 4.8))
+    fig, ax = plt().subplots(figsize=(max(6.0, 0.16 * n + 1.5), 4.8))
     gains = [100 * r["gain"] for r in rows]
     colors = ["tab:green" if g > 0 else "tab:red" if g < 0 else "tab:gray" for g in gains]
     ax.bar(range(len(rows)), gains, color=colors, width=0.8)
@@ -116,10 +113,7 @@ def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylabel("top-1 accuracy gain (points)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save(fig, path, [], dpi=120)
 
 
 def compare_results(results: list[str | Path], baseline: str | Path, out: str | Path,

@@ -1,11 +1,14 @@
-"""Shared figure helpers: matplotlib (Agg) setup, flow colouring, PNG and GIF output."""
+"""Shared figure helpers: matplotlib (Agg) setup, flow colouring, atomic PNG and GIF output."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from pipelines.fileio import write_atomic
 
 
 def plt():
@@ -47,9 +50,13 @@ def flow_colors(flows: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.nd
 
 
 def save(fig, path: Path, written: list[Path], dpi: int = 100) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    """Render ``fig`` in the format of ``path``'s suffix, write it atomically (a reader never
+    sees half a figure), close it and record ``path`` in ``written``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=dpi)
     plt().close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
     written.append(path)
 
 
@@ -73,8 +80,11 @@ def write_gif(images: Sequence[np.ndarray], path: Path, written: list[Path],
     if not images:
         return
     pil = [Image.fromarray(np.ascontiguousarray(im)) for im in images]
+    buf = io.BytesIO()
+    pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:],
+                duration=ms_per_frame, loop=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=ms_per_frame, loop=0)
+    write_atomic(path, buf.getvalue())
     written.append(path)
 
 
