@@ -168,17 +168,22 @@ def machine() -> dict[str, Any]:
 
 def report_md(out: Path, r: dict[str, Any]) -> str:
     """The demo's report: the toy table, the figures, how each number was made."""
+    from pipelines.data.toy import ToyOptions
+
     p = r["plan"]
     views = f"{p['clips']} clips x {p['crops']} crops"
     rel = {k: os.path.relpath(v, out) for k, v in r["artefacts"].items()}
     m = r["machine"]
     stages = "\n".join(f"{s['command']}    # {s['seconds']:.1f} s" for s in r["stages"])
-    n_train = p["videos"] - round(p["videos"] * 0.2)
+    n_val = r["rows"][0]["num_val"]
+    toy = ToyOptions()   # the demo's `vcorr toy` passes only --videos and --seed
     return f"""# vcorr demo: the CPNet toy experiment on this machine
 
-A 2x2 white square moves 7-9 px per frame up, down, left or right on a 32x32 canvas
-(3 frames, kept 3 px off the borders); the direction is the label. {n_train} train /
-{p['videos'] - n_train} val videos, every model trained {p['epochs']} epochs with the same schedule
+A {toy.square}x{toy.square} white square moves {toy.min_step}-{toy.max_step} px per frame up, \
+down, left or right on a {toy.canvas}x{toy.canvas} canvas
+({toy.frames} frames, kept {toy.margin} px off the borders); the direction is the label. \
+{p['videos'] - n_val} train /
+{n_val} val videos, every model trained {p['epochs']} epochs with the same schedule
 (examples/configs/toy_*.toml: AdamW, cosine, batch 16). The CPNet poster reports that the
 baselines stay at chance, because two 3x3 convs cannot see a 7-9 px step and non-local
 attention has no positions, while CPNet fits the toy.

@@ -86,14 +86,12 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
         row = rows[0]
         idx = sample_indices(row["num_frames"], frames, interval, sampler)
         reader = ShardReader(Path(data) / "shards")
+        uniq = sorted(set(idx))
         try:
-            uniq = sorted(set(idx))
             dec = decode_frames(reader.read_encoded(row["shard"], row["id"], uniq))
         finally:
             reader.close()
-        arr = dec.permute(0, 2, 3, 1).numpy()
-        pos = {v: k for k, v in enumerate(uniq)}
-        return Clip(np.ascontiguousarray(arr[[pos[i] for i in idx]]), idx, video_id)
+        return _clip(dec.permute(0, 2, 3, 1).numpy(), uniq, idx, video_id)
     if video is None:
         raise UserError("give a VIDEO file or --data DIR --id VIDEO_ID")
     path = Path(video)
@@ -110,8 +108,13 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
         raise
     except Exception as exc:  # decord / PyAV errors on unreadable files
         raise UserError(f"{path}: cannot read video ({type(exc).__name__})") from None
+    return _clip(arr, uniq, idx, path.stem)
+
+
+def _clip(arr: np.ndarray, uniq: list[int], idx: list[int], name: str) -> Clip:
+    """The clip's frames ``idx`` (repeats allowed) from ``arr``, the decoded frames ``uniq``."""
     pos = {v: k for k, v in enumerate(uniq)}
-    return Clip(np.ascontiguousarray(arr[[pos[i] for i in idx]]), idx, path.stem)
+    return Clip(np.ascontiguousarray(arr[[pos[i] for i in idx]]), idx, name)
 
 
 def resize_frames(frames: np.ndarray, short_side: int | None) -> np.ndarray:
