@@ -66,11 +66,12 @@ def write_frame_folder(folder: Path, frames: np.ndarray, quality: int = 95) -> N
 
 
 def decode_source(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames of a video (decord, as the pipeline reads it) and its frame rate."""
-    from pipelines.data.video_io import VideoSource
+    """All frames of a video (through the decoding layer, as the pipeline reads it) and its
+    frame rate."""
+    from pipelines.data.decode import VideoReader
 
-    v = VideoSource(path)
-    return v.get(list(range(v.num_frames))), v.fps
+    v = VideoReader(path)
+    return v.read(range(v.info.num_frames)), v.info.fps
 
 
 def read_csv(path: str | Path) -> list[dict]:

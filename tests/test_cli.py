@@ -209,7 +209,7 @@ def test_malformed_rows_are_failures_not_errors(cli_toy: Path, tmp_path: Path) -
         fails = {row["path"]: row["reason"] for row in csv.DictReader(f)}
     assert set(fails) == {f"{ann}:3", str(cli_toy / "videos/toy_00002.mp4")}
     assert "3 fields, expected 4" in fails[f"{ann}:3"]
-    assert "unknown label 'sideways'" in fails[str(cli_toy / "videos/toy_00002.mp4")]
+    assert "unknown label: 'sideways'" in fails[str(cli_toy / "videos/toy_00002.mp4")]
 
 
 # --------------------------------------------------------------------------- bad input

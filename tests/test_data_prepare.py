@@ -17,7 +17,7 @@ from pipelines.data.prepare import PrepareOptions, _resize_shape, plan_shards
 from pipelines.data.annotations import parse_annotations
 from pipelines.data.shards import read_shard_tables
 from pipelines.data.toy import render_toy, toy_trajectories
-from pipelines.data.video_io import select_frames, stored_fps
+from pipelines.data.decode import VideoInfo, stored_fps
 from pipelines.errors import UserError
 
 
@@ -30,9 +30,9 @@ def expected_fps(n: int, src: int, fps: int) -> list[int]:
     keep, k = [], 0
     while Fraction(k, fps) < Fraction(n, src):
         t = Fraction(k, fps) * src  # time in source frames
-        i = int(t + Fraction(1, 2))  # nearest
+        i = min(int(t + Fraction(1, 2)), n - 1)  # the nearest frame there is
         assert t - int(t) != Fraction(1, 2), "pick test rates without ties"
-        if i < n and i not in keep:
+        if i not in keep:
             keep.append(i)
         k += 1
     return keep
@@ -53,6 +53,24 @@ def _one_video_list(tmp_path, dataset, vid):
 
 
 # --------------------------------------------------------------------------- selection
+def select_frames(n: int, src: float, every: int = 1, fps: float | None = None) -> list[int]:
+    """Frames kept from a constant-rate video of ``n`` frames at ``src`` frames/s, whose
+    timestamps are exact ticks of a 90 kHz clock (as MPEG-TS and many MP4s store them)."""
+    times = np.round(np.arange(n) / src * 90000) / 90000
+    info = VideoInfo("v.mp4", times, n / src, 48, 64, nominal_rate=src)
+    return info.select(every, fps)
+
+
+def rint_reference(n: int, src: float, fps: float) -> list[int]:
+    """What vcorr kept before selection went by presentation time: numpy's rint of each time
+    k/fps (float64, ``np.arange``) in source frames, duplicates dropped, and nothing for a
+    time whose rounded frame lies past the end."""
+    if fps >= src:
+        return list(range(n))
+    idx = np.rint(np.arange(0.0, n / src, 1.0 / fps) * src).astype(np.int64)
+    return sorted(set(int(i) for i in idx if i < n))
+
+
 @pytest.mark.parametrize("n,src,fps", [(18, 30, 9), (20, 25, 7), (24, 24, 8), (100, 30, 7),
                                        (10, 12, 5)])
 def test_select_frames_fps_matches_nearest_times(n, src, fps):
@@ -69,7 +87,33 @@ def test_select_frames_fps_at_or_above_source_keeps_all():
     assert select_frames(10, 12.0, fps=30.0) == list(range(10))
     assert stored_fps(12.0, fps=30.0) == 12.0 and stored_fps(30.0, fps=9.0) == 9.0
     assert stored_fps(24.0, every=12) == 2.0
-    assert select_frames(0, 12.0) == []
+
+
+@pytest.mark.parametrize("src", [12, 15, 24000 / 1001, 24, 25, 30000 / 1001, 30, 50, 60])
+@pytest.mark.parametrize("fps", [1, 2, 4, 5, 6, 8, 10, 12, 15, 16, 24])
+def test_constant_rate_keeps_the_frames_it_always_kept(src, fps):
+    """Time-based selection on a constant-rate video equals the old index arithmetic,
+    ties included (2.5 source frames per kept frame is common: 25 -> 10, 30 -> 12), except
+    that a time near the end whose rounded frame was past the end now gets the last frame."""
+    n = 301
+    new, old = select_frames(n, src, fps=fps), rint_reference(n, src, fps)
+    assert new[:len(old)] == old
+    assert new[len(old):] in ([], [n - 1])
+    if new[len(old):]:  # the added last frame is the nearest to a time inside the video
+        t = (len(new) - 1) / fps
+        assert (n - 1) / src <= t < n / src  # shown while the last frame is
+
+
+def test_variable_rate_selection_takes_the_nearest_presentation_times():
+    """The issue's example: 10 frames at 10 fps, then 30 at 30 fps; --fps 5 keeps the frames
+    nearest to 0, 0.2, ..., 1.8 s (not every 4th frame, as an average rate of 20 would)."""
+    times = np.array([i / 10 for i in range(10)] + [1 + i / 30 for i in range(30)])
+    info = VideoInfo("vfr.mp4", times, 2.0, 48, 64, variable_rate=True)
+    assert info.fps == 20
+    assert info.select(fps=5) == [0, 2, 4, 6, 8, 10, 16, 22, 28, 34]
+    assert info.select(every=4) == list(range(0, 40, 4))  # --every stays index-based
+    # above the local rate every frame is kept once
+    assert info.select(fps=30) == list(range(40))
 
 
 @pytest.mark.parametrize("h,w,s,out", [(48, 64, 32, (32, 43)), (64, 48, 32, (43, 32)),
@@ -298,16 +342,16 @@ def bad_dataset(tmp_path_factory, list_dataset, dh):
 
 
 EXPECTED_FAILURES = {
-    "missing": "missing",
-    "empty": "empty file",
-    "truncated": "undecodable or truncated",
-    "truncated_faststart": "undecodable or truncated",
-    "garbage": "undecodable or truncated",
-    "short": "too short",
-    "unknown_label": "unknown label 'durian'",
-    "good2": "duplicate id",
-    "empty_folder": "no frames",
-    "corrupt_folder": "undecodable",
+    "missing": "missing file: ",
+    "empty": "empty file: ",
+    "truncated": "not a media file: ",  # an MP4 cut before its index (moov atom at the end)
+    "truncated_faststart": "too short: 3 frames after downsampling, need 4 (the container "
+                           "holds 3 of the 16 frames",
+    "garbage": "not a media file: ",
+    "short": "too short: ",
+    "unknown_label": "unknown label: 'durian'",
+    "good2": "duplicate id: first at ",
+    "empty_folder": "no decodable frame: ",
 }
 
 
@@ -317,8 +361,14 @@ def test_bad_inputs_land_in_failures_and_the_run_goes_on(tmp_path, bad_dataset, 
                        bad_dataset / "classes.txt", short_side=0, min_frames=4,
                        videos_per_shard=4)
     rows = dh.read_csv(out / "index.csv")
-    assert sorted(x["id"] for x in rows) == ["good1", "good2", "good3"]
-    assert r.videos == 3 and r.per_split == {"train": 1, "val": 2}
+    # the frame folder with one corrupt JPEG keeps the 4 frames that decode, with a warning
+    assert sorted(x["id"] for x in rows) == ["corrupt_folder", "good1", "good2", "good3"]
+    assert r.videos == 4 and r.per_split == {"train": 1, "val": 3}
+    assert [x["num_frames"] for x in rows if x["id"] == "corrupt_folder"] == ["4"]
+    warns = dh.read_csv(out / "warnings.csv")
+    assert [(w["id"], w["warning"]) for w in warns] == [("corrupt_folder",
+                                                         "decoded 4 of 5 frames")]
+    assert r.warnings == 1
     fails = dh.read_csv(out / "failures.csv")
     assert r.failures == len(fails) == len(EXPECTED_FAILURES) + 1
     by_id = {}
@@ -329,27 +379,33 @@ def test_bad_inputs_land_in_failures_and_the_run_goes_on(tmp_path, bad_dataset, 
         by_id.setdefault(f["id"], []).append(f)
     for id_, why in EXPECTED_FAILURES.items():
         assert len(by_id[id_]) == 1, (id_, by_id.get(id_))
-        assert why in by_id[id_][0]["reason"], (id_, by_id[id_][0])
+        assert by_id[id_][0]["reason"].startswith(why), (id_, by_id[id_][0])
     # the duplicate is the second 'good2' row; the first one was prepared
     assert [x for x in rows if x["id"] == "good2"][0]["split"] == "val"
     unparsable = by_id[""]
-    assert len(unparsable) == 1 and "unparsable annotation row" in unparsable[0]["reason"]
+    assert len(unparsable) == 1 and unparsable[0]["reason"].startswith("unparsable row: ")
     assert unparsable[0]["path"].endswith("ann.csv:12")
     assert by_id["missing"][0]["path"].endswith("missing.mp4")
+    # the decoder's messages are in the log, with the video id, not on the terminal
+    log = (out / "prepare.log").read_text()
+    assert "[corrupt_folder] 00002.jpg: " in log and "[truncated_faststart] " in log
     # counts in the summary files
     meta = json.loads((out / "prepare.json").read_text())
-    assert meta["counts"]["failures"] == len(fails) and meta["counts"]["videos"] == 3
+    assert meta["counts"]["failures"] == len(fails) and meta["counts"]["videos"] == 4
+    assert meta["counts"]["warnings"] == 1
     from pipelines.data.inspect import summarize
     s = summarize(out, verify=True)
     assert s["failures"] == len(fails) and s["verify_errors"] == []
-    assert s["failure_reasons"]["too short"] == 1
-    assert s["failure_reasons"]["undecodable or truncated video"] >= 3
-    # a rerun skips every shard and reports the same failures (kept in the shards)
+    assert s["warnings"] == 1
+    assert s["failure_reasons"]["too short"] == 2
+    assert s["failure_reasons"]["not a media file"] == 2
+    # a rerun skips every shard and reports the same failures and warnings (in the shards)
     r2 = dh.run_prepare(out, "list", bad_dataset / "ann.csv", bad_dataset,
                         bad_dataset / "classes.txt", short_side=0, min_frames=4,
                         videos_per_shard=4)
-    assert r2.shards_written == 0 and r2.failures == r.failures
+    assert r2.shards_written == 0 and r2.failures == r.failures and r2.warnings == 1
     assert dh.read_csv(out / "failures.csv") == fails
+    assert dh.read_csv(out / "warnings.csv") == warns
 
 
 def test_bad_inputs_with_workers(tmp_path, bad_dataset, dh):

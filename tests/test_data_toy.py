@@ -14,12 +14,12 @@ DIRECTION = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
 
 def _decode_all(root, rows):
-    from pipelines.data.video_io import VideoSource
+    from pipelines.data.decode import VideoReader
 
     out = []
     for r in rows:
-        v = VideoSource(root / r["path"])
-        out.append(v.get(list(range(v.num_frames))))
+        v = VideoReader(root / r["path"])
+        out.append(v.read(range(v.info.num_frames)))
     return out
 
 

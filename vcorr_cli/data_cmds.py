@@ -77,6 +77,9 @@ def _parse_part(value: str) -> tuple[int, int]:
               help="Videos with fewer frames after downsampling are failures.")
 @click.option("--folder-fps", default=12.0, show_default=True,
               help="Frame rate of frame-folder videos (Jester and SSv1 were extracted at 12).")
+@click.option("--strict", is_flag=True,
+              help="Videos that decode only in part (damaged, truncated) are failures "
+                   "instead of warnings.")
 @click.option("--workers", default=1, show_default=True, help="Decoding processes.")
 @click.option("--part", default="0/1", show_default=True,
               help="Prepare only part I of N (0-based), e.g. one task of a SLURM array.")
@@ -84,9 +87,12 @@ def _parse_part(value: str) -> tuple[int, int]:
 def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool, **kw) -> None:
     """Decode videos, downsample, resize and write HDF5 shards plus an index.
 
-    Writes OUT/shards/<split>-NNNNN.h5, OUT/index.csv, OUT/classes.txt, OUT/failures.csv and
-    OUT/prepare.json. Reruns skip finished shards (resumable); bad videos are recorded in
-    failures.csv and the run goes on.
+    Writes OUT/shards/<split>-NNNNN.h5, OUT/index.csv, OUT/classes.txt, OUT/failures.csv,
+    OUT/warnings.csv, OUT/prepare.log and OUT/prepare.json. Reruns skip finished shards
+    (resumable); bad videos are recorded in failures.csv and the run goes on. Videos are read
+    upright (display rotation), --fps selects frames by presentation time (variable frame
+    rates too), and a video that decodes only in part keeps the frames that decode and is
+    listed in warnings.csv (a failure with --strict). Decoder messages go to prepare.log.
 
     \b
     Examples:
@@ -107,8 +113,8 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
     r = run(opt)
     splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
     click.echo(f"prepared {r.videos} videos ({splits}) into {r.out}; {r.failures} failures "
-               f"(see failures.csv); shards written {r.shards_written}, skipped "
-               f"{r.shards_skipped}; {r.seconds:.1f} s")
+               f"(see failures.csv); {r.warnings} warnings (see warnings.csv); shards written "
+               f"{r.shards_written}, skipped {r.shards_skipped}; {r.seconds:.1f} s")
     if r.shards_pending:
         click.echo(f"{len(r.shards_pending)} shards of other parts are not finished yet; the "
                    "index is rebuilt by whichever part finishes last")
@@ -163,6 +169,9 @@ def _print_summary(s: dict) -> None:
     console.print(f"failures: {s['failures']}" + (
         " (" + ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items()) + ")"
         if s["failures"] else ""))
+    console.print(f"warnings: {s['warnings']}" + (
+        " (stored from the frames that decoded; see warnings.csv), e.g. "
+        + "; ".join(s["warning_examples"]) if s["warnings"] else ""))
     if "verify_errors" in s:
         errs = s["verify_errors"]
         console.print("verify: " + ("all videos decode" if not errs else

@@ -1,6 +1,7 @@
 """``vcorr bench loader``: clips per second per core of the shard loader, of decoding the same
-clips from the source videos with decord, and of decoding only the clips' stored JPEGs (the
-floor: the shard loader cannot beat pure JPEG decoding of the same bytes).
+clips from the source videos (through the decoding layer: decord, scaling in the decoder), and
+of decoding only the clips' stored JPEGs (the floor: the shard loader cannot beat pure JPEG
+decoding of the same bytes).
 
 Everything runs in this one process with one thread (torch and decord), so the numbers are
 per core. Targets (issue 2): shards >= 10x decord, and within 1.5x of the JPEG floor.
@@ -19,7 +20,8 @@ from pipelines.data.annotations import parse_annotations
 from pipelines.data.dataset import VideoClipDataset, decode_frames
 from pipelines.data.samplers import DenseSampler
 from pipelines.data.transforms import train_transform
-from pipelines.data.video_io import ffmpeg_exe, select_frames
+from pipelines.data.decode import VideoReader
+from pipelines.data.video_io import ffmpeg_exe
 from pipelines.errors import UserError
 
 
@@ -79,8 +81,6 @@ def bench_loader(out: str | Path, clips: int = 200, frames: int = 8, interval: i
     aug = train_transform(crop=112, short_side=(128, 160))
     ds_aug = VideoClipDataset(out, split, DenseSampler(frames, interval), transform=aug,
                               train=True, seed=seed)
-    import decord
-
     def shard() -> None:  # one HDF5 read of the clip's bytes + JPEG decode, as training does
         for i, idx in plan:
             ds.read_clips(i, [idx])
@@ -96,13 +96,11 @@ def bench_loader(out: str | Path, clips: int = 200, frames: int = 8, interval: i
     def on_the_fly() -> None:  # open the source, seek, decode and resize the same frames
         for i, idx in plan:
             v = ds.videos[i]
-            # decord resizes while decoding (its fastest path); one open per clip, as a
-            # loader without a cache of open videos does.
-            vr = decord.VideoReader(sources[v["id"]], width=v["width"], height=v["height"],
-                                    num_threads=1)
-            keep = select_frames(len(vr), vr.get_avg_fps(), data_opts["every"],
-                                 data_opts["fps"])
-            vr.get_batch([keep[j] for j in idx]).asnumpy()
+            # The decoding layer scales in the decoder (its fastest path); one open per clip,
+            # as a loader without a cache of open videos does.
+            src = VideoReader(sources[v["id"]])
+            keep = src.info.select(data_opts["every"], data_opts["fps"])
+            src.read([keep[j] for j in idx], size=(v["height"], v["width"]))
 
     # Best of `repeats` rounds, methods interleaved, so a busy moment hurts none of them.
     times = {"shard": [], "aug": [], "floor": [], "decord": []}

@@ -134,11 +134,11 @@ class _Collector:
     def add(self, id_: str, label: str, split: str, source: str, where: str) -> None:
         if id_ in self._seen:
             self.failures.append(Failure(id_, source or where,
-                                         f"duplicate id (first at {self._seen[id_]})"))
+                                         f"duplicate id: first at {self._seen[id_]}"))
             return
         self._seen[id_] = where
         if self.classes is not None and label and label not in self.classes:
-            self.failures.append(Failure(id_, source or where, f"unknown label {label!r}"))
+            self.failures.append(Failure(id_, source or where, f"unknown label: {label!r}"))
             return
         if not label and split != "test":
             self.failures.append(Failure(id_, source or where, "missing label"))
@@ -146,7 +146,7 @@ class _Collector:
         self.samples.append(Sample(id_, label, split, source))
 
     def bad_row(self, where: str, why: str) -> None:
-        self.failures.append(Failure("", where, f"unparsable annotation row: {why}"))
+        self.failures.append(Failure("", where, f"unparsable row: {why}"))
 
     def result(self, dataset: str) -> Annotations:
         classes = self.classes

@@ -24,7 +24,18 @@ def read_index(out: str | Path) -> list[dict]:
             r[k] = int(r[k])
         for k in ("fps", "source_fps"):
             r[k] = float(r[k])
+        # Folders prepared before these columns existed have none: None, not a guess.
+        r["duration"] = float(r["duration"]) if r.get("duration") else None
+        r["variable_rate"] = bool(int(r["variable_rate"])) if r.get("variable_rate") else None
     return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a CSV written by prepare, or [] where it does not exist (older folders)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def read_classes(out: str | Path) -> list[str]:
@@ -51,11 +62,8 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
     out = Path(out)
     rows = read_index(out)
     classes = read_classes(out)
-    failures_path = out / "failures.csv"
-    failures = []
-    if failures_path.is_file():
-        with open(failures_path, newline="", encoding="utf-8") as f:
-            failures = list(csv.DictReader(f))
+    failures = _read_rows(out / "failures.csv")
+    warnings = _read_rows(out / "warnings.csv")
     meta = read_meta(out)
     splits: dict[str, dict] = {}
     per_class: dict[str, Counter] = defaultdict(Counter)
@@ -76,6 +84,8 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
         "per_class": {sp: dict(sorted(c.items())) for sp, c in per_class.items()},
         "failures": len(failures),
         "failure_reasons": dict(Counter(f["reason"].split(":")[0] for f in failures)),
+        "warnings": len(warnings),
+        "warning_examples": [f"{w['id']}: {w['warning']}" for w in warnings[:3]],
         "data_options": meta.get("data_options", {}),
     }
     if verify:

@@ -5,6 +5,12 @@ order, are cut into shards of ``videos_per_shard``; shard j belongs to part ``j 
 ``--part I/N``. Every shard carries a hash of its plan (options, classes and its videos), so a
 rerun skips shards that are complete and current, redoes the rest, and the index is always
 rebuilt from the shards on disk: a killed run loses nothing finished and duplicates nothing.
+
+Videos are read through :mod:`pipelines.data.decode` (display orientation, frames selected by
+presentation time, PyAV where decord is wrong). A video whose frames decode only in part is
+stored from the frames that decode and listed in ``warnings.csv`` (a failure with
+``--strict``); it is a failure only when no frame decodes. Decoder messages go to
+``OUT/prepare.log``, prefixed with the video id.
 """
 from __future__ import annotations
 
@@ -13,7 +19,6 @@ import hashlib
 import io
 import json
 import platform
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -28,9 +33,11 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
-from pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, ShardWriter,
-                                   read_shard_tables, shard_name)
-from pipelines.data.video_io import VideoSource, select_frames, stored_fps
+from pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
+                                   ShardWriter, read_shard_tables, shard_name)
+from pipelines.data.decode import (DAMAGED, MISSING_FILE, NO_FRAME, DecodeReport, FrameChunk,
+                                   VideoError, VideoReader, first_line,
+                                   stored_fps)
 from pipelines.errors import UserError
 from pipelines.fileio import write_atomic
 
@@ -56,6 +63,7 @@ class PrepareOptions:
     videos_per_shard: int = 1000
     min_frames: int = 1
     folder_fps: float = 12.0
+    strict: bool = False
     workers: int = 1
     part: tuple[int, int] = (0, 1)
     progress: bool = True
@@ -80,7 +88,11 @@ class PrepareOptions:
             raise UserError(f"--part must be I/N with 0 <= I < N, got {i}/{n}")
 
     def data_options(self) -> dict:
-        return {k: getattr(self, k) for k in _DATA_OPTIONS}
+        opts = {k: getattr(self, k) for k in _DATA_OPTIONS}
+        # Only when set: folders prepared before --strict existed keep their plan hashes.
+        if self.strict:
+            opts["strict"] = True
+        return opts
 
 
 @dataclass
@@ -98,6 +110,7 @@ class PrepareResult:
     videos: int
     per_split: dict[str, int]
     failures: int
+    warnings: int
     shards_written: int
     shards_skipped: int
     shards_pending: list[str] = field(default_factory=list)
@@ -133,75 +146,100 @@ def _resize_shape(h: int, w: int, short_side: int) -> tuple[int, int]:
 
 
 def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> dict:
-    """Decode, downsample, resize and encode one video.
+    """Decode, downsample, resize and encode one video, through the one decoding layer.
 
-    Returns ``{"row": index row, "jpegs": [bytes]}`` or ``{"frames": array}`` for raw, or
-    ``{"failure": reason}``. Never raises for bad input: every problem becomes a reason.
+    Returns ``{"row": index row, "jpegs": [bytes]}`` (or ``"frames"``: array, for raw), with
+    ``"warning"`` when only part of the video decoded, or ``{"failure": reason}``; and
+    ``"log"``: the decoder's messages. Never raises for bad input: every problem becomes a
+    reason that starts with a fixed phrase (:mod:`pipelines.data.decode`).
     """
     src = Path(sample.source) if sample.source else None
-    if src is None or not src.exists():
-        return {"failure": "missing video file or frame folder"}
-    if src.is_file() and src.stat().st_size == 0:
-        return {"failure": "empty file (0 bytes)"}
+    if src is None:
+        return {"failure": f"{MISSING_FILE}: no video file or frame folder for it under "
+                           f"{opt.root}", "log": []}
     try:
-        video = VideoSource(src, folder_fps=opt.folder_fps)
-    except Exception as exc:  # decord raises RuntimeError/DECORDError for bad containers
-        return {"failure": f"undecodable or truncated video: {_first_line(exc)}"}
-    if video.num_frames == 0:
-        return {"failure": "no frames" + (" in folder" if src.is_dir() else "")}
-    keep = select_frames(video.num_frames, video.fps, opt.every, opt.fps)
-    if len(keep) < opt.min_frames:
-        return {"failure": f"too short: {len(keep)} frames after downsampling, "
-                           f"need {opt.min_frames}"}
+        reader = VideoReader(src, folder_fps=opt.folder_fps)
+    except VideoError as exc:
+        return {"failure": str(exc), "log": []}
+    info = reader.info
+    planned = info.select(opt.every, opt.fps)
+    if len(planned) < opt.min_frames:
+        cut = (f" (the container holds {info.num_frames} of the {info.header_frames} frames "
+               "its header announces)" if info.header_frames > info.num_frames else "")
+        return {"failure": _too_short(len(planned), opt) + cut, "log": info.log}
     jpegs: list[bytes] = []
     raw: list[np.ndarray] = []
-    size = None
+    size: tuple[int, int] = (info.height, info.width)
     try:
-        for start in range(0, len(keep), 32):
-            idx = keep[start:start + 32]
+        if (opt.codec == "jpeg" and opt.short_side == 0 and info.frame_folder
+                and all(f.suffix.lower() in (".jpg", ".jpeg") for f in info.files)):
             # Frame folders of JPEGs at their own size keep their bytes: no re-encoding loss.
-            if (opt.codec == "jpeg" and opt.short_side == 0 and video.frame_file(0) is not None
-                    and video.frame_file(0).suffix.lower() in (".jpg", ".jpeg")):
-                chunk = [video.frame_file(i).read_bytes() for i in idx]
-                # Decode them once anyway: a truncated or corrupt frame must be a failure
-                # here, not a crash in training, and all frames must share one size.
-                for d in decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8)
-                                      for b in chunk], mode=ImageReadMode.RGB):
-                    if size is None:
-                        size = tuple(d.shape[1:])
-                    elif tuple(d.shape[1:]) != size:
-                        raise ValueError(f"frame size {tuple(d.shape[1:])} differs from {size}")
-                jpegs.extend(chunk)
-                continue
-            frames = torch.from_numpy(video.get(idx)).permute(0, 3, 1, 2)  # (N, 3, H, W)
-            target = _resize_shape(frames.shape[2], frames.shape[3], opt.short_side)
-            if target != tuple(frames.shape[2:]):
-                frames = TF.resize(frames, list(target), antialias=True)
-            size = target
-            if opt.codec == "raw":
-                raw.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
-            else:
-                jpegs.extend(bytes(b.numpy()) for b in encode_jpeg(list(frames),
-                                                                   quality=opt.quality))
-    except Exception as exc:
-        return {"failure": f"undecodable or truncated video: {_first_line(exc)}"}
+            report = _copy_jpegs(info, planned, jpegs)
+        else:
+            size = _resize_shape(info.height, info.width, opt.short_side)
+
+            def store(chunk: FrameChunk) -> None:
+                frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
+                if size != tuple(frames.shape[2:]):
+                    frames = TF.resize(frames, list(size), antialias=True)
+                if opt.codec == "raw":
+                    raw.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
+                else:
+                    jpegs.extend(bytes(b.numpy()) for b in encode_jpeg(list(frames),
+                                                                       quality=opt.quality))
+
+            report = reader.decode(store, every=opt.every, fps=opt.fps)
+    except VideoError as exc:
+        return {"failure": str(exc), "log": info.log}
+    except Exception as exc:  # a bug of ours must not stop a dataset-wide run: record it
+        return {"failure": f"internal error: {type(exc).__name__}: {first_line(exc)}",
+                "log": info.log}
+    kept = len(jpegs) or sum(len(r) for r in raw)
+    log = report.log
+    problem = report.problem()
+    if problem and opt.strict:
+        return {"failure": f"{DAMAGED}: {problem} (--strict)", "log": log}
+    if kept < opt.min_frames:
+        return {"failure": _too_short(kept, opt) + (f" ({problem})" if problem else ""),
+                "log": log}
     row = {"id": sample.id, "split": sample.split, "label": sample.label,
            "label_index": classes.index(sample.label) if sample.label else -1,
-           "num_frames": len(keep), "fps": round(stored_fps(video.fps, opt.every, opt.fps), 6),
-           "source_fps": round(video.fps, 6), "height": size[0], "width": size[1]}
+           "num_frames": kept, "fps": round(stored_fps(info.fps, opt.every, opt.fps), 6),
+           "source_fps": round(info.fps, 6), "height": size[0], "width": size[1],
+           "duration": round(info.duration, 6), "variable_rate": int(info.variable_rate)}
+    result = {"row": row, "log": log, "warning": problem}
     if opt.codec == "raw":
-        return {"row": row, "frames": np.concatenate(raw)}
-    return {"row": row, "jpegs": jpegs}
+        result["frames"] = np.concatenate(raw)
+    else:
+        result["jpegs"] = jpegs
+    return result
 
 
-# decord prefixes its messages with the time and its source file ("[20:28:41] /github/.../
-# video_reader.cc:486: Error: ..."): dropped, so that failures.csv is the same on every run.
-_DECORD_PREFIX = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+def _too_short(kept: int, opt: PrepareOptions) -> str:
+    return f"too short: {kept} frames after downsampling, need {opt.min_frames}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return _DECORD_PREFIX.sub("", text[0] if text else type(exc).__name__)[:200]
+def _copy_jpegs(info, keep: list[int], out: list[bytes]) -> DecodeReport:
+    """Append the JPEG files of frames ``keep`` to ``out``; each is decoded once anyway, so a
+    truncated or corrupt image is left out and counted here, not found in training."""
+    report = DecodeReport(decoder="images", frames_expected=info.num_frames,
+                          frames_decoded=info.num_frames, stream_end=info.duration)
+    for i in keep:
+        data = info.files[i].read_bytes()
+        try:
+            d = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                            mode=ImageReadMode.RGB)
+            if tuple(d.shape[1:]) != (info.height, info.width):
+                raise ValueError(f"size {d.shape[2]}x{d.shape[1]} differs from "
+                                 f"{info.width}x{info.height}")
+        except Exception as exc:
+            report.frames_decoded -= 1
+            report.log.append(f"{info.files[i].name}: {first_line(exc)}")
+            continue
+        out.append(data)
+    if not out:
+        raise VideoError(NO_FRAME, report.log[-1] if report.log else "no frame kept")
+    return report
 
 
 def _worker_init() -> None:
@@ -252,19 +290,27 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     tasks = ((smp, opt, ann.classes) for s in todo for smp in s.samples)
     results = _ordered_map(tasks, opt.workers)
     bar = _progress(total, opt.progress)
+    # Decoder messages go to the log, prefixed with the video id, never to the terminal.
+    log = open(out / "prepare.log", "a", encoding="utf-8")
+    log.write(f"# vcorr prepare part {part}/{nparts}, {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
     try:
         for s in todo:
             writer = ShardWriter(out / "shards" / s.name, s.plan_hash)
             try:
                 for smp in s.samples:
                     r = next(results)
+                    bar.update(1)
+                    if r.get("log"):
+                        log.write("".join(f"[{smp.id}] {line}\n" for line in r["log"]))
                     if "failure" in r:
                         writer.add_failure(smp.id, smp.source, r["failure"])
-                    elif "frames" in r:
+                        continue
+                    if r["warning"]:
+                        writer.add_warning(smp.id, smp.source, r["warning"])
+                    if "frames" in r:
                         writer.add_raw(r["row"], r["frames"])
                     else:
                         writer.add_jpeg(r["row"], r["jpegs"])
-                    bar.update(1)
             except BaseException:
                 writer.abort()
                 raise
@@ -273,6 +319,7 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     finally:
         bar.close()
         results.close()
+        log.close()
     result = build_index(out, shards, ann.failures)
     result.shards_written, result.shards_skipped = written, len(mine) - len(todo)
     result.seconds = round(time.time() - t0, 3)
@@ -281,7 +328,8 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
             "data_options": opt.data_options(), "dataset": ann.dataset,
             "num_classes": len(ann.classes), "versions": _versions(),
             "counts": {"videos": result.videos, "per_split": result.per_split,
-                       "failures": result.failures, "shards": len(shards),
+                       "failures": result.failures, "warnings": result.warnings,
+                       "shards": len(shards),
                        "shards_pending": result.shards_pending},
             "seconds": result.seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
@@ -289,25 +337,29 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
 
 
 def build_index(out: Path, shards: list, annotation_failures: list[Failure]) -> PrepareResult:
-    """Rebuild ``index.csv`` and ``failures.csv`` from the complete, current shards.
+    """Rebuild ``index.csv``, ``failures.csv`` and ``warnings.csv`` from the complete,
+    current shards.
 
     Shards of other parts that are not finished yet are listed as pending.
     """
     rows: list[dict] = []
     fails = [asdict(f) for f in annotation_failures]
+    warns: list[dict] = []
     pending = []
     for s in shards:
         path = out / "shards" / s.name
         if _shard_hash(path) != s.plan_hash:
             pending.append(s.name)
             continue
-        _, manifest, failures = read_shard_tables(path)
-        rows.extend(manifest)
-        fails.extend(failures)
+        tables = read_shard_tables(path)
+        rows.extend(tables.manifest)
+        fails.extend(tables.failures)
+        warns.extend(tables.warnings)
     _write_csv(out / "index.csv", INDEX_COLUMNS, rows)
     _write_csv(out / "failures.csv", FAILURE_COLUMNS, fails)
+    _write_csv(out / "warnings.csv", WARNING_COLUMNS, warns)
     per_split = dict(sorted(Counter(r["split"] for r in rows).items()))
-    return PrepareResult(str(out), len(rows), per_split, len(fails), 0, 0, pending)
+    return PrepareResult(str(out), len(rows), per_split, len(fails), len(warns), 0, 0, pending)
 
 
 def _shard_hash(path: Path) -> str | None:
@@ -315,7 +367,7 @@ def _shard_hash(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        return read_shard_tables(path)[0]
+        return read_shard_tables(path).options_hash
     except Exception:  # half-written or corrupt: redo it
         return None
 
@@ -340,6 +392,7 @@ def _write_csv(path: Path, columns: tuple, rows: list[dict]) -> None:
 
 
 def _versions() -> dict:
+    import av
     import decord
     import h5py
     import torch
@@ -352,6 +405,7 @@ def _versions() -> dict:
         vcorr = "unknown"
     return {"vcorr": vcorr, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "decord": decord.__version__,
+            "av": av.__version__,
             "h5py": h5py.__version__, "numpy": np.__version__}
 
 

@@ -7,10 +7,15 @@ A shard ``shards/<split>-NNNNN.h5`` holds up to ``videos_per_shard`` videos::
     /<key>/frames    uint8 (T, H, W, 3)     instead of jpeg/offsets with --codec raw
 
 and, as root attributes, ``manifest`` (JSON rows of index.csv for its videos), ``failures``
-(JSON rows of failures.csv), ``options_hash`` and ``complete``. A clip is therefore one
+(JSON rows of failures.csv), ``warnings`` (JSON rows of warnings.csv: videos stored from the
+frames that decoded), ``options_hash`` and ``complete``. A clip is therefore one
 contiguous read of a byte range, not one read per frame. A shard is written to
 ``<name>.tmp`` and renamed only when complete, so a killed run never leaves a shard that
 looks finished.
+
+Shards are opened for reading with HDF5 file locking off: datasets live on NFS and Lustre,
+where locking fails ("unable to lock file, errno = 37, No locks available"), and a finished
+shard is never written again (writers use a temporary name).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -26,8 +32,9 @@ from pipelines.data.annotations import safe_key
 
 SHARD_FORMAT_VERSION = 1
 INDEX_COLUMNS = ("id", "split", "label", "label_index", "shard", "num_frames", "fps",
-                 "source_fps", "height", "width")
+                 "source_fps", "height", "width", "duration", "variable_rate")
 FAILURE_COLUMNS = ("id", "path", "reason")
+WARNING_COLUMNS = ("id", "path", "warning")
 
 
 def shard_name(split: str, number: int) -> str:
@@ -47,6 +54,7 @@ class ShardWriter:
         self._h5.attrs["complete"] = False
         self.manifest: list[dict] = []
         self.failures: list[dict] = []
+        self.warnings: list[dict] = []
 
     def add_jpeg(self, row: dict, jpegs: Sequence[bytes] | np.ndarray,
                  offsets: np.ndarray | None = None) -> None:
@@ -72,6 +80,9 @@ class ShardWriter:
     def add_failure(self, id_: str, path: str, reason: str) -> None:
         self.failures.append({"id": id_, "path": path, "reason": reason})
 
+    def add_warning(self, id_: str, path: str, warning: str) -> None:
+        self.warnings.append({"id": id_, "path": path, "warning": warning})
+
     def _add_row(self, row: dict) -> None:
         self.manifest.append({**row, "shard": self.path.name})
 
@@ -79,6 +90,7 @@ class ShardWriter:
         """Finish the shard: write its manifest and move it to its final name."""
         self._h5.attrs["manifest"] = json.dumps(self.manifest)
         self._h5.attrs["failures"] = json.dumps(self.failures)
+        self._h5.attrs["warnings"] = json.dumps(self.warnings)
         self._h5.attrs["complete"] = True
         self._h5.close()
         os.replace(self.tmp, self.path)
@@ -88,13 +100,33 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def read_shard_tables(path: str | Path) -> tuple[str, list[dict], list[dict]]:
-    """(options_hash, manifest rows, failure rows) of a complete shard."""
-    with h5py.File(path, "r") as h5:
+class ShardTables(NamedTuple):
+    """The tables a complete shard carries (rows of index.csv, failures.csv, warnings.csv)."""
+
+    options_hash: str
+    manifest: list[dict]
+    failures: list[dict]
+    warnings: list[dict]
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a shard read-only, without HDF5 file locking (see the module docstring)."""
+    return h5py.File(path, "r", locking=False)
+
+
+def read_shard_tables(path: str | Path) -> ShardTables:
+    """The tables of a complete shard (shards written before warnings existed have none).
+
+    Raises:
+        ValueError: the shard is incomplete.
+        OSError: not an HDF5 file.
+    """
+    with open_shard(path) as h5:
         if not h5.attrs.get("complete", False):
             raise ValueError(f"{path}: shard is incomplete")
-        return (str(h5.attrs["options_hash"]), json.loads(h5.attrs["manifest"]),
-                json.loads(h5.attrs["failures"]))
+        return ShardTables(str(h5.attrs["options_hash"]), json.loads(h5.attrs["manifest"]),
+                           json.loads(h5.attrs["failures"]),
+                           json.loads(h5.attrs.get("warnings", "[]")))
 
 
 class ShardReader:
@@ -115,7 +147,7 @@ class ShardReader:
             self._files, self._offsets, self._pid = {}, {}, os.getpid()
         f = self._files.get(shard)
         if f is None:
-            f = h5py.File(self.shard_dir / shard, "r")
+            f = open_shard(self.shard_dir / shard)
             self._files[shard] = f
         return f[safe_key(video_id)]
 

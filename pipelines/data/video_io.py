@@ -1,19 +1,17 @@
-"""Reading and writing videos and frame folders.
+"""Writing videos (the toy dataset, test videos, rendered figures).
 
-Decoding uses decord (fast random access into a video); writing uses the ffmpeg binary through
-ffmpeg-python. The binary is, in order of preference: ``$VCORR_FFMPEG``, an ``ffmpeg`` on PATH,
-or the one bundled with imageio-ffmpeg, so no system package is needed.
+Reading goes through :mod:`pipelines.data.decode`, the one decoding layer. Writing uses the
+ffmpeg binary through ffmpeg-python. The binary is, in order of preference:
+``$VCORR_FFMPEG``, an ``ffmpeg`` on PATH, or the one bundled with imageio-ffmpeg, so no
+system package is needed.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def ffmpeg_exe() -> str:
@@ -79,102 +77,3 @@ def write_videos_segmented(pattern: str | Path, frames: np.ndarray, frames_per_v
         .overwrite_output()
         .run(cmd=ffmpeg_exe(), input=frames.tobytes(), quiet=True)
     )
-
-
-def select_frames(num_frames: int, source_fps: float, every: int = 1,
-                  fps: float | None = None) -> list[int]:
-    """Indices of the frames kept by temporal downsampling (frames are dropped, never blended).
-
-    ``every=N`` keeps 0, N, 2N, ...; ``fps=F`` keeps, for each time k/F inside the video, the
-    frame nearest to it (at or above the source rate every frame is kept once).
-    """
-    if num_frames <= 0:
-        return []
-    if fps is None or source_fps <= 0 or fps >= source_fps:
-        step = max(1, every) if fps is None else 1
-        return list(range(0, num_frames, step))
-    duration = num_frames / source_fps
-    times = np.arange(0.0, duration, 1.0 / fps)
-    idx = np.rint(times * source_fps).astype(np.int64)
-    idx = idx[idx < num_frames]
-    return sorted(set(int(i) for i in idx))
-
-
-def stored_fps(source_fps: float, every: int = 1, fps: float | None = None) -> float:
-    """Frame rate of the kept frames (see :func:`select_frames`)."""
-    if fps is not None:
-        return float(min(fps, source_fps)) if source_fps > 0 else float(fps)
-    return source_fps / max(1, every)
-
-
-def _pyav_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
-    """Decode ``indices`` (sorted) by reading the stream from the start with PyAV: slow for
-    long videos, used only where decord fails."""
-    import av
-
-    want = list(indices)
-    out: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        pos = 0
-        for i, frame in enumerate(container.decode(video=0)):
-            while pos < len(want) and want[pos] == i:
-                out.append(frame.to_ndarray(format="rgb24"))
-                pos += 1
-            if pos == len(want):
-                break
-    if len(out) != len(want):
-        raise ValueError(f"{path}: frame {want[len(out)]} not found")
-    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
-
-
-class VideoSource:
-    """Random access to the frames of one video file or frame folder.
-
-    Shape: :meth:`get` returns uint8 (N, H, W, 3) RGB.
-    """
-
-    def __init__(self, path: str | Path, folder_fps: float = 12.0) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            self._files = sorted(p for p in self.path.iterdir()
-                                 if p.suffix.lower() in IMAGE_SUFFIXES)
-            self._reader = None
-            self.num_frames = len(self._files)
-            self.fps = float(folder_fps)  # frame folders carry no rate of their own
-        else:
-            import decord
-
-            self._reader = decord.VideoReader(str(self.path), num_threads=1)
-            self._use_pyav = False
-            self.num_frames = len(self._reader)
-            self.fps = float(self._reader.get_avg_fps())
-
-    def get(self, indices: Sequence[int]) -> np.ndarray:
-        """Decode the frames at ``indices`` (sorted, in range)."""
-        if self._reader is not None:
-            if not self._use_pyav:
-                try:
-                    out = self._reader.get_batch(list(indices)).asnumpy()
-                    if out.ndim == 4 and out.shape[-1] == 3:
-                        return out
-                except Exception as exc:  # decord raises its own DECORDError
-                    if "size must exactly match" not in str(exc):
-                        raise
-                # decord 0.6 cannot convert some widths (24, 48, ...: it copies a padded
-                # RGBA-sized buffer and fails): decode this file with PyAV instead.
-                self._use_pyav = True
-            return _pyav_frames(self.path, indices)
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
-        out = [decode_image(read_file(str(self._files[i])), mode=ImageReadMode.RGB)
-               .permute(1, 2, 0).numpy() for i in indices]
-        return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
-
-    def frame_file(self, index: int) -> Path | None:
-        """The image file of frame ``index`` for frame folders, else None."""
-        return self._files[index] if self._reader is None else None
-
-    def iter_chunks(self, indices: Sequence[int], chunk: int = 32) -> Iterator[np.ndarray]:
-        """Decode ``indices`` in chunks, so long videos never sit in memory whole."""
-        for start in range(0, len(indices), chunk):
-            yield self.get(indices[start:start + chunk])

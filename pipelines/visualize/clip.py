@@ -97,17 +97,15 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
     path = Path(video)
     if not path.exists():
         raise UserError(f"{path}: video not found")
-    from pipelines.data.video_io import VideoSource
+    from pipelines.data.decode import VideoError, VideoReader
 
     try:
-        src = VideoSource(path)
-        idx = sample_indices(src.num_frames, frames, interval, sampler)
+        src = VideoReader(path)
+        idx = sample_indices(src.info.num_frames, frames, interval, sampler)
         uniq = sorted(set(idx))
-        arr = src.get(uniq)
-    except UserError:
-        raise
-    except Exception as exc:  # decord / PyAV errors on unreadable files
-        raise UserError(f"{path}: cannot read video ({type(exc).__name__})") from None
+        arr = src.read(uniq)
+    except VideoError as exc:
+        raise UserError(f"{path}: {exc}") from None
     return _clip(arr, uniq, idx, path.stem)
 
 

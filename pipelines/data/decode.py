@@ -1,0 +1,824 @@
+"""The one decoding layer: every reader of raw video files and frame folders goes through here.
+
+:func:`probe` reads a video's container without decoding it (PyAV demuxes every packet): the
+presentation time of each frame, the display orientation, and whether the frame rate varies.
+:class:`VideoReader` then decodes the frames a caller selects, in display orientation, in
+chunks of bounded size (a 4K video never sits in memory whole):
+
+* **decord** is the fast path where it is known to be right: it opened the file, counts the
+  same frames as the container, the frame rate is constant, the orientation is a pure
+  rotation (decord 0.6 applies rotations but not mirroring), and it printed nothing while
+  decoding (FFmpeg reports damaged data on stderr; decord then conceals it silently).
+* **PyAV** (its wheel bundles FFmpeg) decodes everything else, sequentially, packet by packet:
+  no duration or frame count in the header (piped Matroska, browser WebM), mirrored display
+  matrices, variable frame rates, widths decord cannot convert, and damaged files. Frames that
+  decode are kept; packets the decoder rejects and frames it marks corrupt (error-concealed)
+  are counted in :class:`DecodeReport`, so the caller can say what happened.
+
+Selection is by time: ``fps=F`` keeps, for each time k/F from the first frame's presentation
+time up to the end of the video, the frame whose presentation time is nearest (exact ties go
+to the even frame number, as ``numpy.rint`` rounds, so constant-rate videos keep the frames
+they always kept); a frame nearest to several times is kept once. ``every=N`` stays
+index-based. Decoder messages never reach the terminal: they are captured per video
+(:attr:`DecodeReport.log`) for the caller to write to a log file.
+
+Orientation follows FFmpeg's command line (``ffmpeg -i`` autorotation), which the tests use as
+the reference: the display matrix (rotation by a multiple of 90 degrees, mirrored or not) or,
+without one, a ``rotate`` tag in the stream metadata (clockwise degrees, as FFmpeg 4 and
+older exported it). Other angles are refused (:class:`VideoError`), never stored unrotated.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+# The fixed phrases a failure reason starts with (failures.csv groups on them).
+MISSING_FILE = "missing file"
+EMPTY_FILE = "empty file"
+NOT_MEDIA = "not a media file"
+NO_VIDEO_STREAM = "no video stream"
+NO_FRAME = "no decodable frame"
+UNSUPPORTED_ORIENTATION = "unsupported orientation"
+DAMAGED = "damaged video"  # with --strict: only part of the video decoded
+
+# A decode chunk holds at most this many bytes of full-size RGB frames (and 32 frames): a
+# 3840x2160 frame is 24.9 MB, so 4K video is decoded, resized and encoded two frames at a time.
+CHUNK_BYTES = 64 * 2**20
+CHUNK_FRAMES = 32
+
+
+class VideoError(Exception):
+    """A video that cannot be used. ``phrase`` is one of the fixed phrases above, ``detail``
+    the decoder's own message; ``str()`` is ``"phrase: detail"``."""
+
+    def __init__(self, phrase: str, detail: str = "") -> None:
+        self.phrase, self.detail = phrase, detail
+        super().__init__(f"{phrase}: {detail}" if detail else phrase)
+
+
+# --------------------------------------------------------------------------- orientation
+@dataclass(frozen=True)
+class Orientation:
+    """How stored frames become display frames: mirror left-right (``hflip``) first, then
+    ``quarter_turns`` counter-clockwise quarter turns (``numpy.rot90``'s ``k``)."""
+
+    quarter_turns: int = 0
+    hflip: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return self.quarter_turns == 0 and not self.hflip
+
+    @property
+    def swaps_axes(self) -> bool:
+        return self.quarter_turns % 2 == 1
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """Display orientation of one frame (H, W, 3) or a stack (N, H, W, 3) (a view)."""
+        h_axis = frame.ndim - 3
+        if self.hflip:
+            frame = np.flip(frame, axis=h_axis + 1)
+        if self.quarter_turns:
+            frame = np.rot90(frame, self.quarter_turns, axes=(h_axis, h_axis + 1))
+        return frame
+
+    def describe(self) -> str:
+        turns = {0: "", 1: "rotated 90 ccw", 2: "rotated 180", 3: "rotated 90 cw"}
+        parts = (["mirrored"] if self.hflip else []) + (
+            [turns[self.quarter_turns]] if self.quarter_turns else [])
+        return ", ".join(parts) or "upright"
+
+
+# The eight display matrices a video can carry, by the signs of their linear part
+# (matrix[0], matrix[1], matrix[3], matrix[4]), and what FFmpeg's command line shows for each
+# (checked against ``ffmpeg -i`` output for every one of them in the tests).
+_MATRIX_ORIENTATION = {
+    (1, 0, 0, 1): Orientation(0, False),
+    (-1, 0, 0, 1): Orientation(0, True),
+    (1, 0, 0, -1): Orientation(2, True),
+    (-1, 0, 0, -1): Orientation(2, False),
+    (0, -1, 1, 0): Orientation(1, False),
+    (0, -1, -1, 0): Orientation(3, True),
+    (0, 1, 1, 0): Orientation(1, True),
+    (0, 1, -1, 0): Orientation(3, False),
+}
+
+
+def orientation_from_matrix(matrix: Sequence[int]) -> Orientation:
+    """Orientation of FFmpeg's 3x3 display matrix (``AV_FRAME_DATA_DISPLAYMATRIX``: nine
+    int32, 16.16 fixed point in the linear part).
+
+    Raises:
+        VideoError: the matrix is not a rotation by a multiple of 90 degrees (mirrored or not).
+    """
+    lin = np.array([matrix[0], matrix[1], matrix[3], matrix[4]], np.float64) / 65536.0
+    signs = np.sign(np.where(np.abs(lin) < 1e-3, 0.0, lin)).astype(int)
+    key = tuple(int(s) for s in signs)
+    # Only pure quarter turns and mirrors (|entries| 1 or 0); scaling and shearing are refused.
+    if key in _MATRIX_ORIENTATION and np.allclose(np.abs(lin), np.abs(signs), atol=1e-3):
+        return _MATRIX_ORIENTATION[key]
+    angle = float(np.degrees(np.arctan2(lin[1], lin[0])))
+    raise VideoError(UNSUPPORTED_ORIENTATION,
+                     f"display matrix rotates by {-angle:.1f} degrees, not a multiple of 90")
+
+
+def orientation_from_tag(tag: str) -> Orientation:
+    """Orientation of a ``rotate`` metadata tag (clockwise degrees).
+
+    Raises:
+        VideoError: not a multiple of 90 degrees.
+    """
+    try:
+        degrees = float(tag)
+    except ValueError:
+        raise VideoError(UNSUPPORTED_ORIENTATION, f"rotate tag {tag!r} is not a number") from None
+    if degrees % 90:
+        raise VideoError(UNSUPPORTED_ORIENTATION,
+                         f"rotate tag {tag} is not a multiple of 90 degrees")
+    return Orientation(int(-degrees // 90) % 4, False)
+
+
+# --------------------------------------------------------------------------- probe
+@dataclass
+class VideoInfo:
+    """What the container says of a video, read without decoding it.
+
+    ``times`` holds each frame's presentation time in seconds from the first frame, in
+    presentation order; ``duration`` runs from the first frame to the end of the last (seconds);
+    ``height``/``width`` are the display size (pixels, after orientation).
+    """
+
+    path: str
+    times: np.ndarray
+    duration: float
+    height: int
+    width: int
+    orientation: Orientation = Orientation()
+    variable_rate: bool = False
+    header_frames: int = 0  # frames the header announces (0: it does not say)
+    header_duration: float | None = None  # seconds the header announces
+    frame_folder: bool = False
+    files: list[Path] = field(default_factory=list)  # frame folders: the image of each frame
+    start_pts: int | None = None  # the first frame's timestamp (stream time base)
+    # The stream's stated rate, where the timestamps follow it (then times are k / rate).
+    nominal_rate: float | None = None
+    log: list[str] = field(default_factory=list)  # what the demuxer and decoder said
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.times)
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate: frames / duration (frames per second)."""
+        return self.num_frames / self.duration if self.duration > 0 else 0.0
+
+    def selector(self, every: int = 1, fps: float | None = None,
+                 indices: Sequence[int] | None = None) -> FrameSelector:
+        """A :class:`FrameSelector` for this video's frames."""
+        return FrameSelector(every, fps, indices, self.duration, self.nominal_rate)
+
+    def select(self, every: int = 1, fps: float | None = None) -> list[int]:
+        """Numbers of the frames ``every``/``fps`` keep (see :class:`FrameSelector`)."""
+        sel = self.selector(every, fps)
+        out = [n for i, t in enumerate(self.times) for n, _ in sel.feed(i, float(t))]
+        return out + [n for n, _ in sel.finish()]
+
+
+def probe(path: str | Path, folder_fps: float = 12.0) -> VideoInfo:
+    """Frame times, display size and orientation of a video file or frame folder.
+
+    Frame folders hold one image per frame (sorted by name) at ``folder_fps``.
+
+    Raises:
+        VideoError: missing or empty file, not a media file, no video stream, no frame,
+            unsupported orientation.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(MISSING_FILE, str(p))
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise VideoError(NO_FRAME, "no image files in the folder")
+        h, w = _image_size(files[0])
+        n = len(files)
+        return VideoInfo(str(p), np.arange(n) / float(folder_fps), n / float(folder_fps), h, w,
+                         frame_folder=True, files=files, header_frames=n,
+                         nominal_rate=float(folder_fps))
+    if p.stat().st_size == 0:
+        raise VideoError(EMPTY_FILE, "0 bytes")
+    av = _av()
+    with capture_decoder_output() as log:
+        try:
+            container = av.open(str(p))
+        except av.error.FFmpegError as exc:
+            said = f" ({log[-1]})" if log else ""  # e.g. "[mov,mp4,...] moov atom not found"
+            raise VideoError(NOT_MEDIA, _ffmpeg_message(exc) + said) from None
+        with container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+                raise VideoError(NO_VIDEO_STREAM, f"streams: {kinds}")
+            info = _probe_stream(p, container, container.streams.video[0])
+    info.log = list(log)
+    return info
+
+
+def _probe_stream(p: Path, container, stream) -> VideoInfo:
+    av = _av()
+    tb = float(stream.time_base) if stream.time_base else 0.0
+    pts: list[int] = []
+    durations: list[int] = []
+    first_frame = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:
+                continue  # flush packets, and pre-roll the decoder drops (edit lists)
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            pts.append(stamp if stamp is not None else -2**62)
+            durations.append(packet.duration or 0)
+            if first_frame is None:  # the display matrix arrives as side data of a frame
+                try:
+                    frames = stream.decode(packet)
+                    first_frame = frames[0] if frames else None
+                except av.error.FFmpegError:
+                    pass
+    except av.error.FFmpegError:
+        pass  # a truncated or damaged container: the packets read so far are the video
+    if first_frame is None:
+        try:  # the decoder may hold the first frame back until it is flushed
+            frames = stream.decode(None)
+            first_frame = frames[0] if frames else None
+        except av.error.FFmpegError:
+            pass
+    if not pts:
+        raise VideoError(NO_FRAME, "the video stream holds no frames")
+    start_pts = min(pts)
+    if tb <= 0 or -2**62 in pts:  # no timestamps: frames are 1/rate apart
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        tb, pts, start_pts = 1.0 / rate, list(range(len(pts))), None
+    order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+    stamps = np.asarray(pts, np.int64)[order]
+    times = (stamps - stamps[0]).astype(np.float64) * tb
+    deltas = np.diff(times)
+    last = durations[int(order[-1])] * tb
+    if last <= 0:
+        last = float(np.median(deltas)) if len(deltas) else (
+            1.0 / float(stream.average_rate) if stream.average_rate else 1.0)
+    duration = float(times[-1] + last)
+    # Variable rate: frame spacings differ by more than timestamp rounding (1.5 ticks) and
+    # 5% of the usual spacing (NTSC rates in millisecond timestamps alternate 33/34 ms).
+    variable = bool(len(deltas) > 1 and deltas.max() - deltas.min()
+                    > max(1.5 * tb, 0.05 * float(np.median(deltas))))
+    # Constant rate: where every timestamp is the stream's stated rate's grid rounded to its
+    # time base (WebM and Matroska store milliseconds: 12 fps is 0, 83, 167, ... ms), the
+    # frames are at exactly k/rate, and the video lasts frames/rate.
+    nominal = float(stream.average_rate) if stream.average_rate else 0.0
+    grid = np.arange(len(times)) / nominal if nominal > 0 else None
+    if (not variable and grid is not None
+            and np.abs(times - grid).max() <= 1.5 * tb + 1e-6
+            and abs(duration - len(times) / nominal) <= 1.5 * tb + 1e-6):
+        times, duration = grid, len(times) / nominal
+    else:
+        nominal = 0.0
+    orientation = Orientation()
+    matrix = None
+    if first_frame is not None:
+        for side in first_frame.side_data:
+            if "DISPLAYMATRIX" in str(side.type):
+                matrix = np.frombuffer(bytes(side), np.int32)
+    if matrix is not None:
+        orientation = orientation_from_matrix(matrix)
+    else:
+        tag = {k.lower(): v for k, v in stream.metadata.items()}.get("rotate")
+        if tag:
+            orientation = orientation_from_tag(tag)
+    h, w = (stream.codec_context.height, stream.codec_context.width)
+    if first_frame is not None:
+        h, w = first_frame.height, first_frame.width
+    if orientation.swaps_axes:
+        h, w = w, h
+    header_duration = float(stream.duration * tb) if stream.duration else (
+        container.duration / 1e6 if container.duration else None)
+    return VideoInfo(str(p), times, duration, int(h), int(w), orientation, variable,
+                     int(stream.frames or 0), header_duration, start_pts=start_pts,
+                     nominal_rate=nominal or None)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise VideoError(NO_FRAME, f"{path.name}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- selection
+class FrameSelector:
+    """Decides, frame by frame in presentation order, which frames a selection keeps.
+
+    ``every=N`` keeps frame numbers 0, N, 2N, ...; ``fps=F`` keeps the frame nearest to each
+    time k/F (seconds from the first frame) below ``duration``; ``indices`` keeps exactly
+    those frame numbers. :meth:`feed` returns the frames whose fate is decided (kept ones
+    only, in order); :meth:`finish` those left at the end.
+    """
+
+    def __init__(self, every: int = 1, fps: float | None = None,
+                 indices: Sequence[int] | None = None, duration: float = float("inf"),
+                 tie_rate: float | None = None) -> None:
+        self.every, self.fps, self.duration = max(1, int(every)), fps, duration
+        self.tie_rate = tie_rate
+        self.indices = None if indices is None else set(int(i) for i in indices)
+        self._k = 0
+        self._prev: tuple[int, float, object, bool] | None = None  # (number, time, item, kept)
+
+    def _target(self) -> float | None:
+        t = self._k / self.fps
+        return t if t < self.duration - 1e-9 else None
+
+    def feed(self, number: int, time: float, item: object = None) -> list[tuple[int, object]]:
+        """Offer frame ``number`` at ``time`` (seconds); returns the decided kept frames."""
+        if self.fps is None:
+            keep = (number in self.indices) if self.indices is not None else (
+                number % self.every == 0)
+            return [(number, item)] if keep else []
+        out = []
+        kept_cur = False
+        while (target := self._target()) is not None and target <= time + 1e-9:
+            prev = self._prev
+            choose_prev = False
+            if prev is not None:
+                d_prev, d_cur = target - prev[1], time - target
+                if abs(d_prev - d_cur) <= 1e-9:
+                    choose_prev = self._tie(prev[0], number)
+                else:
+                    choose_prev = d_prev < d_cur
+            if choose_prev:
+                self._prev = (prev[0], prev[1], prev[2], True)
+            else:
+                kept_cur = True
+            self._k += 1
+        if self._prev is not None and self._prev[3]:
+            out.append((self._prev[0], self._prev[2]))
+        self._prev = (number, time, item, kept_cur)
+        return out
+
+    def _tie(self, prev: int, cur: int) -> bool:
+        """Whether a time exactly between frames ``prev`` and ``cur`` takes ``prev``."""
+        if self.tie_rate:
+            # Constant rate: round k/F * rate as vcorr always did (numpy's rint of the same
+            # float64 product), so the frames stored before time-based selection stay.
+            r = int(np.rint((self._k * (1.0 / self.fps)) * self.tie_rate))
+            if r in (prev, cur):
+                return r == prev
+        return prev % 2 == 0  # the even frame number, as rint rounds halves
+
+    def finish(self) -> list[tuple[int, object]]:
+        """The last frame, if it is kept (it is the nearest to every time left)."""
+        if self.fps is None or self._prev is None:
+            return []
+        prev, self._prev = self._prev, None
+        if prev[3] or self._target() is not None:
+            return [(prev[0], prev[2])]
+        return []
+
+
+def stored_fps(source_fps: float, every: int = 1, fps: float | None = None) -> float:
+    """Frame rate of the frames kept from a video at ``source_fps`` (frames per second):
+    ``fps`` when below the source rate (every frame is kept once above it), else the source
+    rate divided by ``every``."""
+    if fps is not None:
+        return float(min(fps, source_fps)) if source_fps > 0 else float(fps)
+    return source_fps / max(1, every)
+
+
+# --------------------------------------------------------------------------- decoding
+@dataclass
+class DecodeReport:
+    """What decoding one video did. ``frames_expected`` is the larger of the frames the
+    header announces and the frames the container holds."""
+
+    decoder: str = ""
+    frames_expected: int = 0
+    frames_decoded: int = 0
+    frames_corrupt: int = 0  # decoded with errors (error-concealed, marked corrupt)
+    frames_repeated: int = 0  # repeated timestamps (the decoder filled a gap with a neighbour)
+    packets_rejected: int = 0
+    stream_end: float = 0.0  # seconds: end of the last decoded frame
+    expected_end: float | None = None
+    log: list[str] = field(default_factory=list)
+
+    def problem(self) -> str | None:
+        """One line on what went wrong (None for a clean decode), e.g. ``decoded 57 of 100
+        frames; stream ends at 2.28 s``."""
+        parts = []
+        missing = self.frames_expected - self.frames_decoded
+        if missing > 0:
+            parts.append(f"decoded {self.frames_decoded} of {self.frames_expected} frames")
+        if self.frames_corrupt:
+            parts.append(f"{self.frames_corrupt} frames decoded with errors")
+        if self.frames_repeated:
+            parts.append(f"{self.frames_repeated} frames repeated by the decoder")
+        if self.packets_rejected and not missing:
+            parts.append(f"{self.packets_rejected} packets rejected by the decoder")
+        if missing > 0 and self.expected_end and self.stream_end < self.expected_end - 0.05:
+            parts.append(f"stream ends at {self.stream_end:.2f} s of {self.expected_end:.2f} s")
+        return "; ".join(parts) or None
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive kept frames: uint8 (N, H, W, 3) RGB in display orientation, each frame's
+    number (presentation order) and time (seconds from the first frame)."""
+
+    frames: np.ndarray
+    numbers: list[int]
+    times: list[float]
+
+
+class VideoReader:
+    """Decodes selected frames of one video file or frame folder (see the module docstring).
+
+    >>> reader = VideoReader("phone.mp4")
+    >>> report = reader.decode(lambda chunk: ..., fps=12)  # chunk.frames: (N, H, W, 3) uint8
+    >>> report.problem()  # None, or what went wrong
+
+    Raises:
+        VideoError: from :func:`probe`, or when no frame decodes.
+    """
+
+    def __init__(self, path: str | Path, folder_fps: float = 12.0,
+                 force_pyav: bool = False) -> None:
+        self.path = Path(path)
+        self.info = probe(self.path, folder_fps)
+        self.force_pyav = force_pyav
+
+    @property
+    def decord_ok(self) -> bool:
+        """Whether decord is known to decode this file right (see the module docstring)."""
+        info = self.info
+        return not (self.force_pyav or info.frame_folder or info.orientation.hflip
+                    or info.variable_rate or info.header_frames == 0
+                    or info.header_duration is None)
+
+    def decode(self, on_chunk: Callable[[FrameChunk], None], every: int = 1,
+               fps: float | None = None, indices: Sequence[int] | None = None,
+               size: tuple[int, int] | None = None) -> DecodeReport:
+        """Hand the kept frames to ``on_chunk`` in chunks of at most ``CHUNK_BYTES`` of
+        frames (and ``CHUNK_FRAMES``), in presentation order; return what decoding did.
+
+        Exactly one selection applies: ``indices`` (frame numbers), ``fps`` (frames per
+        second, by time) or ``every`` (every N-th frame). ``size`` (height, width of the
+        display frame, pixels) scales in the decoder: fast, with the decoder's bilinear
+        scaler, not the antialiased resize ``vcorr prepare`` stores. Decoder output is captured
+        into the report's ``log`` for the whole call, so ``on_chunk`` should not print.
+
+        Raises:
+            VideoError: no frame could be decoded.
+        """
+        info = self.info
+        rep = DecodeReport(frames_expected=max(info.header_frames, info.num_frames),
+                           expected_end=max(info.duration, info.header_duration or 0),
+                           log=list(info.log))
+
+        def selector() -> FrameSelector:
+            return info.selector(every, fps, indices)
+
+        with capture_decoder_output() as log:
+            if info.frame_folder:
+                self._decode_images(selector(), on_chunk, rep, size)
+            else:
+                emitted = -1
+                # decord's scaler runs before its rotation: scaled output only when upright.
+                if self.decord_ok and (size is None or self.info.orientation.identity):
+                    emitted = self._decode_decord(selector(), on_chunk, rep, log, size)
+                if rep.decoder != "decord":
+                    # PyAV from the start; frames decord already handed out are not repeated.
+                    def rest(chunk: FrameChunk) -> None:
+                        keep = [k for k, n in enumerate(chunk.numbers) if n > emitted]
+                        if len(keep) == len(chunk.numbers):
+                            on_chunk(chunk)
+                        elif keep:
+                            on_chunk(FrameChunk(chunk.frames[keep],
+                                                [chunk.numbers[k] for k in keep],
+                                                [chunk.times[k] for k in keep]))
+
+                    self._decode_pyav(selector(), rest, rep, log, size)
+        rep.log.extend(log)
+        if rep.frames_decoded == 0:
+            detail = rep.log[-1] if rep.log else "the decoder returned no frame"
+            raise VideoError(NO_FRAME, detail)
+        return rep
+
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        """The frames at ``indices`` (frame numbers; repeats and any order allowed), scaled
+        in the decoder to ``size`` (height, width) if given (see :meth:`decode`).
+
+        Shape: uint8 (len(indices), H, W, 3), display orientation.
+
+        Raises:
+            VideoError: no frame decodes, or a requested frame does not.
+        """
+        uniq = sorted(set(int(i) for i in indices))
+        got: dict[int, np.ndarray] = {}
+
+        def keep(chunk: FrameChunk) -> None:
+            got.update(zip(chunk.numbers, chunk.frames))
+
+        report = self.decode(keep, indices=uniq, size=size)
+        missing = [i for i in uniq if i not in got]
+        if missing:
+            raise VideoError(NO_FRAME, f"frame {missing[0]} of {self.info.num_frames} did not "
+                                       f"decode ({report.problem() or 'out of range'})")
+        if not uniq:
+            return np.zeros((0, *(size or (self.info.height, self.info.width)), 3), np.uint8)
+        return np.stack([got[int(i)] for i in indices])
+
+    # -- decoders
+    def _chunk_limit(self, size: tuple[int, int] | None = None) -> int:
+        h, w = size or (self.info.height, self.info.width)
+        frame_bytes = h * w * 3
+        return max(1, min(CHUNK_FRAMES, CHUNK_BYTES // max(1, frame_bytes)))
+
+    def _decode_images(self, sel: FrameSelector, on_chunk: Callable[[FrameChunk], None],
+                       rep: DecodeReport, size: tuple[int, int] | None) -> None:
+        info = self.info
+        rep.decoder = "images"
+        out = _Chunker(self._chunk_limit(size), on_chunk)
+        decided = [d for i, t in enumerate(info.times) for d in sel.feed(i, float(t), i)]
+        for n, i in decided + sel.finish():
+            frame = self._decode_image(info.files[i], rep, size)
+            if frame is not None:
+                out.add(n, float(info.times[n]), frame)
+        out.flush()
+        # Only kept frames are decoded: the others count as decoded.
+        rep.frames_decoded = info.num_frames - rep.packets_rejected
+        rep.stream_end = info.duration
+
+    def _decode_image(self, path: Path, rep: DecodeReport,
+                      size: tuple[int, int] | None = None) -> np.ndarray | None:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.transforms.v2 import functional as TF
+
+        try:
+            img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except Exception as exc:
+            rep.packets_rejected += 1
+            rep.log.append(f"{path.name}: {first_line(exc)}")
+            return None
+        if tuple(img.shape[1:]) != (self.info.height, self.info.width):
+            rep.packets_rejected += 1
+            rep.log.append(f"{path.name}: size {img.shape[2]}x{img.shape[1]} differs from "
+                           f"{self.info.width}x{self.info.height}")
+            return None
+        if size is not None and tuple(img.shape[1:]) != tuple(size):
+            img = TF.resize(img, list(size), antialias=False)
+        return img.permute(1, 2, 0).numpy()
+
+    def _decode_decord(self, sel: FrameSelector, on_chunk: Callable[[FrameChunk], None],
+                       rep: DecodeReport, log: _Log, size: tuple[int, int] | None) -> int:
+        """Decode with decord; returns the last frame number handed out. Sets
+        ``rep.decoder = "decord"`` only if decord did the whole video cleanly."""
+        import decord
+
+        info = self.info
+        try:
+            scale = {} if size is None else {"height": size[0], "width": size[1]}
+            vr = decord.VideoReader(str(self.path), num_threads=1, **scale)
+        except Exception as exc:
+            log.append(f"decord: {first_line(exc)}")
+            return -1
+        if len(vr) != info.num_frames or log.peek():
+            return -1
+        keep = [n for i, t in enumerate(info.times) for n, _ in sel.feed(i, float(t))]
+        keep += [n for n, _ in sel.finish()]
+        limit, emitted = self._chunk_limit(size), -1
+        shape = size or (info.height, info.width)
+        for start in range(0, len(keep), limit):
+            idx = keep[start:start + limit]
+            try:
+                frames = vr.get_batch(idx).asnumpy()
+            except Exception as exc:  # e.g. widths decord 0.6 cannot convert (24, 48, ...)
+                log.append(f"decord: {first_line(exc)}")
+                return emitted
+            # FFmpeg complained while decoding (decord conceals damage silently), or the
+            # frames are not what the container describes: PyAV takes over.
+            if log.peek() or frames.shape != (len(idx), *shape, 3):
+                return emitted
+            on_chunk(FrameChunk(frames, idx, [float(info.times[i]) for i in idx]))
+            emitted = idx[-1]
+        rep.decoder = "decord"
+        rep.frames_decoded = info.num_frames
+        rep.stream_end = info.duration
+        return emitted
+
+    def _decode_pyav(self, sel: FrameSelector, on_chunk: Callable[[FrameChunk], None],
+                     rep: DecodeReport, log: _Log, size: tuple[int, int] | None) -> None:
+        av = _av()
+        info = self.info
+        rep.decoder = "pyav"
+        out = _Chunker(self._chunk_limit(size), on_chunk)
+        orient = info.orientation
+        times: dict[int, float] = {}
+        scale = {}
+        if size is not None:  # the scaler sees coded frames: swap for quarter turns
+            h, w = size[::-1] if orient.swaps_axes else size
+            scale = {"height": h, "width": w, "interpolation": "BILINEAR"}
+
+        def convert(decided: list[tuple[int, object]]) -> None:
+            for n, frame in decided:  # only kept frames are converted to RGB
+                rgb = frame.to_ndarray(format="rgb24", **scale)
+                out.add(n, times.pop(n), orient.apply(rgb))
+            for n in [n for n in times if n < number - 1]:
+                del times[n]
+
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # parallelism comes from prepare's workers
+            tb = float(stream.time_base) if stream.time_base else 0.0
+            spacing = 1.0 / info.fps if info.fps > 0 else 0.04
+            t0, number, last_time = info.start_pts, 0, None
+            for packet in _packets(container, stream, log):
+                try:
+                    frames = stream.decode(packet)
+                except av.error.FFmpegError as exc:
+                    rep.packets_rejected += 1
+                    log.append(f"decoder: {_ffmpeg_message(exc)}")
+                    continue
+                for frame in frames:
+                    if frame.pts is not None and tb > 0:
+                        t0 = frame.pts if t0 is None else t0
+                        time = (frame.pts - t0) * tb
+                        if info.nominal_rate:  # on the rate's grid, as probe put it
+                            time = round(time * info.nominal_rate) / info.nominal_rate
+                    else:
+                        time = number * spacing
+                    if last_time is not None and time <= last_time + 1e-9:
+                        rep.frames_repeated += 1  # not later than the last frame: a filler
+                        continue
+                    rep.frames_corrupt += bool(frame.is_corrupt)
+                    last_time = times[number] = time
+                    number += 1
+                    convert(sel.feed(number - 1, time, frame))
+            convert(sel.finish())
+            out.flush()
+        rep.frames_decoded = number
+        if last_time is not None:
+            rep.stream_end = last_time + (info.duration - float(info.times[-1]))
+
+
+def _packets(container, stream, log: list[str]) -> Iterator:
+    """The stream's packets with data, then None (flushes the decoder); a container that
+    breaks off (truncated, damaged) ends the stream with a log line instead of an error."""
+    av = _av()
+    try:
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_discard:
+                yield packet
+    except av.error.FFmpegError as exc:
+        log.append(f"demuxer: {_ffmpeg_message(exc)}")
+    yield None
+
+
+class _Chunker:
+    """Collects kept frames and hands them on in chunks of at most ``limit`` frames."""
+
+    def __init__(self, limit: int, on_chunk: Callable[[FrameChunk], None]) -> None:
+        self.limit, self.on_chunk = limit, on_chunk
+        self.buf: list[tuple[int, float, np.ndarray]] = []
+
+    def add(self, number: int, time: float, frame: np.ndarray) -> None:
+        self.buf.append((number, time, frame))
+        if len(self.buf) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            buf, self.buf = self.buf, []
+            self.on_chunk(FrameChunk(np.stack([f for _, _, f in buf]), [n for n, _, _ in buf],
+                                     [t for _, t, _ in buf]))
+
+
+# --------------------------------------------------------------------------- quiet decoding
+class _Log(list):
+    """Decoder messages of one video (a list of lines) that also sees native stderr."""
+
+    def __init__(self, tmp) -> None:
+        super().__init__()
+        self._tmp = tmp
+
+    def peek(self) -> bool:
+        """Whether anything was written so far (Python log records or native stderr)."""
+        if len(self):
+            return True
+        return self._tmp is not None and os.fstat(self._tmp.fileno()).st_size > 0
+
+
+class _Handler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sink: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.sink is not None:
+            self.sink.append(f"[{record.name.removeprefix('libav.')}] {record.getMessage()}")
+
+
+_HANDLER = _Handler()
+_DEPTH = 0
+
+
+@contextmanager
+def capture_decoder_output() -> Iterator[_Log]:
+    """Collect FFmpeg's messages (PyAV's log records and anything native code writes to
+    stderr, e.g. decord's bundled FFmpeg) into a list instead of the terminal.
+
+    Nested uses share the outermost capture's file descriptor redirection.
+    """
+    global _DEPTH
+    _install_pyav_logging()
+    outer_sink = _HANDLER.sink
+    tmp = None
+    saved = None
+    if _DEPTH == 0:
+        try:
+            sys.stderr.flush()
+            tmp = tempfile.TemporaryFile()
+            saved = os.dup(2)
+            os.dup2(tmp.fileno(), 2)
+        except (OSError, ValueError):  # no usable stderr (closed, or not a file descriptor)
+            if tmp is not None:
+                tmp.close()
+            tmp, saved = None, None
+    log = _Log(tmp)
+    _HANDLER.sink = log
+    _DEPTH += 1
+    try:
+        yield log
+    finally:
+        _DEPTH -= 1
+        _HANDLER.sink = outer_sink
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if tmp is not None:
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            tmp.close()
+            log.extend(line for line in text.splitlines() if line.strip())
+        if outer_sink is not None:
+            outer_sink.extend(log)
+
+
+_PYAV_LOGGING = False
+
+
+def _install_pyav_logging() -> None:
+    """Route FFmpeg's messages (warnings and worse) through Python logging to our handler,
+    and never to the terminal."""
+    global _PYAV_LOGGING
+    if _PYAV_LOGGING:
+        return
+    av = _av()
+    av.logging.set_level(av.logging.WARNING)
+    logger = logging.getLogger("libav")
+    logger.addHandler(_HANDLER)
+    logger.propagate = False
+    _PYAV_LOGGING = True
+
+
+def _av():
+    import av
+    import av.logging  # noqa: F401  (the submodule is not imported by ``import av``)
+
+    return av
+
+
+def _ffmpeg_message(exc: BaseException) -> str:
+    """FFmpeg's own words for an error, without the errno and the file name."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror) if strerror else first_line(exc)
+
+
+# decord prefixes its messages with the time and its source file ("[20:28:41] /github/.../
+# video_reader.cc:486: Error: ..."): dropped, so that reasons are the same on every run.
+_DECORD_PREFIX = re.compile(r"^(\[\d{2}:\d{2}:\d{2}\] \S+:\d+: )+")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error message, without decord's clock and source prefix."""
+    text = str(exc).strip().splitlines()
+    return _DECORD_PREFIX.sub("", text[0] if text else type(exc).__name__)[:200]
