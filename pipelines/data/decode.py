@@ -429,14 +429,18 @@ class DecodeReport:
         if missing > 0:
             parts.append(f"decoded {self.frames_decoded} of {self.frames_expected} frames")
         if self.frames_corrupt:
-            parts.append(f"{self.frames_corrupt} frames decoded with errors")
+            parts.append(f"{_count(self.frames_corrupt, 'frame')} decoded with errors")
         if self.frames_repeated:
-            parts.append(f"{self.frames_repeated} frames repeated by the decoder")
+            parts.append(f"{_count(self.frames_repeated, 'frame')} repeated by the decoder")
         if self.packets_rejected and not missing:
-            parts.append(f"{self.packets_rejected} packets rejected by the decoder")
+            parts.append(f"{_count(self.packets_rejected, 'packet')} rejected by the decoder")
         if missing > 0 and self.expected_end and self.stream_end < self.expected_end - 0.05:
             parts.append(f"stream ends at {self.stream_end:.2f} s of {self.expected_end:.2f} s")
         return "; ".join(parts) or None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 @dataclass

@@ -1,0 +1,335 @@
+"""The decoding layer on videos made the way phones, browsers, screen recorders and damaged
+disks make them: display rotation (FFmpeg's command line is the reference), variable frame
+rates (exact expected frames), no duration in the header, no video stream, damage in the
+middle and at the end (warnings with counts, ``--strict``), a quiet terminal, bounded chunks,
+and shards read without HDF5 file locking."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipelines.data import decode
+from pipelines.data.decode import Orientation, VideoError, VideoReader, probe
+from pipelines.data.video_io import ffmpeg_exe, write_video
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+
+
+def _ffmpeg_display_frames(path: Path, n: int) -> np.ndarray:
+    """The first ``n`` frames as FFmpeg's command line shows them (it applies the display
+    matrix itself): the reference for orientation."""
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", str(n),
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    info = probe(path)
+    return np.frombuffer(raw, np.uint8).reshape(n, info.height, info.width, 3)
+
+
+def _one_video(tmp_path: Path, path: Path, label: str = "a") -> Path:
+    ann = tmp_path / f"{path.stem}.csv"
+    ann.write_text(f"path,label,split,id\n{path.name},{label},train,{path.stem}\n")
+    return ann
+
+
+@pytest.fixture(scope="module")
+def upright(tmp_path_factory, dh) -> dict:
+    """An asymmetric 64x48 pattern (so every rotation and mirror differs) as a lossless
+    video, 8 frames at 8 fps."""
+    root = tmp_path_factory.mktemp("orient")
+    frames = dh.synth_frames(8, seed=3)
+    frames[:, :8, :8] = 255  # a white corner: top left
+    path = root / "upright.mp4"
+    write_video(path, frames, fps=8.0, lossless=True)
+    return {"root": root, "frames": frames, "path": path}
+
+
+# --------------------------------------------------------------------------- orientation
+MATRIX_FLAGS = [(rot, flags) for rot in (0, 90, 180, 270)
+                for flags in ((), ("-display_hflip",), ("-display_vflip",),
+                              ("-display_hflip", "-display_vflip"))]
+
+
+@pytest.mark.parametrize("rot,flags", MATRIX_FLAGS)
+def test_every_display_matrix_decodes_as_ffmpeg_shows_it(tmp_path, upright, rot, flags):
+    """All eight orientations a display matrix can give (rotations, mirrored or not) equal
+    FFmpeg's command line output, pixel for pixel; decord is used only where it is right."""
+    path = tmp_path / "tagged.mp4"
+    _ffmpeg("-display_rotation", str(rot), *flags, "-i", str(upright["path"]), "-c", "copy",
+            str(path))
+    reader = VideoReader(path)
+    got = reader.read(range(8))
+    np.testing.assert_array_equal(got, _ffmpeg_display_frames(path, 8))
+    mirrored = reader.info.orientation.hflip
+    assert mirrored == (len(flags) == 1)
+    assert reader.decord_ok == (not mirrored)  # decord 0.6 ignores mirroring
+
+
+def test_rotate_tag_is_clockwise_degrees(tmp_path, upright):
+    """A Matroska ``rotate`` tag (as FFmpeg 4 and older wrote it) turns the picture clockwise."""
+    path = tmp_path / "tag.mkv"
+    _ffmpeg("-i", str(upright["path"]), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+            str(path))
+    got = VideoReader(path).read([0, 5])
+    np.testing.assert_array_equal(got, np.rot90(upright["frames"][[0, 5]], -1, axes=(1, 2)))
+
+
+def test_non_right_angle_rotation_is_refused(tmp_path, upright):
+    path = tmp_path / "tilted.mp4"
+    _ffmpeg("-display_rotation", "30", "-i", str(upright["path"]), "-c", "copy", str(path))
+    with pytest.raises(VideoError, match="unsupported orientation: .*30.0 degrees"):
+        probe(path)
+
+
+@pytest.mark.parametrize("rot,flags,orientation", [
+    (180, (), Orientation(2, False)),
+    (270, (), Orientation(3, False)),
+    (90, (), Orientation(1, False)),
+    (90, ("-display_hflip",), Orientation(3, True)),
+])
+def test_prepare_stores_phone_videos_upright(tmp_path, dh, rot, flags, orientation):
+    """A phone video stores its pixels sideways and says how to show them: prepare stores the
+    upright picture (above 35 dB through H.264 and JPEG), never a squashed or turned one."""
+    up = dh.synth_frames(6, h=64, w=48, seed=4)  # portrait, as a phone held upright films
+    up[:, :8, :8] = 255
+    # the stored (sensor) frames are the upright ones turned back, then mirrored back
+    sensor = np.rot90(up, -orientation.quarter_turns, axes=(1, 2))
+    if orientation.hflip:
+        sensor = sensor[:, :, ::-1]
+    assert np.array_equal(orientation.apply(sensor), up)
+    plain = tmp_path / "sensor.mp4"
+    write_video(plain, np.ascontiguousarray(sensor), fps=6.0, crf=12)
+    path = tmp_path / "phone.mp4"
+    _ffmpeg("-display_rotation", str(rot), *flags, "-i", str(plain), "-c", "copy", str(path))
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path, short_side=0)
+    row = dh.read_csv(out / "index.csv")[0]
+    assert (int(row["height"]), int(row["width"])) == (64, 48)
+    stored = dh.stored_frames(out, row)
+    for a, b in zip(stored, up):
+        assert dh.psnr(a, b) > 35
+
+
+# --------------------------------------------------------------------------- frame times
+def _write_vfr(path: Path, times: list[float]) -> None:
+    """A lossless video whose frame i, shown at ``times[i]`` seconds, is grey level 5*i."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 3000)
+        stream.options = {"qp": "0"}
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = round(t * 3000), Fraction(1, 3000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+VFR_TIMES = [i / 10 for i in range(10)] + [1 + i / 30 for i in range(30)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_variable_frame_rate_keeps_the_frames_nearest_in_time(tmp_path, dh, suffix):
+    """10 frames at 10 fps then 30 at 30 fps: --fps 5 stores the frames shown nearest to 0,
+    0.2, ..., 1.8 s (0, 2, ..., 10, 16, ..., 34), not every 4th; source_fps is 40 / 2 s."""
+    path = tmp_path / f"vfr{suffix}"
+    _write_vfr(path, VFR_TIMES)
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path, short_side=0, fps=5.0)
+    row = dh.read_csv(out / "index.csv")[0]
+    assert float(row["source_fps"]) == pytest.approx(20.0)
+    assert float(row["duration"]) == pytest.approx(2.0)
+    assert row["variable_rate"] == "1" and float(row["fps"]) == 5.0
+    grey = dh.stored_frames(out, row).reshape(int(row["num_frames"]), -1).mean(1) / 5
+    assert np.rint(grey).astype(int).tolist() == [0, 2, 4, 6, 8, 10, 16, 22, 28, 34]
+
+
+def test_every_stays_index_based_on_variable_rate(tmp_path, dh):
+    path = tmp_path / "vfr.mp4"
+    _write_vfr(path, VFR_TIMES)
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path, short_side=0, every=4)
+    row = dh.read_csv(out / "index.csv")[0]
+    grey = dh.stored_frames(out, row).reshape(int(row["num_frames"]), -1).mean(1) / 5
+    assert np.rint(grey).astype(int).tolist() == list(range(0, 40, 4))
+
+
+def test_constant_rate_file_takes_the_fast_path_with_exact_times(upright):
+    reader = VideoReader(upright["path"])
+    assert reader.decord_ok and not reader.info.variable_rate
+    assert reader.info.nominal_rate == 8.0 and reader.info.duration == 1.0
+    np.testing.assert_array_equal(reader.info.times, np.arange(8) / 8)
+    got = []
+    report = reader.decode(lambda c: got.extend(c.numbers), fps=4.0)
+    assert report.decoder == "decord" and got == [0, 2, 4, 6] and report.problem() is None
+
+
+# --------------------------------------------------------------------------- containers
+@pytest.mark.parametrize("fmt,codec", [("matroska", "libx264"), ("webm", "libvpx-vp9")])
+def test_piped_video_without_duration_is_prepared(tmp_path, dh, fmt, codec):
+    """Written through a pipe (as browsers' MediaRecorder does), the header has no duration
+    or frame count; decord refuses the file, PyAV decodes all of it."""
+    path = tmp_path / f"piped.{'mkv' if fmt == 'matroska' else 'webm'}"
+    with open(path, "wb") as f:
+        subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc=size=64x48:rate=25:duration=2", "-c:v", codec,
+                        "-pix_fmt", "yuv420p", "-f", fmt, "-"], stdout=f, check=True)
+    info = probe(path)
+    assert info.header_frames == 0 and info.num_frames == 50
+    out = tmp_path / "out"
+    r = dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path, short_side=0,
+                       codec="raw")
+    assert r.videos == 1 and r.failures == 0 and r.warnings == 0
+    row = dh.read_csv(out / "index.csv")[0]
+    assert int(row["num_frames"]) == 50 and float(row["source_fps"]) == pytest.approx(25.0)
+    reference = _ffmpeg_display_frames(path, 50)
+    for a, b in zip(dh.stored_frames(out, row), reference):
+        assert dh.psnr(a, b) > 35
+
+
+def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
+    path = tmp_path / "voice.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path)
+    assert dh.read_csv(out / "failures.csv")[0]["reason"] == "no video stream: streams: audio"
+
+
+# --------------------------------------------------------------------------- damage
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> dict:
+    """A clean 4 s H.264 video (100 frames, one GOP, index at the front), a copy with the
+    payload of one packet in the middle overwritten, and one cut at 60% of its bytes."""
+    import av
+
+    root = tmp_path_factory.mktemp("damaged")
+    clean = root / "clean.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=4", "-vf",
+            "noise=alls=20:allf=t", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250",
+            "-movflags", "+faststart", str(clean))
+    data = clean.read_bytes()
+    with av.open(str(clean)) as c:
+        packets = sorted((p.pts, p.pos, p.size) for p in c.demux(video=0) if p.size)
+    _, pos, size = packets[50]
+    corrupt = bytearray(data)
+    lo, hi = pos + 16, pos + size - 4  # keep the NAL length fields: the decoder conceals
+    corrupt[lo:hi] = np.random.default_rng(1).integers(0, 256, hi - lo, np.uint8).tobytes()
+    (root / "corrupt.mp4").write_bytes(bytes(corrupt))
+    (root / "truncated.mp4").write_bytes(data[:int(len(data) * 0.6)])
+    (root / "ann.csv").write_text("path,label,split,id\nclean.mp4,a,train,clean\n"
+                                  "corrupt.mp4,a,train,corrupt\n"
+                                  "truncated.mp4,a,train,truncated\n")
+    return {"root": root}
+
+
+def test_damaged_videos_keep_what_decodes_and_say_so(tmp_path, dh, damaged):
+    out = tmp_path / "out"
+    r = dh.run_prepare(out, "list", damaged["root"] / "ann.csv", damaged["root"],
+                       short_side=0, codec="raw")
+    assert r.videos == 3 and r.failures == 0 and r.warnings == 2
+    rows = {x["id"]: x for x in dh.read_csv(out / "index.csv")}
+    warns = {w["id"]: w["warning"] for w in dh.read_csv(out / "warnings.csv")}
+    assert set(warns) == {"corrupt", "truncated"}
+    # damage in the middle: every frame is there, and the damaged ones are counted
+    assert rows["corrupt"]["num_frames"] == "100"
+    assert re.fullmatch(r"(\d+ frames? decoded with errors|decoded \d+ of 100 frames)(; .*)?",
+                        warns["corrupt"]), warns["corrupt"]
+    # cut at the end: the frames before the cut, and where the stream ends
+    m = re.fullmatch(r"decoded (\d+) of 100 frames; stream ends at (\d+\.\d\d) s of 4\.00 s",
+                     warns["truncated"])
+    assert m, warns["truncated"]
+    assert int(rows["truncated"]["num_frames"]) == int(m[1]) < 100
+    # B-frames just before the cut may be lost while a later frame decoded
+    assert int(m[1]) / 25 <= float(m[2]) < 4.0
+    # the frames well before the cut are the source's, in order
+    ref = _ffmpeg_display_frames(damaged["root"] / "clean.mp4", 40)
+    stored = dh.stored_frames(out, rows["truncated"])[:40]
+    assert min(dh.psnr(a, b) for a, b in zip(stored, ref)) > 35
+    s = __import__("pipelines.data.inspect", fromlist=["summarize"]).summarize(out)
+    assert s["warnings"] == 2
+
+
+def test_strict_turns_warnings_into_failures(tmp_path, dh, damaged):
+    out = tmp_path / "out"
+    r = dh.run_prepare(out, "list", damaged["root"] / "ann.csv", damaged["root"],
+                       short_side=0, strict=True)
+    assert r.videos == 1 and r.warnings == 0 and r.failures == 2
+    for f in dh.read_csv(out / "failures.csv"):
+        assert f["reason"].startswith("damaged video: ") and f["reason"].endswith("(--strict)")
+
+
+def test_decoder_messages_go_to_the_log_not_the_terminal(tmp_path, damaged):
+    """decord (whose FFmpeg prints on stderr) and PyAV both see the damaged files, in this
+    process and in worker processes: stderr stays clean, prepare.log has every message."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "vcorr_cli.main", "prepare", "--format", "list",
+                           "--annotations", str(damaged["root"] / "ann.csv"),
+                           "--root", str(damaged["root"]), "--out", str(out),
+                           "--workers", "2", "--no-progress"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "2 warnings" in proc.stdout
+    log = (out / "prepare.log").read_text()
+    assert re.search(r"^\[corrupt\] .*h264", log, re.M)
+    assert re.search(r"^\[truncated\] ", log, re.M)
+    assert "[clean]" not in log
+
+
+# --------------------------------------------------------------------------- memory
+def test_large_frames_are_decoded_a_few_at_a_time(tmp_path, monkeypatch):
+    """No chunk holds more than CHUNK_BYTES of full-size frames (a 4K video at 24.9 MB a frame
+    is decoded two frames at a time), on both decoders."""
+    path = tmp_path / "hd.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=640x480:rate=10:duration=1", "-c:v", "libx264",
+            "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 3 * 640 * 480 * 3)
+    for force_pyav in (False, True):
+        sizes: list[int] = []
+        reader = VideoReader(path, force_pyav=force_pyav)
+        report = reader.decode(lambda c: sizes.append(len(c.numbers)))
+        assert report.decoder == ("pyav" if force_pyav else "decord")
+        assert sum(sizes) == 10 and max(sizes) == 3
+
+
+# --------------------------------------------------------------------------- file locking
+def test_shards_are_read_without_hdf5_file_locking(tmp_path, list_prepared):
+    """On NFS/Lustre HDF5's locks fail; readers open shards without them. Shown here by
+    reading while another process holds the shard open for writing, which a locking reader
+    cannot (it fails with 'unable to lock file')."""
+    from pipelines.data.inspect import read_index
+    from pipelines.data.shards import ShardReader, read_shard_tables
+
+    row = read_index(list_prepared)[0]
+    shard = tmp_path / row["shard"]
+    shard.write_bytes((list_prepared / "shards" / row["shard"]).read_bytes())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
+         "print('open', flush=True); time.sleep(60)", str(shard)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(OSError, match="lock"):
+            h5py.File(shard, "r")  # the default: locking
+        assert read_shard_tables(shard).manifest
+        reader = ShardReader(tmp_path)
+        assert len(reader.read_encoded(row["shard"], row["id"], [0, 1])) == 2
+        reader.close()
+    finally:
+        holder.kill()
+        holder.wait()
