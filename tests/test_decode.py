@@ -333,3 +333,36 @@ def test_shards_are_read_without_hdf5_file_locking(tmp_path, list_prepared):
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------------------- benchmarks
+def test_bench_prepare_runs_both_sides_on_the_same_frames(tmp_path, dh):
+    """The benchmark times prepare and ffmpeg on the same kept frames (it refuses to compare
+    otherwise) and records the figures."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vcorr_cli.main import cli
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", dh.synth_frames(12, seed=1), fps=12.0)
+    write_video(videos / "b.mp4", dh.synth_frames(9, seed=2), fps=12.0)
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(cli, ["bench", "prepare", str(videos), "--workers", "1",
+                                 "--every", "2", "--short-side", "32", "--repeats", "1",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["videos"] == 2 and res["frames_kept"] == 6 + 5
+    assert set(res["seconds"]) == {"prepare_workers_1", "ffmpeg_parallel_1"}
+    assert all(v > 0 for v in res["bytes_per_frame"].values())
+    assert "prepare vs ffmpeg" in r.output
+
+
+def test_bench_loader_decodes_the_source_through_the_decoding_layer(list_prepared):
+    from pipelines.bench.loader import bench_loader
+
+    r = bench_loader(list_prepared, clips=4, frames=4, repeats=1)
+    assert r["decord_clips_per_s"] > 0 and r["shard_clips_per_s"] > 0

@@ -20,6 +20,7 @@ def bench() -> None:
 
     \b
     Examples:
+      vcorr bench prepare my_videos/ --workers 2 --json bench_prepare.json
       vcorr bench loader data/toy_h5 --json bench_loader.json
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
@@ -30,6 +31,7 @@ def bench() -> None:
 
 _BENCHES: list[tuple[str, str]] = [
     ("vcorr_cli.bench_data", "loader"),
+    ("vcorr_cli.bench_data", "prepare_bench"),
     ("vcorr_cli.bench_models", "knn"),
     ("vcorr_cli.bench_models", "models"),
     ("vcorr_cli.bench_corr", "correlation"),

@@ -56,3 +56,61 @@ def loader(out: str | None, synthetic: str | None, clips: int, frames: int, inte
                f"is {r['floor_vs_shard']:.2f}x the shard loader (target <= 1.5x)")
     if json_path:
         write_atomic(json_path, json.dumps(r, indent=2) + "\n")
+
+
+@click.command(name="prepare")
+@click.argument("video_dir", type=click.Path(file_okay=False))
+@click.option("--workers", default=2, show_default=True,
+              help="Workers of the parallel run (prepare --workers N; N ffmpeg at a time).")
+@click.option("--every", default=1, show_default=True, help="Keep every N-th frame.")
+@click.option("--short-side", default=128, show_default=True, help="Stored short side (px).")
+@click.option("--quality", default=90, show_default=True, help="prepare's JPEG quality.")
+@click.option("--qscale", default=3, show_default=True,
+              help="ffmpeg's -q:v (its own JPEG scale; bytes per frame are reported).")
+@click.option("--repeats", default=2, show_default=True, help="Timed rounds (best kept).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the numbers to this JSON file.")
+def prepare_bench(video_dir: str, workers: int, every: int, short_side: int, quality: int,
+                  qscale: int, repeats: int, json_path: str | None) -> None:
+    """Videos/s and frames/s per core: 'vcorr prepare' vs the ffmpeg command line.
+
+    Every video under VIDEO_DIR is decoded, downsampled (--every), resized to --short-side and
+    stored as JPEG, by 'vcorr prepare' (--workers 1 and N) and by one ffmpeg process per video
+    with one thread (one and N at a time), in the same run.
+
+    \b
+    Examples:
+      vcorr bench prepare my_videos/ --workers 2 --json bench_prepare.json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.prepare import bench_prepare
+    from pipelines.fileio import write_atomic
+
+    r = bench_prepare(video_dir, workers=workers, every=every, short_side=short_side,
+                      quality=quality, qscale=qscale, repeats=repeats)
+    t = Table(title=f"prepare: {r['videos']} videos, {r['frames_kept']} frames kept, short side "
+                    f"{short_side} px, JPEG ({r['cpu_count']} cores on this machine)")
+    for col in ("method", "seconds", "videos/s", "frames/s", "frames/s per core"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    names = {"prepare_workers_1": "vcorr prepare --workers 1 (command, start-up included)",
+             f"prepare_workers_{workers}": f"vcorr prepare --workers {workers}",
+             "ffmpeg_parallel_1": "ffmpeg command line, one at a time, 1 thread",
+             f"ffmpeg_parallel_{workers}": f"ffmpeg command line, {workers} at a time"}
+    for key, name in names.items():
+        x = r["rates"][key]
+        t.add_row(name, f"{x['seconds']:.2f}", f"{x['videos_per_s']:.2f}",
+                  f"{x['frames_per_s']:.0f}", f"{x['frames_per_s_per_core']:.0f}")
+    Console().print(t)
+    inside = r["prepare_seconds_inside"]
+    click.echo("time inside prepare (after start-up): " + ", ".join(
+        f"--workers {k.rsplit('_', 1)[1]}: {v:.2f} s" for k, v in inside.items()))
+    click.echo("prepare vs ffmpeg (>1: prepare faster): " + ", ".join(
+        f"{n} at a time: {v:.2f}x (after start-up {r['prepare_inside_vs_ffmpeg'][n]:.2f}x)"
+        for n, v in r["prepare_vs_ffmpeg"].items())
+        + f"; --workers {workers} is {r['workers_speedup']:.2f}x --workers 1")
+    click.echo("bytes per stored frame: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in r["bytes_per_frame"].items()))
+    if json_path:
+        write_atomic(json_path, json.dumps(r, indent=2) + "\n")
