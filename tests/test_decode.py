@@ -25,14 +25,18 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
 
-def _ffmpeg_display_frames(path: Path, n: int) -> np.ndarray:
-    """The first ``n`` frames as FFmpeg's command line shows them (it applies the display
-    matrix itself): the reference for orientation."""
-    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", str(n),
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+def _ffmpeg_display_frames(path: Path, n: int | None = None) -> np.ndarray:
+    """The first ``n`` frames (all without ``n``) as FFmpeg's command line shows them (it
+    applies the display matrix and edit lists itself): the reference."""
+    limit = ["-frames:v", str(n)] if n else []
+    # passthrough: every decoded frame once (rawvideo output would default to a constant
+    # rate and duplicate frames over gaps in the timestamps)
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), *limit,
+                          "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "-"],
                          capture_output=True, check=True).stdout
     info = probe(path)
-    return np.frombuffer(raw, np.uint8).reshape(n, info.height, info.width, 3)
+    return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
 
 
 def _one_video(tmp_path: Path, path: Path, label: str = "a") -> Path:
@@ -196,9 +200,30 @@ def test_piped_video_without_duration_is_prepared(tmp_path, dh, fmt, codec):
     assert r.videos == 1 and r.failures == 0 and r.warnings == 0
     row = dh.read_csv(out / "index.csv")[0]
     assert int(row["num_frames"]) == 50 and float(row["source_fps"]) == pytest.approx(25.0)
-    reference = _ffmpeg_display_frames(path, 50)
+    reference = _ffmpeg_display_frames(path)
+    assert len(reference) == 50
     for a, b in zip(dh.stored_frames(out, row), reference):
         assert dh.psnr(a, b) > 35
+
+
+def test_stream_copy_cut_shows_the_frames_a_player_shows(tmp_path, damaged):
+    """``ffmpeg -ss 0.5 -c copy`` starts between key frames: an edit list hides the pre-roll
+    frames, which must be decoded (later frames refer to them) but not stored. decord counts
+    them as frames; the decoding layer gives exactly what ffmpeg shows, with no warning."""
+    path = tmp_path / "cut.mp4"
+    _ffmpeg("-ss", "0.5", "-i", str(damaged["root"] / "clean.mp4"), "-c", "copy", "-t", "1.5",
+            str(path))
+    reader = VideoReader(path)
+    got: list[np.ndarray] = []
+    report = reader.decode(lambda c: got.append(c.frames))
+    reference = _ffmpeg_display_frames(path)
+    import av
+
+    with av.open(str(path)) as c:  # the file does hide pre-roll frames
+        hidden = sum(p.is_discard for p in c.demux(video=0) if p.size)
+    assert hidden > 0 and len(reference) == reader.info.num_frames
+    np.testing.assert_array_equal(np.concatenate(got), reference)
+    assert report.problem() is None and reader.info.header_frames == reader.info.num_frames
 
 
 def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):

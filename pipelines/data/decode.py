@@ -245,20 +245,24 @@ def _probe_stream(p: Path, container, stream) -> VideoInfo:
     tb = float(stream.time_base) if stream.time_base else 0.0
     pts: list[int] = []
     durations: list[int] = []
+    discarded = 0
     first_frame = None
     try:
         for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue  # flush packets, and pre-roll the decoder drops (edit lists)
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            pts.append(stamp if stamp is not None else -2**62)
-            durations.append(packet.duration or 0)
+            if packet.size == 0:
+                continue  # flush packets
             if first_frame is None:  # the display matrix arrives as side data of a frame
                 try:
                     frames = stream.decode(packet)
                     first_frame = frames[0] if frames else None
                 except av.error.FFmpegError:
                     pass
+            if packet.is_discard:  # pre-roll before an edit list's start: decoded, not shown
+                discarded += 1
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            pts.append(stamp if stamp is not None else -2**62)
+            durations.append(packet.duration or 0)
     except av.error.FFmpegError:
         pass  # a truncated or damaged container: the packets read so far are the video
     if first_frame is None:
@@ -316,8 +320,9 @@ def _probe_stream(p: Path, container, stream) -> VideoInfo:
         h, w = w, h
     header_duration = float(stream.duration * tb) if stream.duration else (
         container.duration / 1e6 if container.duration else None)
+    header_frames = max(0, int(stream.frames or 0) - discarded) if stream.frames else 0
     return VideoInfo(str(p), times, duration, int(h), int(w), orientation, variable,
-                     int(stream.frames or 0), header_duration, start_pts=start_pts,
+                     header_frames, header_duration, start_pts=start_pts,
                      nominal_rate=nominal or None)
 
 
@@ -699,7 +704,9 @@ def _packets(container, stream, log: list[str]) -> Iterator:
     av = _av()
     try:
         for packet in container.demux(stream):
-            if packet.size and not packet.is_discard:
+            # Pre-roll packets (edit lists) are decoded too: later frames refer to them; the
+            # decoder drops their frames itself.
+            if packet.size:
                 yield packet
     except av.error.FFmpegError as exc:
         log.append(f"demuxer: {_ffmpeg_message(exc)}")
