@@ -226,6 +226,23 @@ def test_stream_copy_cut_shows_the_frames_a_player_shows(tmp_path, damaged):
     assert report.problem() is None and reader.info.header_frames == reader.info.num_frames
 
 
+@pytest.mark.parametrize("suffix,codec", [
+    (".avi", "mpeg4"), (".mpg", "mpeg2video"), (".ts", "libx264"), (".h264", "libx264"),
+    (".mov", "mjpeg"), (".flv", "flv"), (".webm", "libvpx"), (".mkv", "ffv1")])
+def test_containers_and_codecs_decode_as_ffmpeg_does(tmp_path, suffix, codec):
+    """Every frame ffmpeg shows, once, pixel for pixel, at the right rate; among them a raw
+    H.264 stream, whose packets carry no timestamps at all."""
+    path = tmp_path / f"clip{suffix}"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=1", "-c:v", codec,
+            "-pix_fmt", "yuv420p", str(path))
+    reader = VideoReader(path)
+    got: list[np.ndarray] = []
+    report = reader.decode(lambda c: got.append(c.frames))
+    np.testing.assert_array_equal(np.concatenate(got), _ffmpeg_display_frames(path))
+    assert reader.info.num_frames == 25 and reader.info.fps == pytest.approx(25.0)
+    assert report.problem() is None
+
+
 def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     path = tmp_path / "voice.mp4"
     _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))

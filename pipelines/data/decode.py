@@ -274,9 +274,10 @@ def _probe_stream(p: Path, container, stream) -> VideoInfo:
     if not pts:
         raise VideoError(NO_FRAME, "the video stream holds no frames")
     start_pts = min(pts)
-    if tb <= 0 or -2**62 in pts:  # no timestamps: frames are 1/rate apart
+    if tb <= 0 or -2**62 in pts:  # no timestamps (raw H.264, ...): frames are 1/rate apart
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         tb, pts, start_pts = 1.0 / rate, list(range(len(pts))), None
+        durations = [1] * len(pts)
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
     stamps = np.asarray(pts, np.int64)[order]
     times = (stamps - stamps[0]).astype(np.float64) * tb

@@ -290,8 +290,10 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     tasks = ((smp, opt, ann.classes) for s in todo for smp in s.samples)
     results = _ordered_map(tasks, opt.workers)
     bar = _progress(total, opt.progress)
-    # Decoder messages go to the log, prefixed with the video id, never to the terminal.
-    log = open(out / "prepare.log", "a", encoding="utf-8")
+    # Decoder messages go to the log, prefixed with the video id, never to the terminal; one
+    # log per part, so that parts on several machines never interleave their lines.
+    log_name = "prepare.log" if nparts == 1 else f"prepare.part{part}of{nparts}.log"
+    log = open(out / log_name, "a", encoding="utf-8")
     log.write(f"# vcorr prepare part {part}/{nparts}, {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
     try:
         for s in todo:
