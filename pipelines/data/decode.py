@@ -457,11 +457,13 @@ def _count(n: int, noun: str) -> str:
 @dataclass
 class FrameChunk:
     """Consecutive kept frames: uint8 (N, H, W, 3) RGB in display orientation, each frame's
-    number (presentation order) and time (seconds from the first frame)."""
+    number (presentation order) and time (seconds from the first frame); for frame folders
+    also each frame's image file (whose bytes a caller may keep as they are)."""
 
     frames: np.ndarray
     numbers: list[int]
     times: list[float]
+    files: list[Path] | None = None
 
 
 class VideoReader:
@@ -578,7 +580,7 @@ class VideoReader:
         for n, i in decided + sel.finish():
             frame = self._decode_image(info.files[i], rep, size)
             if frame is not None:
-                out.add(n, float(info.times[n]), frame)
+                out.add(n, float(info.times[n]), frame, info.files[i])
         out.flush()
         # Only kept frames are decoded: the others count as decoded.
         rep.frames_decoded = info.num_frames - rep.packets_rejected
@@ -719,18 +721,19 @@ class _Chunker:
 
     def __init__(self, limit: int, on_chunk: Callable[[FrameChunk], None]) -> None:
         self.limit, self.on_chunk = limit, on_chunk
-        self.buf: list[tuple[int, float, np.ndarray]] = []
+        self.buf: list[tuple[int, float, np.ndarray, Path | None]] = []
 
-    def add(self, number: int, time: float, frame: np.ndarray) -> None:
-        self.buf.append((number, time, frame))
+    def add(self, number: int, time: float, frame: np.ndarray, file: Path | None = None) -> None:
+        self.buf.append((number, time, frame, file))
         if len(self.buf) >= self.limit:
             self.flush()
 
     def flush(self) -> None:
         if self.buf:
             buf, self.buf = self.buf, []
-            self.on_chunk(FrameChunk(np.stack([f for _, _, f in buf]), [n for n, _, _ in buf],
-                                     [t for _, t, _ in buf]))
+            files = [b[3] for b in buf]
+            self.on_chunk(FrameChunk(np.stack([b[2] for b in buf]), [b[0] for b in buf],
+                                     [b[1] for b in buf], None if None in files else files))
 
 
 # --------------------------------------------------------------------------- quiet decoding

@@ -29,15 +29,14 @@ from pathlib import Path
 import numpy as np
 # Imported here, before workers fork, so that they start at once.
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
+from pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
+                                   VideoReader, first_line, stored_fps)
 from pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
                                    ShardWriter, read_shard_tables, shard_name)
-from pipelines.data.decode import (DAMAGED, MISSING_FILE, NO_FRAME, DecodeReport, FrameChunk,
-                                   VideoError, VideoReader, first_line,
-                                   stored_fps)
 from pipelines.errors import UserError
 from pipelines.fileio import write_atomic
 
@@ -169,26 +168,27 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
         return {"failure": _too_short(len(planned), opt) + cut, "log": info.log}
     jpegs: list[bytes] = []
     raw: list[np.ndarray] = []
-    size: tuple[int, int] = (info.height, info.width)
-    try:
-        if (opt.codec == "jpeg" and opt.short_side == 0 and info.frame_folder
-                and all(f.suffix.lower() in (".jpg", ".jpeg") for f in info.files)):
-            # Frame folders of JPEGs at their own size keep their bytes: no re-encoding loss.
-            report = _copy_jpegs(info, planned, jpegs)
+    size = _resize_shape(info.height, info.width, opt.short_side)
+    # Frame folders of JPEGs at their own size keep their bytes: no re-encoding loss (the
+    # decoding layer decodes each once anyway, so a corrupt image is left out and counted).
+    keep_bytes = (opt.codec == "jpeg" and opt.short_side == 0 and info.frame_folder
+                  and all(f.suffix.lower() in (".jpg", ".jpeg") for f in info.files))
+
+    def store(chunk: FrameChunk) -> None:
+        if keep_bytes:
+            jpegs.extend(f.read_bytes() for f in chunk.files)
+            return
+        frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
+        if size != tuple(frames.shape[2:]):
+            frames = TF.resize(frames, list(size), antialias=True)
+        if opt.codec == "raw":
+            raw.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
         else:
-            size = _resize_shape(info.height, info.width, opt.short_side)
+            jpegs.extend(bytes(b.numpy()) for b in encode_jpeg(list(frames),
+                                                               quality=opt.quality))
 
-            def store(chunk: FrameChunk) -> None:
-                frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
-                if size != tuple(frames.shape[2:]):
-                    frames = TF.resize(frames, list(size), antialias=True)
-                if opt.codec == "raw":
-                    raw.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
-                else:
-                    jpegs.extend(bytes(b.numpy()) for b in encode_jpeg(list(frames),
-                                                                       quality=opt.quality))
-
-            report = reader.decode(store, every=opt.every, fps=opt.fps)
+    try:
+        report = reader.decode(store, every=opt.every, fps=opt.fps)
     except VideoError as exc:
         return {"failure": str(exc), "log": info.log}
     except Exception as exc:  # a bug of ours must not stop a dataset-wide run: record it
@@ -217,29 +217,6 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
 
 def _too_short(kept: int, opt: PrepareOptions) -> str:
     return f"too short: {kept} frames after downsampling, need {opt.min_frames}"
-
-
-def _copy_jpegs(info, keep: list[int], out: list[bytes]) -> DecodeReport:
-    """Append the JPEG files of frames ``keep`` to ``out``; each is decoded once anyway, so a
-    truncated or corrupt image is left out and counted here, not found in training."""
-    report = DecodeReport(decoder="images", frames_expected=info.num_frames,
-                          frames_decoded=info.num_frames, stream_end=info.duration)
-    for i in keep:
-        data = info.files[i].read_bytes()
-        try:
-            d = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                            mode=ImageReadMode.RGB)
-            if tuple(d.shape[1:]) != (info.height, info.width):
-                raise ValueError(f"size {d.shape[2]}x{d.shape[1]} differs from "
-                                 f"{info.width}x{info.height}")
-        except Exception as exc:
-            report.frames_decoded -= 1
-            report.log.append(f"{info.files[i].name}: {first_line(exc)}")
-            continue
-        out.append(data)
-    if not out:
-        raise VideoError(NO_FRAME, report.log[-1] if report.log else "no frame kept")
-    return report
 
 
 def _worker_init() -> None:
