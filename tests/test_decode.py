@@ -246,9 +246,18 @@ def test_containers_and_codecs_decode_as_ffmpeg_does(tmp_path, suffix, codec):
 def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     path = tmp_path / "voice.mp4"
     _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))
+    cover = tmp_path / "cover.png"  # a song with cover art: its only video is one still
+    _ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x48", "-frames:v", "1", str(cover))
+    song = tmp_path / "song.mp4"
+    _ffmpeg("-i", str(path), "-i", str(cover), "-map", "0", "-map", "1", "-c:a", "copy",
+            "-c:v", "png", "-disposition:v:0", "attached_pic", str(song))
     out = tmp_path / "out"
-    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path)
-    assert dh.read_csv(out / "failures.csv")[0]["reason"] == "no video stream: streams: audio"
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,split,id\nvoice.mp4,a,train,voice\nsong.mp4,a,train,song\n")
+    dh.run_prepare(out, "list", ann, tmp_path)
+    reasons = {f["id"]: f["reason"] for f in dh.read_csv(out / "failures.csv")}
+    assert reasons == {"voice": "no video stream: streams: audio",
+                       "song": "no video stream: streams: audio, cover picture"}
 
 
 # --------------------------------------------------------------------------- damage

@@ -232,12 +232,27 @@ def probe(path: str | Path, folder_fps: float = 12.0) -> VideoInfo:
             said = f" ({log[-1]})" if log else ""  # e.g. "[mov,mp4,...] moov atom not found"
             raise VideoError(NOT_MEDIA, _ffmpeg_message(exc) + said) from None
         with container:
-            if not container.streams.video:
-                kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            stream = video_stream(container)
+            if stream is None:
+                kinds = ", ".join(sorted({
+                    "cover picture" if s.disposition & av.stream.Disposition.attached_pic
+                    else s.type for s in container.streams})) or "none"
                 raise VideoError(NO_VIDEO_STREAM, f"streams: {kinds}")
-            info = _probe_stream(p, container, container.streams.video[0])
+            info = _probe_stream(p, container, stream)
     info.log = list(log)
     return info
+
+
+def video_stream(container):
+    """The container's video: FFmpeg's best video stream, never a cover picture (an
+    ``attached_pic`` stream holds one still image); None if there is none."""
+    av = _av()
+    moving = [s for s in container.streams.video
+              if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        return None
+    best = container.streams.best("video")
+    return best if best in moving else moving[0]
 
 
 def _probe_stream(p: Path, container, stream) -> VideoInfo:
@@ -667,7 +682,7 @@ class VideoReader:
                 del times[n]
 
         with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.codec_context.thread_count = 1  # parallelism comes from prepare's workers
             tb = float(stream.time_base) if stream.time_base else 0.0
             spacing = 1.0 / info.fps if info.fps > 0 else 0.04
