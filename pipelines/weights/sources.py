@@ -117,17 +117,18 @@ SOURCES: tuple[KnownSource, ...] = (
     _tv_video("r3d_18", "tv_r3d_18", "r3d_18-b3b3357e.pth", 63.2, 83.479),
     _tv_video("mc3_18", "tv_mc3_18", "mc3_18-a90a0ba3.pth", 63.96, 84.13),
     _tv_video("r2plus1d_18", "tv_r2plus1d_18", "r2plus1d_18-91a641e6.pth", 67.463, 86.175),
-    # PyTorchVideo: crop = the hub builder's training crop (its head pools that feature size);
-    # short side = the side its examples resize to before cropping.
-    _ptv("x3d_xs", "X3D_XS.pyth", 69.12, 4, 12, 160, 182),
-    _ptv("x3d_s", "X3D_S.pyth", 73.33, 13, 6, 160, 182),
-    _ptv("x3d_m", "X3D_M.pyth", 75.94, 16, 5, 224, 256),
-    _ptv("x3d_l", "X3D_L.pyth", 77.44, 16, 5, 312, 356),
-    _ptv("c2d_r50", "C2D_8x8_R50.pyth", 71.46, 8, 8, 224, 256),
-    _ptv("i3d_r50", "I3D_8x8_R50.pyth", 73.27, 8, 8, 224, 256),
-    _ptv("slow_r50", "SLOW_8x8_R50.pyth", 74.58, 8, 8, 224, 256),
-    _ptv("r2plus1d_r50", "R2PLUS1D_16x4_R50.pyth", 76.01, 16, 4, 224, 256),
-    _ptv("csn_r101", "CSN_32x2_R101.pyth", 77.0, 32, 2, 224, 256),
+    # PyTorchVideo: the test views of its model zoo (short side = crop: 3 crops along the
+    # longer side); the training crop, whose feature size the head pools, is the vcorr
+    # model's default input (X3D: 160, 160, 224, 312; ResNets 224).
+    _ptv("x3d_xs", "X3D_XS.pyth", 69.12, 4, 12, 182, 182),
+    _ptv("x3d_s", "X3D_S.pyth", 73.33, 13, 6, 182, 182),
+    _ptv("x3d_m", "X3D_M.pyth", 75.94, 16, 5, 256, 256),
+    _ptv("x3d_l", "X3D_L.pyth", 77.44, 16, 5, 356, 356),
+    _ptv("c2d_r50", "C2D_8x8_R50.pyth", 71.46, 8, 8, 256, 256),
+    _ptv("i3d_r50", "I3D_8x8_R50.pyth", 73.27, 8, 8, 256, 256),
+    _ptv("slow_r50", "SLOW_8x8_R50.pyth", 74.58, 8, 8, 256, 256),
+    _ptv("r2plus1d_r50", "R2PLUS1D_16x4_R50.pyth", 76.01, 16, 4, 256, 256),
+    _ptv("csn_r101", "CSN_32x2_R101.pyth", 77.0, 32, 2, 256, 256),
     # ImageNet ResNets: inflated by `vcorr train --init` into any model with that ResNet inside.
     _imagenet("resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", 69.758, 89.078),
     _imagenet("resnet34", "IMAGENET1K_V1", "resnet34-b627a593.pth", 73.314, 91.42),
