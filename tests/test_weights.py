@@ -600,3 +600,39 @@ def test_pytorchvideo_r2plus1d_r50_into_corrnet_50(tmp_path: Path) -> None:
         # the source's pooling window covers the whole (2, 1, 1) map: its windowed head and
         # CorrNet's global mean are the same function here
         assert (corr(clip) - src(clip)).abs().max().item() <= ATOL
+
+
+def test_weights_list_classes_and_convert_errors(tmp_path: Path) -> None:
+    from vcorr_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["weights", "list", "--json"], prog_name="vcorr")
+    assert r.exit_code == 0
+    listed = json.loads(r.output)
+    kinetics = [s for s in listed["sources"] if s["dataset"] == "Kinetics-400"]
+    assert {s["model"] for s in kinetics} == set(models.list_models("tv_*") + models.list_models("ptv_*"))
+    assert all(s["top1"] > 50 and s["url"].endswith(s["file_name"]) for s in listed["sources"])
+    assert any("slowfast" in k for k in listed["not_imported"])
+    r = CliRunner().invoke(cli, ["weights", "classes"], prog_name="vcorr")
+    assert r.output.splitlines() == kinetics400_classes()
+    missing = tmp_path / "none.pth"
+    r = CliRunner().invoke(cli, ["weights", "convert", str(missing), "--from", "torchvision",
+                                 "--out", str(tmp_path / "o.pt")], prog_name="vcorr")
+    assert r.exit_code == 2 and r.output.strip() == f"error: {missing}: weights file not found"
+    torch.save(models.create_model("c2d_r18").state_dict(), tmp_path / "ours.pth")
+    r = CliRunner().invoke(cli, ["weights", "convert", str(tmp_path / "ours.pth"), "--from",
+                                 "torchvision", "--out", str(tmp_path / "o.pt")], prog_name="vcorr")
+    assert r.exit_code == 2 and "not a torchvision checkpoint" in r.output
+    _ptv()
+    from pytorchvideo.models.x3d import create_x3d
+
+    torch.save(create_x3d().state_dict(), tmp_path / "renamed.pyth")   # X3D-XS, -S, -M share it
+    r = CliRunner().invoke(cli, ["weights", "convert", str(tmp_path / "renamed.pyth"), "--from",
+                                 "pytorchvideo", "--out", str(tmp_path / "o.pt")], prog_name="vcorr")
+    assert r.exit_code == 2 and "ptv_x3d_xs, ptv_x3d_s, ptv_x3d_m" in r.output and "--model" in r.output
+    r = CliRunner().invoke(cli, ["weights", "convert", str(tmp_path / "renamed.pyth"), "--from",
+                                 "pytorchvideo", "--model", "ptv_x3d_m", "--out",
+                                 str(tmp_path / "o.pt")], prog_name="vcorr")
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert ckpt["model_name"] == "ptv_x3d_m" and ckpt["config"]["data"]["frames"] == 16
+    assert ckpt["config"]["data"]["mean"] == [0.45] * 3 and ckpt["classes"] == kinetics400_classes()

@@ -28,7 +28,13 @@ def weights() -> None:
 def list_cmd(as_json: bool) -> None:
     """The known sources: vcorr model, where the file is published, the source's own top-1
     and its input clip (frames x interval, crop, frame rate); then the published models whose
-    layout cannot be imported, and why."""
+    layout cannot be imported, and why.
+
+    \b
+    Examples:
+      vcorr weights list
+      vcorr weights list --json > sources.json
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -69,6 +75,12 @@ def convert(file: Path, library: str, model: str | None, out: Path) -> None:
     The result evaluates with `vcorr eval CKPT --data K400` (a folder prepared at the source's
     frame rate, see `vcorr weights list`) and fine-tunes with `vcorr train CONFIG --init CKPT`
     (a new classifier where the classes differ).
+
+    \b
+    Examples:
+      vcorr weights convert X3D_S.pyth --from pytorchvideo --out ckpt/x3d_s_k400.pt
+      vcorr weights convert weights.pth --from pytorchvideo --model ptv_x3d_m --out x3d_m.pt
+      vcorr weights convert r3d_18-b3b3357e.pth --from torchvision --out ckpt/r3d18.pt
     """
     from rich.console import Console
 
@@ -81,3 +93,19 @@ def convert(file: Path, library: str, model: str | None, out: Path) -> None:
                   f"parameters) from {library} {summary['source']}, published Kinetics-400 top-1 "
                   f"{summary['top1']:g}%, input {summary['clip']} (prepare the data with "
                   f"--fps {summary['fps']:g})")
+
+
+@weights.command()
+def classes() -> None:
+    """Print the Kinetics-400 class names in the order of the torchvision and PyTorchVideo
+    classifiers (one per line), for `vcorr prepare --labels`.
+
+    \b
+    Examples:
+      vcorr weights classes > k400_classes.txt
+      vcorr prepare --format kinetics --annotations train.csv --annotations validate.csv \\
+          --labels k400_classes.txt --root kinetics400 --out data/k400 --fps 30
+    """
+    from pipelines.weights import kinetics400_classes
+
+    click.echo("\n".join(kinetics400_classes()))
