@@ -275,14 +275,15 @@ def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | P
     """
     env = setup_distributed(device)
     try:
-        return _train(cfg, Path(out_dir), env, resume, init, init_partial, progress,
-                      stop_after_steps)
+        return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps,
+                      init_partial=init_partial)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | None,
-           init_partial: bool, progress: bool, stop_after_steps: int | None) -> dict[str, Any]:
+           progress: bool, stop_after_steps: int | None, *,
+           init_partial: bool = False) -> dict[str, Any]:
     data_root = Path(cfg["data"]["root"])
     if not cfg["data"]["root"] or not (data_root / "index.csv").is_file():
         raise UserError(f"{data_root}: not a prepared dataset (no index.csv); give --data or "

@@ -126,7 +126,10 @@ def convert_weights(path: str | Path, library: str, out: str | Path, *,
     except KeyError as exc:
         raise UserError(str(exc)) from None
     net = models.create_model(target, num_classes=len(classes)).eval()
-    report = load_weights(net, wf, classes=classes, model_name=target)
+    report = load_weights(net, wf, classes=classes, model_name=target,
+                          hint=f"weights convert writes complete models only: convert to "
+                               f"{source.model} and start {target} from that checkpoint with "
+                               "`vcorr train --init` (model.args can adapt its layout)")
     cfg = converted_config(source, target)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

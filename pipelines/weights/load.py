@@ -386,9 +386,12 @@ def describe_problems(report: LoadReport, limit: int = 3) -> str:
     return shown + more
 
 
+PARTIAL_HINT = "pass --partial-init to start with these at their initial values"
+
+
 def load_weights(model: nn.Module, path: str | Path | WeightsFile, *,
                  classes: Sequence[str] | None = None, partial: bool = False,
-                 model_name: str = "") -> LoadReport:
+                 model_name: str = "", hint: str = PARTIAL_HINT) -> LoadReport:
     """Initialise ``model`` from ``path`` (a vcorr checkpoint, a state dict in vcorr names, or
     torchvision / PyTorchVideo weights; :func:`pipelines.weights.convert.read_weights`).
 
@@ -396,7 +399,7 @@ def load_weights(model: nn.Module, path: str | Path | WeightsFile, *,
     load would be partial -- a model tensor without a value, a file tensor not used beyond the
     classifier, or a 2D ResNet into a model of another layout -- unless ``partial`` is set;
     then the tensors without a value keep their initial values. The model is unchanged when
-    it raises. ``classes``: see :func:`plan_load`.
+    it raises. ``classes``: see :func:`plan_load`; ``hint`` ends the error message.
     """
     wf = path if isinstance(path, WeightsFile) else read_weights(path)
     new, report = plan_load(model, wf, classes=classes, model_name=model_name)
@@ -406,6 +409,6 @@ def load_weights(model: nn.Module, path: str | Path | WeightsFile, *,
                         f"differ; {describe_problems(report)})")
     if report.problems and not partial:
         raise UserError(f"{wf.path}: partial load into {report.model}: {describe_problems(report)}; "
-                        "pass --partial-init to start with these at their initial values")
+                        f"{hint}")
     model.load_state_dict(new, strict=False)
     return report
