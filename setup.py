@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vcorr_cli", "vcorr_cli.*", "pipelines", "pipelines.*",
                                     "models", "models.*"]),
+    # The Kinetics-400 class list of the torchvision / PyTorchVideo checkpoints (pipelines.weights).
+    package_data={"pipelines.weights": ["kinetics400_classes.txt"]},
     install_requires=[
         # torch and torchvision unpinned so pip resolves a matching pair.
         "torch",
@@ -25,6 +27,7 @@ setup(
         "numpy>=1.23",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # PyTorchVideo: test-only reference for the imported Kinetics layouts (tests/test_weights.py).
+    extras_require={"test": ["pytest>=7", "pytorchvideo==0.1.5"]},
     entry_points={"console_scripts": ["vcorr = vcorr_cli.main:main"]},
 )

@@ -101,6 +101,8 @@ class CorrelationSumBlock(nn.Module):
     Shape: (B, C, T, H, W) -> (B, C, T, H, W).
     """
 
+    identity_at_init = True   # last BN gamma = 0: relu(x + 0) = x on a ReLU output
+
     def __init__(self, channels: int, *, num_frames: int | None = None, kernel_size: int = 7,
                  dilation: int = 2, groups: int | None = None, group_size: int = 32,
                  filtered: bool = True, share_time: bool = False, reduction: int = 4) -> None:

@@ -364,6 +364,9 @@ class CPModule(nn.Module):
     Shape: (B, C, T, H, W) -> (B, C, T, H, W); a freshly built module is the identity.
     """
 
+    # Pretrained backbones leave the module at its initial (identity) state: pipelines.weights.
+    identity_at_init = True
+
     def __init__(self, channels: int, k: int = 8, mlp_ratios: Sequence[float] = (0.25, 0.5), *,
                  reduction: int | None = None, downsample: bool = False,
                  chunk_rows: int | None = None, tie_break: float = 0.0) -> None:

@@ -147,6 +147,8 @@ class DCFBlock(nn.Module):
     Shape: (B, C, T, H, W) -> (B, C, T, H, W).
     """
 
+    identity_at_init = True   # fuse BN gamma = 0: relu(F + 0) = F on a ReLU output (Sec. 3.2)
+
     def __init__(self, channels: int, *, reduction: int = 4, kernel_size: int = 5,
                  offsets: Sequence[int] = (-2, -1, 1, 2), dilation: int = 1,
                  pyramid: CorrelationPyramid | None = None, level: int = 0) -> None:
@@ -235,10 +237,11 @@ def dcf_r2plus1d(depth: int = 50, *, num_classes: int, dcf_stages: Sequence[str]
 def dcf_x3d(*, num_classes: int, dcf_stages: Sequence[str] = DCF_STAGES, reduction: int = 2,
             kernel_size: int = 5, temporal_ranges: Mapping[str, int] | None = None,
             long_term: bool = True, pyramid: bool = True, dropout: float = 0.5,
-            in_channels: int = 3) -> VideoResNet:
-    """DCF on X3D (Sec. 3.3, Tables 1-4); switches as :func:`dcf_plugins`.
+            stem_t: int = 3, shortcut_norm: str = "always", in_channels: int = 3) -> VideoResNet:
+    """DCF on X3D (Sec. 3.3, Tables 1-4); switches as :func:`dcf_plugins`. ``stem_t`` and
+    ``shortcut_norm`` as :func:`models.x3d.x3d` (``stem_t=5`` takes a PyTorchVideo X3D backbone).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes)."""
     plugins = dcf_plugins(dcf_stages, reduction=reduction, kernel_size=kernel_size,
                           temporal_ranges=temporal_ranges, long_term=long_term, pyramid=pyramid)
-    return x3d(num_classes=num_classes, dropout=dropout, in_channels=in_channels,
-               **_split(plugins))
+    return x3d(num_classes=num_classes, dropout=dropout, in_channels=in_channels, stem_t=stem_t,
+               shortcut_norm=shortcut_norm, **_split(plugins))

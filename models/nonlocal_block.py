@@ -17,6 +17,8 @@ from models.layers import zero_init_bn
 class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block. Shape: (B, C, T, H, W) -> (B, C, T, H, W)."""
 
+    identity_at_init = True   # output BN gamma = 0 (Sec. 4.1)
+
     def __init__(self, channels: int, inner: int | None = None, *, sub_sample: bool = True) -> None:
         super().__init__()
         inner = inner or max(1, channels // 2)

@@ -28,20 +28,25 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from models.layers import ConvFactory, StemSpec, Stem, StrideLike, as_triple, conv_2d
+from models.layers import (ConvFactory, StemSpec, Stem, StrideLike, Triple, as_triple, conv_2d,
+                           conv_temporal)
 
 PluginFactory = Callable[[int], nn.Module]
 BlockFactory = Callable[..., nn.Module]
 HeadFactory = Callable[..., nn.Module]
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: StrideLike) -> nn.Module:
-    """Projection shortcut (1x1x1 conv + BN, ResNet "option B") when shape changes, else identity."""
+def _shortcut(in_channels: int, out_channels: int, stride: StrideLike, *,
+              norm: bool = True) -> nn.Module:
+    """Projection shortcut (1x1x1 conv + BN, ResNet "option B") when shape changes, else identity.
+
+    ``norm=False`` leaves the BN out (PyTorchVideo's X3D has none where only the stride changes).
+    """
     stride = as_triple(stride)
     if in_channels == out_channels and stride == (1, 1, 1):
         return nn.Identity()
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
-                         nn.BatchNorm3d(out_channels))
+    conv = nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm3d(out_channels)) if norm else nn.Sequential(conv)
 
 
 class BasicBlock(nn.Module):
@@ -77,7 +82,11 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1x1 -> ``conv`` (stride here, ResNet v1.5) -> 1x1x1 x ``expansion`` residual block.
 
-    ``conv_a`` replaces the first 1x1x1 conv (e.g. an inflated 3x1x1 one).
+    ``conv_a`` replaces the first 1x1x1 conv (e.g. an inflated 3x1x1 one). ``conv_a_t`` does so
+    by data: the temporal kernel of the first conv of block ``index`` is
+    ``conv_a_t[index % len(conv_a_t)]`` (t x 1 x 1; the Slow and I3D ResNets of Feichtenhofer et
+    al. 2019 and Carreira and Zisserman 2017 as PyTorchVideo lays them out, e.g. ``(3, 1)``
+    alternates); the stage needs ``pass_index=True``.
     Shape: (B, C_in, T, H, W) -> (B, width * expansion, T/st, H/s, W/s).
     """
 
@@ -85,11 +94,15 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_channels: int, width: int, stride: StrideLike = 1, *,
                  conv: ConvFactory = conv_2d, conv_a: ConvFactory | None = None,
-                 post_add: nn.Module | None = None, expansion: int | None = None) -> None:
+                 post_add: nn.Module | None = None, expansion: int | None = None,
+                 index: int = 0, conv_a_t: Sequence[int] = (1,)) -> None:
         super().__init__()
         expansion = expansion or self.expansion
         out_channels = width * expansion
         self.out_channels = out_channels
+        t_a = conv_a_t[index % len(conv_a_t)]
+        if conv_a is None and t_a > 1:
+            conv_a = partial(conv_temporal, t=t_a)
         self.conv1 = (conv_a(in_channels, width, 1) if conv_a is not None
                       else nn.Conv3d(in_channels, width, 1, bias=False))
         self.bn1 = nn.BatchNorm3d(width)
@@ -140,6 +153,9 @@ class StageSpec:
     ``after`` are ``(block_index, plug-in factory)`` pairs; see the module docstring.
     ``pass_index=True`` also passes ``index=i`` (the block's position in the stage) to the block
     factory, for blocks that alternate within a stage (X3D's squeeze-excitation every other block).
+    ``pool``: a max-pool (kernel = stride, no padding) after the stage's last block and its
+    plug-ins, e.g. ``(2, 1, 1)`` halves T (the C2D and I3D ResNet-50 of PyTorchVideo pool time
+    after res2); the stage's child ``"pool"``.
     """
 
     name: str
@@ -152,6 +168,7 @@ class StageSpec:
     post_add: tuple[tuple[int, PluginFactory], ...] = field(default=())
     after: tuple[tuple[int, PluginFactory], ...] = field(default=())
     pass_index: bool = False
+    pool: Triple | None = None
 
 
 def block_expansion(factory: BlockFactory) -> int:
@@ -196,6 +213,8 @@ def build_stage(spec: StageSpec, in_channels: int) -> tuple[nn.Sequential, int]:
         layers[str(i)] = block
         for j, factory in enumerate(after.get(i, [])):
             layers[f"{i}_after{j}"] = factory(channels)
+    if spec.pool is not None:
+        layers["pool"] = nn.MaxPool3d(spec.pool, stride=spec.pool)
     return nn.Sequential(layers), channels
 
 

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from models.heads import window_mean
 from models.layers import (ConvFactory, StemSpec, StrideLike, conv_2d, conv_depthwise,
                            conv_temporal, zero_init_bn)
 from models.resnet import STAGE_NAMES, PluginFactory, StageSpec, VideoResNet, _shortcut
@@ -69,7 +70,8 @@ class X3DBlock(nn.Module):
 
     def __init__(self, in_channels: int, width: int, stride: StrideLike = 1, *,
                  conv: ConvFactory = conv_depthwise, post_add: nn.Module | None = None, index: int = 0,
-                 bottleneck: float = X3D_BOTTLENECK, se_ratio: float = 1 / 16) -> None:
+                 bottleneck: float = X3D_BOTTLENECK, se_ratio: float = 1 / 16,
+                 shortcut_norm: str = "always") -> None:
         super().__init__()
         inner = int(bottleneck * width)
         self.out_channels = width
@@ -83,7 +85,10 @@ class X3DBlock(nn.Module):
         self.conv3 = nn.Conv3d(inner, width, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(width)
         zero_init_bn(self.bn3)  # X3D's configurations zero-init each block's final BN
-        self.shortcut = _shortcut(in_channels, width, stride)
+        if shortcut_norm not in ("always", "widening"):
+            raise ValueError(f"shortcut_norm must be 'always' or 'widening', got {shortcut_norm!r}")
+        self.shortcut = _shortcut(in_channels, width, stride,
+                                  norm=shortcut_norm == "always" or in_channels != width)
         self.post_add = post_add if post_add is not None else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
@@ -106,12 +111,19 @@ class X3DHead(nn.Module):
     """conv5 (C -> ``inner``) + BN + ReLU -> global mean -> fc (``inner`` -> ``hidden``, no bias)
     + ReLU -> dropout -> fc (X3D Table 1 "conv5, pool5, fc1, fc2").
 
+    ``pool_kernel``: PyTorchVideo's form, an average pool with a fixed kernel (stride 1), fc1 +
+    ReLU on every window, then the windows' mean (:func:`models.heads.window_mean`); equal to
+    the global form when the map is no larger than the kernel.
     Shape: (B, C, T, H, W) -> (B, num_classes).
     """
 
+    classifier = ("fc",)
+
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.5, *,
-                 inner: int = 432, hidden: int = 2048) -> None:
+                 inner: int = 432, hidden: int = 2048,
+                 pool_kernel: Sequence[int] | None = None) -> None:
         super().__init__()
+        self.pool_kernel = tuple(pool_kernel) if pool_kernel is not None else None
         self.conv5 = nn.Sequential(nn.Conv3d(in_channels, inner, 1, bias=False),
                                    nn.BatchNorm3d(inner), nn.ReLU(inplace=True))
         self.fc1 = nn.Linear(inner, hidden, bias=False)
@@ -120,18 +132,25 @@ class X3DHead(nn.Module):
         self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv5(x).mean(dim=(2, 3, 4))
-        return self.fc(self.dropout(self.relu(self.fc1(x))))
+        if self.pool_kernel is None:
+            x = self.conv5(x).mean(dim=(2, 3, 4))
+            return self.fc(self.dropout(self.relu(self.fc1(x))))
+        windows = window_mean(self.conv5(x), self.pool_kernel).flatten(2).transpose(1, 2)
+        x = self.relu(self.fc1(windows)).mean(dim=1)   # (B, windows, hidden) -> (B, hidden)
+        return self.fc(self.dropout(x))
 
 
 def x3d(*, num_classes: int, widths: Sequence[int] = X3D_WIDTHS,
         depths: Sequence[int] = X3D_DEPTHS, bottleneck: float = X3D_BOTTLENECK,
         stem_width: int = 24, stem_t: int = 3, se_ratio: float = 1 / 16, head_hidden: int = 2048,
+        shortcut_norm: str = "always", head_pool: Sequence[int] | None = None,
         after: Mapping[str, Sequence[tuple[int, PluginFactory]]] | None = None,
         stem_after: Sequence[PluginFactory] = (), dropout: float = 0.5,
         in_channels: int = 3) -> VideoResNet:
     """X3D-S/M (clip size picks the variant). ``after``: plug-ins per stage (res2..res5);
-    ``stem_after``: plug-ins after the stem (DCF's "stage1").
+    ``stem_after``: plug-ins after the stem (DCF's "stage1"). ``stem_t`` (the stem's temporal
+    kernel), ``shortcut_norm`` (:class:`X3DBlock`) and ``head_pool`` (:class:`X3DHead`'s
+    ``pool_kernel``) also express PyTorchVideo's X3D (5, "widening", the training clip's size).
 
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
@@ -139,12 +158,13 @@ def x3d(*, num_classes: int, widths: Sequence[int] = X3D_WIDTHS,
     unknown = set(after) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; expected {STAGE_NAMES}")
-    block = partial(X3DBlock, bottleneck=bottleneck, se_ratio=se_ratio)
+    block = partial(X3DBlock, bottleneck=bottleneck, se_ratio=se_ratio, shortcut_norm=shortcut_norm)
     stages = [StageSpec(name, n, w, stride=2, block=block, conv=conv_depthwise,
                         after=tuple(after.get(name, ())), pass_index=True)
               for name, n, w in zip(STAGE_NAMES, depths, widths)]
     stem = StemSpec(stem_width, partial(x3d_stem_conv, t=stem_t), (1, 2, 2), pool=False,
                     after=tuple(stem_after))
-    head = partial(X3DHead, inner=int(bottleneck * widths[-1]), hidden=head_hidden)
+    head = partial(X3DHead, inner=int(bottleneck * widths[-1]), hidden=head_hidden,
+                   pool_kernel=head_pool)
     return VideoResNet(stages, num_classes, stem=stem, in_channels=in_channels, head=head,
                        dropout=dropout)

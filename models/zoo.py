@@ -17,8 +17,8 @@ from models.heads import ClassifierHead, TRNHead
 from models.layers import ConvFactory, StemSpec, conv_2d, conv_3d, resolve_conv
 from models.nonlocal_block import NonLocalBlock
 from models.registry import register_model
-from models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, HeadFactory, PlainBlock,
-                           PluginFactory, StageSpec, VideoResNet)
+from models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory,
+                           PlainBlock, PluginFactory, StageSpec, VideoResNet)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -41,15 +41,23 @@ def place(factory: PluginFactory, blocks: Mapping[str, Sequence[int]]) -> dict[s
 def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
                  stem_conv: str | ConvFactory = "2d", stem_t: int = 3, stem_width: int = 64,
                  stem_pool: bool = True, widths: Sequence[int] = BASE_WIDTHS,
+                 strides: Sequence[int] = (1, 2, 2, 2),
                  temporal_strides: Sequence[int] = (1, 1, 1, 1), block: Any = None,
+                 conv_a_t: Sequence[Any] = ((1,),) * 4,
+                 stage_pools: Mapping[str, tuple[int, int, int]] | None = None,
                  post_add: Placement | None = None, after: Placement | None = None,
-                 head: HeadFactory | None = None, dropout: float = 0.5,
-                 in_channels: int = 3) -> VideoResNet:
+                 head: HeadFactory | None = None, head_pool: Sequence[int] | None = None,
+                 dropout: float = 0.5, in_channels: int = 3) -> VideoResNet:
     """A ResNet-``depth`` video network (stages res2..res5, stem 7x7 stride 2 + max-pool).
 
     ``conv``: a conv kind ("2d", "3d", "2plus1d") or factory, or one per stage. ``block``: a
     block factory (or one per stage) replacing the depth's default. ``stem_conv``: "2d" (1x7x7),
-    "3d" (``stem_t`` x7x7) or a factory. ``post_add``/``after``: plug-ins per stage name.
+    "3d" (``stem_t`` x7x7) or a factory. ``strides``: spatial stride of each stage's first block.
+    ``conv_a_t``: per stage, the cycle of temporal kernels of the blocks' first conv (bottleneck
+    blocks; :class:`models.resnet.Bottleneck`). ``stage_pools``: a max-pool after a stage
+    (:class:`models.resnet.StageSpec` ``pool``). ``head_pool``: the classifier's windowed
+    pooling kernel (:class:`models.heads.ClassifierHead`). ``post_add``/``after``: plug-ins per
+    stage name.
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
     if depth not in DEPTHS:
@@ -66,11 +74,24 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
                         else resolve_conv(stem_conv, k=7))
     else:
         stem_factory = stem_conv
+    stage_pools = dict(stage_pools or {})
+    if set(stage_pools) - set(STAGE_NAMES):
+        raise ValueError(f"unknown stage(s) {sorted(set(stage_pools) - set(STAGE_NAMES))} in "
+                         f"stage_pools; expected {STAGE_NAMES}")
+    cycles = [tuple(c) if isinstance(c, (list, tuple)) else (int(c),) for c in _per_stage(conv_a_t)]
+    for i, cycle in enumerate(cycles):
+        if any(t > 1 for t in cycle):
+            if blocks[i] is not Bottleneck:
+                raise ValueError("conv_a_t needs bottleneck blocks (depth >= 50)")
+            blocks[i] = partial(Bottleneck, conv_a_t=cycle)
+    if head is None and head_pool is not None:
+        head = partial(ClassifierHead, pool_kernel=tuple(head_pool))
     stages = [
-        StageSpec(name, n, w, stride=1 if i == 0 else 2, temporal_stride=ts, block=b, conv=c,
-                  post_add=tuple(post_add.get(name, ())), after=tuple(after.get(name, ())))
-        for i, (name, n, w, ts, b, c) in enumerate(zip(STAGE_NAMES, layout, widths,
-                                                       temporal_strides, blocks, convs))
+        StageSpec(name, n, w, stride=s, temporal_stride=ts, block=b, conv=c,
+                  post_add=tuple(post_add.get(name, ())), after=tuple(after.get(name, ())),
+                  pass_index=any(t > 1 for t in cyc), pool=stage_pools.get(name))
+        for name, n, w, s, ts, b, c, cyc in zip(STAGE_NAMES, layout, widths, _per_stage(strides),
+                                                temporal_strides, blocks, convs, cycles)
     ]
     return VideoResNet(stages, num_classes, stem=StemSpec(stem_width, stem_factory, (1, 2, 2), stem_pool),
                        in_channels=in_channels, head=head, dropout=dropout)

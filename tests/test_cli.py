@@ -25,7 +25,8 @@ SUBCOMMANDS = ["toy", "prepare", "inspect", "models", "bench"]
 BENCHES = ["loader", "knn", "models", "correlation"]
 # Every registered command and bench subcommand: each must have help with examples.
 ALL_COMMANDS = [[name] for name in cli.commands] + [
-    ["bench", name] for name in cli.commands["bench"].commands]  # type: ignore[attr-defined]
+    [group, name] for group in ("bench", "weights")
+    for name in cli.commands[group].commands]  # type: ignore[attr-defined]
 
 
 def listed_commands(help_text: str) -> list[str]:

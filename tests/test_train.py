@@ -734,7 +734,7 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(tmp_path: Path) -> No
     for source in (good, plain):
         target = nn.Linear(64, 64)
         report = load_weights(target, source)
-        assert sorted(report["loaded"]) == ["bias", "weight"] and report["missing"] == []
+        assert sorted(report.loaded) == ["bias", "weight"] and not report.missing
         assert torch.equal(target.weight, model.weight)
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, wrapped)
@@ -769,9 +769,9 @@ def test_torchvision_resnet18_inflates_into_c2d(tmp_path: Path) -> None:
     tv, path = _torchvision_resnet18(tmp_path)
     model = models.create_model("c2d_r18", num_classes=1000).eval()
     report = load_weights(model, path)
-    assert report["skipped"] == [] and report["missing"] == []
-    assert "stem.0.weight" in report["inflated"] and "head.fc.weight" in report["loaded"]
-    assert "res3.0.shortcut.0.weight" in report["inflated"]
+    assert not report.skipped and not report.missing and not report.problems
+    assert "stem.0.weight" in report.inflated and "head.fc.weight" in report.loaded
+    assert "res3.0.shortcut.0.weight" in report.inflated
     assert torch.equal(model.stem[0].weight[:, :, 0], tv.conv1.weight)
     assert torch.equal(model.res5[1].bn2.running_var, tv.layer4[1].bn2.running_var)
 
@@ -785,8 +785,9 @@ def test_torchvision_resnet18_inflates_into_c2d(tmp_path: Path) -> None:
     # another class count: the classifier is skipped, everything else still loads
     small = models.create_model("c2d_r18", num_classes=5)
     report = load_weights(small, path)
-    assert set(report["skipped"]) == {"head.fc.weight", "head.fc.bias"}  # renamed, wrong shape
-    assert set(report["missing"]) == {"head.fc.weight", "head.fc.bias"}
+    assert set(report.skipped) == {"head.fc.weight", "head.fc.bias"}  # renamed, wrong shape
+    assert set(report.new_classifier) == {"head.fc.weight", "head.fc.bias"}  # a new head
+    assert not report.missing and not report.problems
 
 
 def test_torchvision_resnet18_inflates_into_c3d(tmp_path: Path) -> None:
@@ -797,7 +798,7 @@ def test_torchvision_resnet18_inflates_into_c3d(tmp_path: Path) -> None:
     tv, path = _torchvision_resnet18(tmp_path)
     model = models.create_model("c3d_r18", num_classes=1000).eval()
     report = load_weights(model, path)
-    assert report["skipped"] == [] and report["missing"] == []
+    assert not report.skipped and not report.missing
     assert model.stem[0].weight.shape == (64, 3, 3, 7, 7)
     assert torch.allclose(model.stem[0].weight, tv.conv1.weight[:, :, None].repeat(1, 1, 3, 1, 1) / 3)
     assert torch.allclose(model.res2[0].conv1.weight.sum(2), tv.layer1[0].conv1.weight, atol=1e-6)

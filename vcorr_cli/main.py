@@ -19,6 +19,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.data_cmds", "prepare"),
     ("vcorr_cli.data_cmds", "inspect"),
     ("vcorr_cli.models_cmd", "models"),
+    ("vcorr_cli.weights_cmd", "weights"),
     ("vcorr_cli.train_cmd", "train"),
     ("vcorr_cli.eval_cmds", "eval"),
     ("vcorr_cli.eval_cmds", "compare"),

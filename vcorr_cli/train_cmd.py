@@ -19,13 +19,19 @@ import click
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last.pt (CONFIG may be left out).")
 @click.option("--init", "init", type=click.Path(path_type=Path),
-              help="Start from these weights: a vcorr checkpoint, a state dict, or torchvision "
-                   "2D ResNet weights (inflated to the video model).")
+              help="Start from these weights: a vcorr checkpoint, a state dict, torchvision 2D "
+                   "ResNet weights (inflated to the video model), or a torchvision / "
+                   "PyTorchVideo Kinetics checkpoint. A partial load is an error; the report "
+                   "goes to RUN_DIR/init_report.json.")
+@click.option("--partial-init", is_flag=True,
+              help="Allow --init to leave model tensors at their initial values (or to skip "
+                   "file tensors) beyond a new classifier and identity-initialised plug-ins.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Force a device [default: CUDA when present].")
 @click.option("--no-progress", is_flag=True, help="No live progress bar (logs only).")
 def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tuple[str, ...],
-          resume: bool, init: Path | None, device: str | None, no_progress: bool) -> None:
+          resume: bool, init: Path | None, partial_init: bool, device: str | None,
+          no_progress: bool) -> None:
     """Train a registered model as described by CONFIG (TOML).
 
     Writes RUN_DIR/config.toml (resolved), metrics.jsonl (one record per logged step and per
@@ -37,6 +43,7 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
       vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet
       vcorr train cfg.toml --data data/k400 --set optim.lr=0.02 --set data.workers=8
       vcorr train --out runs/toy_cpnet --resume
+      vcorr train cfg.toml --data data/ssv1 --init resnet50-0676ba61.pth
       torchrun --nproc_per_node 8 -m vcorr_cli train cfg.toml --data /data/k400 --out runs/k
     """
     from pipelines.errors import UserError
@@ -61,8 +68,8 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
         config = saved
     cfg = load_config(config, sets)
     try:
-        summary = run_train(cfg, out_dir, resume=resume, init=init, progress=not no_progress,
-                            device=device)
+        summary = run_train(cfg, out_dir, resume=resume, init=init, init_partial=partial_init,
+                            progress=not no_progress, device=device)
     except KeyboardInterrupt:
         click.echo(f"interrupted: {out_dir / 'last.pt'} holds the last position; "
                    f"continue with: vcorr train --out {out_dir} --resume", err=True)

@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -111,10 +111,13 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
               sampler: str, crop_size: int, short_side: int | None, normalize: bool,
               settings: EvalSettings, swap_map: dict[int, int], device: torch.device,
               limit: int | None = None, sync_timing: bool = False,
-              progress: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+              progress: bool = False, rank: int = 0, world_size: int = 1,
+              mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
     """Scores of every video of ``split`` (under torchrun: of this rank's share, every
     ``world_size``-th video): returns ids, labels, (V, K) averaged scores, failures and the time
-    spent waiting for data, building views and in the model."""
+    spent waiting for data, building views and in the model. ``normalize``: subtract ``mean``
+    and divide by ``std`` (0-1 RGB; the checkpoint's ``data.mean``/``data.std``)."""
     s = settings
     if s.crops not in CROP_CHOICES:
         raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
@@ -127,10 +130,10 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
         num_workers=s.workers,
         collate_fn=_first, pin_memory=device.type == "cuda",
         prefetch_factor=2 if s.workers else None)
-    mean = std = None
+    mean_t = std_t = None
     if normalize:
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1)
+        mean_t = torch.tensor(tuple(mean), device=device).view(1, 3, 1, 1, 1)
+        std_t = torch.tensor(tuple(std), device=device).view(1, 3, 1, 1, 1)
     model.eval()
     scores: dict[int, torch.Tensor] = {}
     failed: list[dict[str, Any]] = []
@@ -195,8 +198,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
                 continue
             views, flips = build_views(clips, boxes)
             views = views.float().div_(255)
-            if mean is not None:
-                views = views.sub_(mean).div_(std)
+            if mean_t is not None:
+                views = views.sub_(mean_t).div_(std_t)
             sync()
             t["views"] += time.perf_counter() - t0
             views_per_video = max(views_per_video, views.shape[0])
@@ -289,7 +292,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
         model.to(dev)
         r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
                       crop_size=crop_size, short_side=short_side,
-                      normalize=bool(cfg["data"]["normalize"]), settings=s, swap_map=swap_map,
+                      normalize=bool(cfg["data"]["normalize"]), mean=cfg["data"]["mean"],
+                      std=cfg["data"]["std"], settings=s, swap_map=swap_map,
                       device=dev, progress=progress and env.is_main, rank=env.rank,
                       world_size=env.world_size)
         r = gather_results(r, env.world_size)

@@ -29,7 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "test_short_side": 128,        # validation: resize the short side, then centre crop
         "random_resized": False,       # RandomResizedCrop(scale 0.5-1, ratio 0.9-1.1) instead
         "color_jitter": 0.0,
-        "normalize": True,             # ImageNet mean/std
+        "normalize": True,             # subtract `mean`, divide by `std` (0-1 RGB)
+        "mean": [0.485, 0.456, 0.406],  # ImageNet; converted checkpoints carry their source's
+        "std": [0.229, 0.224, 0.225],
         "flip": "off",                 # off, on, swap (flip and swap direction labels)
         "workers": 2,
     },
@@ -161,6 +163,13 @@ def _check_values(cfg: dict, source: str) -> None:
     if d["frames"] < 1 or d["interval"] < 1 or d["crop"] < 1 or d["workers"] < 0:
         raise UserError(f"{source}: data.frames, data.interval and data.crop must be positive "
                         "and data.workers not negative")
+    for key in ("mean", "std"):
+        v = d[key]
+        if (len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                or (key == "std" and min(v) <= 0)):
+            raise UserError(f"{source}: data.{key} must be 3 numbers (R, G, B){', positive' if key == 'std' else ''}, "
+                            f"got {v!r}")
+        d[key] = [float(x) for x in v]
 
 
 def parse_value(text: str) -> Any:
@@ -219,6 +228,22 @@ def load_config(path: str | Path | None = None, sets: list[str] = ()) -> dict[st
     _check_phases(cfg, source)
     _check_values(cfg, source)
     return cfg
+
+
+def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's) with the keys added since it was written set to their
+    defaults, so that older checkpoints still evaluate and resume. Returns a new dict."""
+    out = copy.deepcopy(DEFAULTS)
+
+    def fill(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "args":
+                fill(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+
+    fill(out, cfg)
+    return out
 
 
 def phases(cfg: dict) -> list[dict[str, Any]]:

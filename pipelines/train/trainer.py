@@ -35,7 +35,7 @@ from pipelines.errors import UserError
 from pipelines.fileio import write_atomic
 from pipelines.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from pipelines.train.config import phases as config_phases
-from pipelines.train.config import to_toml
+from pipelines.train.config import to_toml, with_defaults
 from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum,
                                          cleanup_distributed, setup_distributed)
 
@@ -78,14 +78,15 @@ def _short_side(value: Any) -> Any:
 def build_dataset(cfg: dict, frames: int, *, train: bool) -> VideoClipDataset:
     """The training (random clip, augmented) or validation (centre clip and crop) dataset."""
     d = cfg["data"]
-    mean = None if not d["normalize"] else (0.485, 0.456, 0.406)
+    mean = None if not d["normalize"] else tuple(d["mean"])
+    std = tuple(d["std"])
     sampler = make_sampler(d["sampler"], frames, d["interval"])
     if train:
         tf = train_transform(d["crop"], _short_side(d["short_side"]), d["random_resized"],
-                             color_jitter=d["color_jitter"], mean=mean)
+                             color_jitter=d["color_jitter"], mean=mean, std=std)
         return VideoClipDataset(d["root"], d["train_split"], sampler, tf, train=True,
                                 flip=d["flip"], seed=cfg["seed"])
-    tf = test_transform(d["crop"], _short_side(d["test_short_side"]), mean=mean)
+    tf = test_transform(d["crop"], _short_side(d["test_short_side"]), mean=mean, std=std)
     return VideoClipDataset(d["root"], d["val_split"], sampler, tf, train=False, num_clips=1,
                             seed=cfg["seed"])
 
@@ -113,7 +114,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     for key in ("model", "config", "classes"):
         if key not in ckpt:
             raise UserError(f"{path}: checkpoint has no {key!r}")
-    cfg = ckpt["config"]
+    cfg = ckpt["config"] = with_defaults(ckpt["config"])
     model = build_model(cfg, len(ckpt["classes"]), config_phases(cfg)[0]["frames"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt
@@ -261,23 +262,28 @@ def _progress(enabled: bool):
 # --- the loop ----------------------------------------------------------------------------------
 
 def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None,
-          progress: bool = True, device: str | None = None,
+          init_partial: bool = False, progress: bool = True, device: str | None = None,
           stop_after_steps: int | None = None) -> dict[str, Any]:
     """Run the config ``cfg`` into ``out_dir``; returns the summary (also ``summary.json``).
 
-    ``resume`` continues from ``out_dir/last.pt``; ``init`` loads initial weights (a checkpoint,
-    a state dict, or torchvision 2D ResNet weights to inflate). ``stop_after_steps`` stops like
-    Ctrl-C after that many optimiser steps of this call (for tests and time-boxed jobs).
+    ``resume`` continues from ``out_dir/last.pt``; ``init`` loads initial weights (a vcorr
+    checkpoint, a state dict, torchvision 2D ResNet weights to inflate, or a torchvision /
+    PyTorchVideo Kinetics checkpoint; :func:`pipelines.weights.load_weights`), refusing a
+    partial load unless ``init_partial``; its report is printed and saved as
+    ``out_dir/init_report.json``. ``stop_after_steps`` stops like Ctrl-C after that many
+    optimiser steps of this call (for tests and time-boxed jobs).
     """
     env = setup_distributed(device)
     try:
-        return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps)
+        return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps,
+                      init_partial=init_partial)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | None,
-           progress: bool, stop_after_steps: int | None) -> dict[str, Any]:
+           progress: bool, stop_after_steps: int | None, *,
+           init_partial: bool = False) -> dict[str, Any]:
     data_root = Path(cfg["data"]["root"])
     if not cfg["data"]["root"] or not (data_root / "index.csv").is_file():
         raise UserError(f"{data_root}: not a prepared dataset (no index.csv); give --data or "
@@ -289,8 +295,8 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
-        if ckpt["config"] != cfg:
-            diff = _config_diff(ckpt["config"], cfg)
+        if with_defaults(ckpt["config"]) != cfg:
+            diff = _config_diff(with_defaults(ckpt["config"]), cfg)
             raise UserError(f"{out / 'last.pt'}: the run was started with another config "
                             f"({', '.join(diff[:5])}); resume without changing it")
     if env.is_main:
@@ -301,11 +307,11 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
     classes = read_classes(data_root)
     model = build_model(cfg, len(classes), plan[0]["frames"]).to(env.device)
     if init is not None and ckpt is None:
-        report = load_weights(model, init)
+        report = load_weights(model, init, classes=classes, partial=init_partial,
+                              model_name=cfg["model"]["name"])
         if env.is_main:
-            print(f"init: {len(report['loaded'])} tensors loaded, {len(report['inflated'])} "
-                  f"inflated, {len(report['skipped'])} skipped, {len(report['missing'])} left "
-                  f"at their initial values, from {init}")
+            report.render()
+            report.save(out / "init_report.json")
     if env.distributed and cfg["train"]["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
