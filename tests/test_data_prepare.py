@@ -112,8 +112,17 @@ def test_variable_rate_selection_takes_the_nearest_presentation_times():
     assert info.fps == 20
     assert info.select(fps=5) == [0, 2, 4, 6, 8, 10, 16, 22, 28, 34]
     assert info.select(every=4) == list(range(0, 40, 4))  # --every stays index-based
-    # above the local rate every frame is kept once
-    assert info.select(fps=30) == list(range(40))
+    # one frame for every time k/F, so the stored frames are 1/F apart: above the local rate
+    # a frame is kept once for each time it is nearest to (2-3 times in the 10 fps part)
+    def nearest(t: float) -> int:  # naive: every frame's distance; a tie takes the even one
+        d = np.abs(times - t)
+        best = np.flatnonzero(d <= d.min() + 1e-9)
+        return int(best[0] if len(best) == 1 else best[best % 2 == 0][0])
+
+    for fps in (5, 7, 12, 30, 45):
+        naive = [nearest(k / fps) for k in range(int(np.ceil(2.0 * fps - 1e-9)))]
+        assert info.select(fps=fps) == naive, fps
+    assert info.select(fps=30)[:6] == [0, 0, 1, 1, 1, 2]
 
 
 @pytest.mark.parametrize("h,w,s,out", [(48, 64, 32, (32, 43)), (64, 48, 32, (43, 32)),

@@ -162,6 +162,22 @@ def test_variable_frame_rate_keeps_the_frames_nearest_in_time(tmp_path, dh, suff
     assert np.rint(grey).astype(int).tolist() == [0, 2, 4, 6, 8, 10, 16, 22, 28, 34]
 
 
+def test_variable_frame_rate_above_the_slow_part_stays_uniform_in_time(tmp_path, dh):
+    """--fps 30 on the 10-then-30 fps recording: 60 frames, 1/30 s apart, the slow part's
+    frames repeated (kept once each, the first second would play three times too fast)."""
+    path = tmp_path / "vfr.mp4"
+    _write_vfr(path, VFR_TIMES)
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path, short_side=0, fps=30.0)
+    row = dh.read_csv(out / "index.csv")[0]
+    assert int(row["num_frames"]) == 60 and float(row["fps"]) == 30.0
+    grey = dh.stored_frames(out, row).reshape(60, -1).mean(1) / 5
+    times = np.array(VFR_TIMES)
+    expect = [int(np.argmin(np.abs(times - k / 30))) for k in range(60)]
+    assert np.rint(grey).astype(int).tolist() == expect
+    assert expect[:6] == [0, 0, 1, 1, 1, 2] and expect[30:] == list(range(10, 40))
+
+
 def test_every_stays_index_based_on_variable_rate(tmp_path, dh):
     path = tmp_path / "vfr.mp4"
     _write_vfr(path, VFR_TIMES)
@@ -295,17 +311,24 @@ def test_damaged_videos_keep_what_decodes_and_say_so(tmp_path, dh, damaged):
     rows = {x["id"]: x for x in dh.read_csv(out / "index.csv")}
     warns = {w["id"]: w["warning"] for w in dh.read_csv(out / "warnings.csv")}
     assert set(warns) == {"corrupt", "truncated"}
-    # damage in the middle: every frame is there, and the damaged ones are counted
+    # damage in the middle: every frame is there, and every damaged one is counted -- the
+    # frame the decoder marks and those predicted from it up to the next key frame (one GOP
+    # here), checked against the clean video
     assert rows["corrupt"]["num_frames"] == "100"
-    assert re.fullmatch(r"(\d+ frames? decoded with errors|decoded \d+ of 100 frames)(; .*)?",
-                        warns["corrupt"]), warns["corrupt"]
+    m = re.fullmatch(r"(\d+) frames? decoded with errors; (\d+) frames predicted from damaged "
+                     r"frames \(up to the next key frame\)", warns["corrupt"])
+    assert m, warns["corrupt"]
+    clean = VideoReader(damaged["root"] / "clean.mp4").read(range(100))
+    stored = dh.stored_frames(out, rows["corrupt"])
+    visibly_damaged = sum(dh.psnr(a, b) < 30 for a, b in zip(stored, clean))
+    assert 0 < visibly_damaged <= int(m[1]) + int(m[2])
     # cut at the end: the frames before the cut, and where the stream ends
-    m = re.fullmatch(r"decoded (\d+) of 100 frames; stream ends at (\d+\.\d\d) s of 4\.00 s",
-                     warns["truncated"])
+    m = re.fullmatch(r"decoded (\d+) of 100 frames; (.*; )?stream ends at (\d+\.\d\d) s of "
+                     r"4\.00 s", warns["truncated"])
     assert m, warns["truncated"]
     assert int(rows["truncated"]["num_frames"]) == int(m[1]) < 100
     # B-frames just before the cut may be lost while a later frame decoded
-    assert int(m[1]) / 25 <= float(m[2]) < 4.0
+    assert int(m[1]) / 25 <= float(m[3]) < 4.0
     # the frames well before the cut are the source's, in order
     ref = _ffmpeg_display_frames(damaged["root"] / "clean.mp4", 40)
     stored = dh.stored_frames(out, rows["truncated"])[:40]

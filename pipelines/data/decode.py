@@ -192,7 +192,8 @@ class VideoInfo:
     def selector(self, every: int = 1, fps: float | None = None,
                  indices: Sequence[int] | None = None) -> FrameSelector:
         """A :class:`FrameSelector` for this video's frames."""
-        return FrameSelector(every, fps, indices, self.duration, self.nominal_rate)
+        return FrameSelector(every, fps, indices, self.duration, self.nominal_rate,
+                             repeat=self.nominal_rate is None)
 
     def select(self, every: int = 1, fps: float | None = None) -> list[int]:
         """Numbers of the frames ``every``/``fps`` keep (see :class:`FrameSelector`)."""
@@ -356,24 +357,31 @@ def _image_size(path: Path) -> tuple[int, int]:
 class FrameSelector:
     """Decides, frame by frame in presentation order, which frames a selection keeps.
 
-    ``every=N`` keeps frame numbers 0, N, 2N, ...; ``fps=F`` keeps the frame nearest to each
-    time k/F (seconds from the first frame) below ``duration``; ``indices`` keeps exactly
-    those frame numbers. :meth:`feed` returns the frames whose fate is decided (kept ones
-    only, in order); :meth:`finish` those left at the end.
+    ``every=N`` keeps frame numbers 0, N, 2N, ...; ``indices`` keeps exactly those frame
+    numbers; ``fps=F`` keeps the frame nearest to each time k/F (seconds from the first frame)
+    below ``duration``. With ``repeat`` (variable-rate videos) a frame nearest to several
+    times is kept for each, so the kept frames are exactly 1/F apart in time; without it
+    (constant rate, where F at or above the rate keeps every frame once, at the source rate)
+    it is kept once. ``tie_rate``: see :meth:`_tie`. :meth:`feed` returns the frames whose
+    fate is decided (kept ones only, in order); :meth:`finish` those left at the end.
     """
 
     def __init__(self, every: int = 1, fps: float | None = None,
                  indices: Sequence[int] | None = None, duration: float = float("inf"),
-                 tie_rate: float | None = None) -> None:
+                 tie_rate: float | None = None, repeat: bool = False) -> None:
         self.every, self.fps, self.duration = max(1, int(every)), fps, duration
-        self.tie_rate = tie_rate
+        self.tie_rate, self.repeat = tie_rate, repeat
         self.indices = None if indices is None else set(int(i) for i in indices)
         self._k = 0
-        self._prev: tuple[int, float, object, bool] | None = None  # (number, time, item, kept)
+        self._prev: list | None = None  # [number, time, item, times chosen]
 
     def _target(self) -> float | None:
         t = self._k / self.fps
         return t if t < self.duration - 1e-9 else None
+
+    def _emit(self, frame: list) -> list[tuple[int, object]]:
+        count = frame[3] if self.repeat else min(frame[3], 1)
+        return [(frame[0], frame[2])] * count
 
     def feed(self, number: int, time: float, item: object = None) -> list[tuple[int, object]]:
         """Offer frame ``number`` at ``time`` (seconds); returns the decided kept frames."""
@@ -381,10 +389,9 @@ class FrameSelector:
             keep = (number in self.indices) if self.indices is not None else (
                 number % self.every == 0)
             return [(number, item)] if keep else []
-        out = []
-        kept_cur = False
+        cur = [number, time, item, 0]
+        prev = self._prev
         while (target := self._target()) is not None and target <= time + 1e-9:
-            prev = self._prev
             choose_prev = False
             if prev is not None:
                 d_prev, d_cur = target - prev[1], time - target
@@ -392,15 +399,10 @@ class FrameSelector:
                     choose_prev = self._tie(prev[0], number)
                 else:
                     choose_prev = d_prev < d_cur
-            if choose_prev:
-                self._prev = (prev[0], prev[1], prev[2], True)
-            else:
-                kept_cur = True
+            (prev if choose_prev else cur)[3] += 1
             self._k += 1
-        if self._prev is not None and self._prev[3]:
-            out.append((self._prev[0], self._prev[2]))
-        self._prev = (number, time, item, kept_cur)
-        return out
+        self._prev = cur
+        return self._emit(prev) if prev is not None else []
 
     def _tie(self, prev: int, cur: int) -> bool:
         """Whether a time exactly between frames ``prev`` and ``cur`` takes ``prev``."""
@@ -413,21 +415,24 @@ class FrameSelector:
         return prev % 2 == 0  # the even frame number, as rint rounds halves
 
     def finish(self) -> list[tuple[int, object]]:
-        """The last frame, if it is kept (it is the nearest to every time left)."""
+        """The last frame, for the times after it (it is the nearest to each)."""
         if self.fps is None or self._prev is None:
             return []
-        prev, self._prev = self._prev, None
-        if prev[3] or self._target() is not None:
-            return [(prev[0], prev[2])]
-        return []
+        last, self._prev = self._prev, None
+        while self._target() is not None:
+            last[3] += 1
+            self._k += 1
+        return self._emit(last)
 
 
-def stored_fps(source_fps: float, every: int = 1, fps: float | None = None) -> float:
+def stored_fps(source_fps: float, every: int = 1, fps: float | None = None,
+               constant_rate: bool = True) -> float:
     """Frame rate of the frames kept from a video at ``source_fps`` (frames per second):
-    ``fps`` when below the source rate (every frame is kept once above it), else the source
-    rate divided by ``every``."""
+    ``fps``, except at or above a constant source rate (every frame is kept once, at the
+    source rate); without ``fps``, the source rate divided by ``every`` (for a variable-rate
+    video an average: ``every`` goes by frame number)."""
     if fps is not None:
-        return float(min(fps, source_fps)) if source_fps > 0 else float(fps)
+        return float(min(fps, source_fps)) if source_fps > 0 and constant_rate else float(fps)
     return source_fps / max(1, every)
 
 
@@ -441,6 +446,7 @@ class DecodeReport:
     frames_expected: int = 0
     frames_decoded: int = 0
     frames_corrupt: int = 0  # decoded with errors (error-concealed, marked corrupt)
+    frames_after_damage: int = 0  # predicted from damaged frames, before the next key frame
     frames_repeated: int = 0  # repeated timestamps (the decoder filled a gap with a neighbour)
     packets_rejected: int = 0
     stream_end: float = 0.0  # seconds: end of the last decoded frame
@@ -456,6 +462,9 @@ class DecodeReport:
             parts.append(f"decoded {self.frames_decoded} of {self.frames_expected} frames")
         if self.frames_corrupt:
             parts.append(f"{_count(self.frames_corrupt, 'frame')} decoded with errors")
+        if self.frames_after_damage:
+            parts.append(f"{_count(self.frames_after_damage, 'frame')} predicted from damaged "
+                         "frames (up to the next key frame)")
         if self.frames_repeated:
             parts.append(f"{_count(self.frames_repeated, 'frame')} repeated by the decoder")
         if self.packets_rejected and not missing:
@@ -534,20 +543,23 @@ class VideoReader:
             if info.frame_folder:
                 self._decode_images(selector(), on_chunk, rep, size)
             else:
-                emitted = -1
+                handed = 0
                 # decord's scaler runs before its rotation: scaled output only when upright.
                 if self.decord_ok and (size is None or self.info.orientation.identity):
-                    emitted = self._decode_decord(selector(), on_chunk, rep, log, size)
+                    handed = self._decode_decord(selector(), on_chunk, rep, log, size)
                 if rep.decoder != "decord":
-                    # PyAV from the start; frames decord already handed out are not repeated.
+                    # PyAV from the start; the kept frames decord already handed out (the same
+                    # selection over the same clean frames) are not handed out again.
+                    skip = [handed]
+
                     def rest(chunk: FrameChunk) -> None:
-                        keep = [k for k, n in enumerate(chunk.numbers) if n > emitted]
-                        if len(keep) == len(chunk.numbers):
+                        n = min(skip[0], len(chunk.numbers))
+                        skip[0] -= n
+                        if n == 0:
                             on_chunk(chunk)
-                        elif keep:
-                            on_chunk(FrameChunk(chunk.frames[keep],
-                                                [chunk.numbers[k] for k in keep],
-                                                [chunk.times[k] for k in keep]))
+                        elif n < len(chunk.numbers):
+                            on_chunk(FrameChunk(chunk.frames[n:], chunk.numbers[n:],
+                                                chunk.times[n:]))
 
                     self._decode_pyav(selector(), rest, rep, log, size)
         rep.log.extend(log)
@@ -623,7 +635,7 @@ class VideoReader:
 
     def _decode_decord(self, sel: FrameSelector, on_chunk: Callable[[FrameChunk], None],
                        rep: DecodeReport, log: _Log, size: tuple[int, int] | None) -> int:
-        """Decode with decord; returns the last frame number handed out. Sets
+        """Decode with decord; returns how many kept frames it handed out. Sets
         ``rep.decoder = "decord"`` only if decord did the whole video cleanly."""
         import decord
         from torch.utils.dlpack import from_dlpack
@@ -634,12 +646,12 @@ class VideoReader:
             vr = decord.VideoReader(str(self.path), num_threads=1, **scale)
         except Exception as exc:
             log.append(f"decord: {first_line(exc)}")
-            return -1
+            return 0
         if len(vr) != info.num_frames or log.peek():
-            return -1
+            return 0
         keep = [n for i, t in enumerate(info.times) for n, _ in sel.feed(i, float(t))]
         keep += [n for n, _ in sel.finish()]
-        limit, emitted = self._chunk_limit(size), -1
+        limit, handed = self._chunk_limit(size), 0
         shape = size or (info.height, info.width)
         for start in range(0, len(keep), limit):
             idx = keep[start:start + limit]
@@ -649,17 +661,17 @@ class VideoReader:
                 frames = from_dlpack(vr.get_batch(idx).to_dlpack()).numpy()
             except Exception as exc:  # e.g. widths decord 0.6 cannot convert (24, 48, ...)
                 log.append(f"decord: {first_line(exc)}")
-                return emitted
+                return handed
             # FFmpeg complained while decoding (decord conceals damage silently), or the
             # frames are not what the container describes: PyAV takes over.
             if log.peek() or frames.shape != (len(idx), *shape, 3):
-                return emitted
+                return handed
             on_chunk(FrameChunk(frames, idx, [float(info.times[i]) for i in idx]))
-            emitted = idx[-1]
+            handed += len(idx)
         rep.decoder = "decord"
         rep.frames_decoded = info.num_frames
         rep.stream_end = info.duration
-        return emitted
+        return handed
 
     def _decode_pyav(self, sel: FrameSelector, on_chunk: Callable[[FrameChunk], None],
                      rep: DecodeReport, log: _Log, size: tuple[int, int] | None) -> None:
@@ -675,9 +687,11 @@ class VideoReader:
             scale = {"height": h, "width": w, "interpolation": "BILINEAR"}
 
         def convert(decided: list[tuple[int, object]]) -> None:
+            done: dict[int, np.ndarray] = {}  # a frame kept for several times: converted once
             for n, frame in decided:  # only kept frames are converted to RGB
-                rgb = frame.to_ndarray(format="rgb24", **scale)
-                out.add(n, times.pop(n), orient.apply(rgb))
+                if n not in done:
+                    done[n] = orient.apply(frame.to_ndarray(format="rgb24", **scale))
+                out.add(n, times[n], done[n])
             for n in [n for n in times if n < number - 1]:
                 del times[n]
 
@@ -687,11 +701,15 @@ class VideoReader:
             tb = float(stream.time_base) if stream.time_base else 0.0
             spacing = 1.0 / info.fps if info.fps > 0 else 0.04
             t0, number, last_time = info.start_pts, 0, None
+            # Damage spreads: frames predicted from a damaged or lost frame are damaged too,
+            # up to the next key frame, though the decoder marks only the first one.
+            tainted = False
             for packet in _packets(container, stream, log):
                 try:
                     frames = stream.decode(packet)
                 except av.error.FFmpegError as exc:
                     rep.packets_rejected += 1
+                    tainted = True
                     log.append(f"decoder: {_ffmpeg_message(exc)}")
                     continue
                 for frame in frames:
@@ -705,7 +723,13 @@ class VideoReader:
                     if last_time is not None and time <= last_time + 1e-9:
                         rep.frames_repeated += 1  # not later than the last frame: a filler
                         continue
-                    rep.frames_corrupt += bool(frame.is_corrupt)
+                    if frame.is_corrupt:
+                        rep.frames_corrupt += 1
+                        tainted = True
+                    elif frame.key_frame:
+                        tainted = False
+                    elif tainted:
+                        rep.frames_after_damage += 1
                     last_time = times[number] = time
                     number += 1
                     convert(sel.feed(number - 1, time, frame))

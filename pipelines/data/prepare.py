@@ -204,7 +204,8 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
                 "log": log}
     row = {"id": sample.id, "split": sample.split, "label": sample.label,
            "label_index": classes.index(sample.label) if sample.label else -1,
-           "num_frames": kept, "fps": round(stored_fps(info.fps, opt.every, opt.fps), 6),
+           "num_frames": kept, "fps": round(stored_fps(info.fps, opt.every, opt.fps,
+                                                   info.nominal_rate is not None), 6),
            "source_fps": round(info.fps, 6), "height": size[0], "width": size[1],
            "duration": round(info.duration, 6), "variable_rate": int(info.variable_rate)}
     result = {"row": row, "log": log, "warning": problem}
