@@ -551,6 +551,28 @@ def test_changed_annotations_redo_only_affected_shards(tmp_path, toy_dataset, to
     _assert_no_duplicates(dh, out)
 
 
+def test_a_video_downloaded_later_is_prepared_by_a_rerun(tmp_path, toy_dataset, dh):
+    """Datasets arrive in parts: a video missing at the first run and there at the second is
+    prepared by the rerun (its shard only), not left as 'missing file'."""
+    d = toy_dataset
+    root = tmp_path / "root"
+    shutil.copytree(d["root"], root)
+    late = root / "videos" / "toy_00003.mp4"
+    held = tmp_path / "held.mp4"
+    late.rename(held)
+    out = tmp_path / "out"
+    r1 = dh.run_prepare(out, "list", d["annotations"], root, d["labels"], short_side=0,
+                        videos_per_shard=5)
+    assert [f["reason"].split(":")[0] for f in dh.read_csv(out / "failures.csv")] == [
+        "missing file"]
+    held.rename(late)
+    r2 = dh.run_prepare(out, "list", d["annotations"], root, d["labels"], short_side=0,
+                        videos_per_shard=5)
+    assert r2.shards_written == 1 and r2.shards_skipped == r1.shards_written - 1
+    assert r2.failures == 0 and r2.videos == r1.videos + 1
+    assert "toy_00003" in [x["id"] for x in dh.read_csv(out / "index.csv")]
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_parts_together_give_the_full_index(tmp_path, toy_dataset, toy_prepared, dh, order):
     out = tmp_path / "out"

@@ -440,3 +440,24 @@ def test_bench_loader_decodes_the_source_through_the_decoding_layer(list_prepare
 
     r = bench_loader(list_prepared, clips=4, frames=4, repeats=1)
     assert r["decord_clips_per_s"] > 0 and r["shard_clips_per_s"] > 0
+
+
+def test_inspect_names_classes_left_without_videos(tmp_path, dh, damaged):
+    """A class whose every video failed still has a model output: inspect says so."""
+    from pipelines.data.inspect import summarize
+
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,split,id\nclean.mp4,a,train,clean\nnot_there.mp4,b,train,gone\n")
+    out = tmp_path / "out"
+    dh.run_prepare(out, "list", ann, damaged["root"], short_side=32)
+    s = summarize(out)
+    assert s["num_classes"] == 2 and s["classes_without_videos"] == ["b"]
+
+
+def test_visualize_reads_files_through_the_layer_and_says_when_one_is_damaged(damaged):
+    from pipelines.visualize.clip import read_clip
+
+    clean = read_clip(damaged["root"] / "clean.mp4", 8, 2, "dense")
+    assert clean.warning is None and clean.frames.shape == (8, 120, 160, 3)
+    hurt = read_clip(damaged["root"] / "corrupt.mp4", 8, 2, "dense")
+    assert hurt.warning and "decoded with errors" in hurt.warning

@@ -70,9 +70,12 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.option("--fps", type=float, default=None, help="Keep the frames nearest to k/FPS s.")
 @click.option("--short-side", default=128, show_default=True,
               help="Resize so the short side is S pixels (aspect kept); 0 keeps the size.")
-@click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
+@click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True,
+              help="How frames are stored: JPEG files (--quality) or uncompressed (exact, "
+                   "about 10x larger).")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality.")
-@click.option("--videos-per-shard", default=1000, show_default=True)
+@click.option("--videos-per-shard", default=1000, show_default=True,
+              help="Videos per HDF5 shard file (the unit of resuming and of --part).")
 @click.option("--min-frames", default=1, show_default=True,
               help="Videos with fewer frames after downsampling are failures.")
 @click.option("--folder-fps", default=12.0, show_default=True,
@@ -112,12 +115,17 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
                          progress=not no_progress, **kw)
     r = run(opt)
     splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
-    click.echo(f"prepared {r.videos} videos ({splits}) into {r.out}; {r.failures} failures "
-               f"(see failures.csv); {r.warnings} warnings (see warnings.csv); shards written "
-               f"{r.shards_written}, skipped {r.shards_skipped}; {r.seconds:.1f} s")
+    click.echo(f"prepared {_n(r.videos, 'video')} ({splits}) into {r.out}; "
+               f"{_n(r.failures, 'failure')} (see failures.csv); {_n(r.warnings, 'warning')} "
+               f"(see warnings.csv); shards written {r.shards_written}, skipped "
+               f"{r.shards_skipped}; {r.seconds:.1f} s")
     if r.shards_pending:
         click.echo(f"{len(r.shards_pending)} shards of other parts are not finished yet; the "
                    "index is rebuilt by whichever part finishes last")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 @click.command()
@@ -162,10 +170,16 @@ def _print_summary(s: dict) -> None:
         ct.add_column("class")
         for name in s["splits"]:
             ct.add_column(name, justify="right")
-        labels = sorted({c for d in s["per_class"].values() for c in d})
+        labels = sorted({c for d in s["per_class"].values() for c in d}
+                        | set(s["classes_without_videos"]))
         for c in labels:
             ct.add_row(c, *(str(s["per_class"].get(n, {}).get(c, 0)) for n in s["splits"]))
         console.print(ct)
+    if s["classes_without_videos"]:
+        empty = s["classes_without_videos"]
+        console.print(f"classes with no video (the model still has an output for each): "
+                      f"{len(empty)}: {', '.join(empty[:10])}" + (", ..." if len(empty) > 10
+                                                                    else ""))
     console.print(f"failures: {s['failures']}" + (
         " (" + ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items()) + ")"
         if s["failures"] else ""))

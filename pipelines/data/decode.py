@@ -506,6 +506,7 @@ class VideoReader:
         self.path = Path(path)
         self.info = probe(self.path, folder_fps)
         self.force_pyav = force_pyav
+        self.report: DecodeReport | None = None  # of the last read()
 
     @property
     def decord_ok(self) -> bool:
@@ -583,7 +584,7 @@ class VideoReader:
         def keep(chunk: FrameChunk) -> None:
             got.update(zip(chunk.numbers, chunk.frames))
 
-        report = self.decode(keep, indices=uniq, size=size)
+        report = self.report = self.decode(keep, indices=uniq, size=size)
         missing = [i for i in uniq if i not in got]
         if missing:
             raise VideoError(NO_FRAME, f"frame {missing[0]} of {self.info.num_frames} did not "

@@ -82,6 +82,10 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
         "videos": len(rows), "frames": sum(r["num_frames"] for r in rows),
         "bytes": sum(s["bytes"] for s in splits.values()), "splits": splits,
         "per_class": {sp: dict(sorted(c.items())) for sp, c in per_class.items()},
+        # Classes of the class list (which sets the model's outputs) with no video at all,
+        # e.g. because every one of their videos failed.
+        "classes_without_videos": [c for c in classes
+                                   if not any(c in pc for pc in per_class.values())],
         "failures": len(failures),
         "failure_reasons": dict(Counter(f["reason"].split(":")[0] for f in failures)),
         "warnings": len(warnings),

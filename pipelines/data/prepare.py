@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import platform
 import time
 from collections import Counter
@@ -130,6 +131,11 @@ def plan_shards(ann: Annotations, opt: PrepareOptions) -> list[_Shard]:
             h = hashlib.sha256(base.encode())
             for s in chunk:
                 h.update(f"\0{s.id}\0{s.label}\0{s.split}".encode())
+                # A video not found changes the plan: once it is there (downloaded later), a
+                # rerun redoes its shard. (Only then, so shards of found videos keep their
+                # hashes from before this rule.)
+                if not s.source or not os.path.exists(s.source):
+                    h.update(b"\0missing")
             shards.append(_Shard(shard_name(split, k // opt.videos_per_shard), chunk,
                                  h.hexdigest()[:16]))
     return shards

@@ -15,11 +15,13 @@ from pipelines.errors import UserError
 
 @dataclass
 class Clip:
-    """uint8 frames (T, H, W, 3) and the source frame number of each."""
+    """uint8 frames (T, H, W, 3) and the source frame number of each; ``warning`` says what
+    went wrong decoding a damaged video file (None if nothing did)."""
 
     frames: np.ndarray
     indices: list[int]
     name: str
+    warning: str | None = None
 
     def labels(self) -> list[str]:
         return [f"t={t} (frame {i})" for t, i in enumerate(self.indices)]
@@ -106,7 +108,9 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
         arr = src.read(uniq)
     except VideoError as exc:
         raise UserError(f"{path}: {exc}") from None
-    return _clip(arr, uniq, idx, path.stem)
+    clip = _clip(arr, uniq, idx, path.stem)
+    clip.warning = src.report.problem()
+    return clip
 
 
 def _clip(arr: np.ndarray, uniq: list[int], idx: list[int], name: str) -> Clip:
