@@ -33,8 +33,9 @@ def _clip_options(f: Callable) -> Callable:
                      help="Frame interval [default: the checkpoint's, else 1]."),
         click.option("--short-side", type=click.IntRange(min=1), default=None,
                      help="Resize the short side to this before use [default: as stored with "
-                          "--data; 128 for a VIDEO file, the size prepare stores by default "
-                          "(a full-size 1080p clip needs minutes and tens of GB)]."),
+                          "--data; for a VIDEO file larger than 128 px, 128, the size prepare "
+                          "stores by default (a full-size 1080p clip needs minutes and tens "
+                          "of GB)]."),
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
                      help="Output folder for the figures."),
         click.option("--animate", is_flag=True, help="Also write an animated GIF."),
@@ -53,8 +54,8 @@ def _read(loaded: Any, video: Path | None, data: Path | None, video_id: str | No
     clip = read_clip(video, n, step, sampler, data=data, video_id=video_id)
     if clip.warning:
         click.echo(f"warning: {video}: {clip.warning}", err=True)
-    if short_side is None and video is not None:
-        short_side = 128
+    if short_side is None and video is not None and min(clip.frames.shape[1:3]) > 128:
+        short_side = 128  # shrink large files (as prepare does by default), never enlarge
     clip.frames = resize_frames(clip.frames, short_side)
     return clip
 
