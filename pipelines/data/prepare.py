@@ -479,6 +479,6 @@ class _NoBar:
 def _progress(total: int, enabled: bool):
     if not enabled or total == 0:
         return _NoBar()
-    from tqdm import tqdm
+    from pipelines.progress import make_progress
 
-    return tqdm(total=total, unit="video", desc="prepare", smoothing=0.1)
+    return make_progress(total, "prepare", unit="video")
