@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,18 @@ def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 COMPARE_OUTPUTS = ("gains.csv", "gains.md", "gains.png", "summary.json")
 
 
+def result_name(folder: str | Path) -> str:
+    """A result's name in titles and tables: its folder's name, or for the default
+    ``RUN/eval_<split>_<views>`` folders (all named alike) the run folder's name."""
+    path = Path(folder)
+    if path.name == "metrics.json":
+        path = path.parent
+    path = Path(os.path.normpath(path))
+    if path.name.startswith("eval_") and path.parent.name:
+        return path.parent.name
+    return path.name or "model"
+
+
 def compare_results(results: list[str | Path], baseline: str | Path, out: str | Path,
                     top: int = 10, overwrite: bool = False) -> list[dict[str, Any]]:
     """Compare each of ``results`` with ``baseline``; one output folder per model
@@ -142,7 +155,7 @@ def compare_results(results: list[str | Path], baseline: str | Path, out: str | 
         move_aside(out)
     names: list[str] = []
     for r in results:
-        name = Path(r).name or "model"
+        name = result_name(r)
         while name in names:
             name += "_"
         names.append(name)
@@ -150,7 +163,7 @@ def compare_results(results: list[str | Path], baseline: str | Path, out: str | 
     for name, comp in zip(names, comps):
         folder = out if len(results) == 1 else out / name
         folder.mkdir(parents=True, exist_ok=True)
-        pair = f"{name} vs {Path(baseline).name}"
+        pair = f"{name} vs {result_name(baseline)}"
         write_atomic(folder / "gains.csv", _csv(comp["rows"]))
         write_atomic(folder / "gains.md", _md(comp["rows"], comp["summary"], pair))
         plot_gains(comp["rows"], folder / "gains.png", f"{pair}: per-class top-1 gain")
