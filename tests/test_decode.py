@@ -19,6 +19,7 @@ import pytest
 from pipelines.data import decode
 from pipelines.data.decode import Orientation, VideoError, VideoReader, probe
 from pipelines.data.video_io import ffmpeg_exe, write_video
+from pipelines.errors import UserError
 
 
 def _ffmpeg(*args: str) -> None:
@@ -230,7 +231,10 @@ def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     path = tmp_path / "voice.mp4"
     _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))
     out = tmp_path / "out"
-    dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path)
+    # the only video failed: prepare says so with exit code 2, after writing failures.csv
+    with pytest.raises(UserError, match=r"no video was prepared \(1 tried; failures: no video "
+                                        r"stream 1;"):
+        dh.run_prepare(out, "list", _one_video(tmp_path, path), tmp_path)
     assert dh.read_csv(out / "failures.csv")[0]["reason"] == "no video stream: streams: audio"
 
 

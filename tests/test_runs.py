@@ -227,6 +227,18 @@ def test_train_refuses_a_folder_with_a_run(tmp_path: Path, toy_train_prepared: P
     assert "a run of toy_c2d (0 of 1 epoch and 2 steps done, not validated yet)" in str(
         exc.value) and "--resume" in str(exc.value)
 
+    crashed = tmp_path / "crashed"  # died before its first checkpoint (not by a signal)
+    crashed.mkdir()
+    shutil.copy(out / "config.toml", crashed)
+    (crashed / "metrics.jsonl").write_text("")
+    with pytest.raises(UserError) as exc:
+        run(cfg, crashed)
+    assert "a run of toy_c2d that saved no checkpoint (config.toml, metrics.jsonl)" in str(
+        exc.value) and "--resume" not in str(exc.value)
+    with pytest.raises(UserError, match="saved none, there is nothing to resume; start it "
+                                        "again with --overwrite"):
+        run(cfg, crashed, resume=True)
+
 
 def test_cli_train_twice_exits_2_and_overwrite_moves_the_run_aside(
         tmp_path: Path, toy_train_prepared: Path) -> None:

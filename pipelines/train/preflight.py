@@ -97,8 +97,9 @@ def check_new_run(out: Path, overwrite: bool) -> bool:
     if overwrite:
         return True
     what, finished = describe_run(out)
-    ways = ("give another --out" if finished else
-            "continue it with --resume, or give another --out")
+    resumable = not finished and (out / "last.pt").is_file() and "does not load" not in what
+    ways = "continue it with --resume, or give another --out" if resumable else \
+        "give another --out"
     raise UserError(f"{out}: holds {what}; {ways} (--overwrite moves it aside to "
                     f"{aside_name(out)})")
 
