@@ -6,15 +6,40 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def replace_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+def replace_atomic(path: str | Path, write: Callable[[Path], object], *,
+                   durable: bool = False) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    A reader never sees a half-written file and a crash never destroys the previous one.
+    A reader never sees a half-written file and a crash never destroys the previous one; if
+    ``write`` raises, the temporary file is removed. ``durable`` also flushes the file and the
+    rename to disk (``fsync``), so that not even a power cut leaves a half-written ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform / file system
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

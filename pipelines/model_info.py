@@ -96,21 +96,43 @@ def model_table(pattern: str = "*", *, flops: bool = True) -> list[dict[str, Any
 
 
 def render_model_table(rows: list[dict[str, Any]], console: Any) -> None:
-    """Print ``rows`` as a rich table on ``console``."""
+    """Print ``rows`` as a rich table on ``console``. On a console narrower than the table
+    with its ``paper`` column (80 columns: a pipe, a log file), the papers are listed under
+    the table instead, so that no column is squeezed into one letter per line."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="vcorr models", caption="M = 10^6 parameters; M2 = 2^20 parameters (the CPNet "
-                  "paper's unit); GMACs = 10^9 multiply-adds (FLOPs/2, matmuls, convs, correlations) "
-                  "of one clip at the default input C x T x H x W")
-    table.add_column("name", no_wrap=True)
-    for col in ("M", "M2", "paper M2", "GMACs"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("input", no_wrap=True)
-    table.add_column("classes", justify="right", no_wrap=True)
-    table.add_column("paper", overflow="fold")
+    caption = ("M = 10^6 parameters; M2 = 2^20 parameters (the CPNet paper's unit); GMACs = "
+               "10^9 multiply-adds (FLOPs/2, matmuls, convs, correlations) of one clip at the "
+               "default input C x T x H x W")
+
+    def build(with_paper: bool) -> Table:
+        table = Table(title="vcorr models", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                      collapse_padding=True,
+                      caption=caption if with_paper else None)
+        table.add_column("name", no_wrap=True)
+        for col in ("M", "M2", "paper M2", "GMACs"):
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("input", no_wrap=True)
+        table.add_column("classes", justify="right", no_wrap=True)
+        if with_paper:
+            table.add_column("paper", no_wrap=True)
+        for r in rows:
+            cells = [r["name"], f"{r['params_1e6']:.2f}", f"{r['params_2p20']:.2f}",
+                     "" if r["paper_params_2p20"] is None else f"{r['paper_params_2p20']:.2f}",
+                     "-" if r["gmacs"] is None else f"{r['gmacs']:.2f}",
+                     "x".join(map(str, r["input_shape"])), str(r["num_classes"])]
+            table.add_row(*cells, *([r["paper"]] if with_paper else []))
+        return table
+
+    full = build(True)
+    # measured unbounded: console.measure() alone caps the width at the console's
+    natural = console.measure(full, options=console.options.update(max_width=10**6)).maximum
+    if natural <= console.width:
+        console.print(full)
+        return
+    console.print(build(False))
+    console.print(caption)
+    console.print("papers:")
     for r in rows:
-        table.add_row(r["name"], f"{r['params_1e6']:.2f}", f"{r['params_2p20']:.2f}",
-                      "" if r["paper_params_2p20"] is None else f"{r['paper_params_2p20']:.2f}",
-                      "-" if r["gmacs"] is None else f"{r['gmacs']:.2f}",
-                      "x".join(map(str, r["input_shape"])), str(r["num_classes"]), r["paper"])
-    console.print(table)
+        console.print(f"  {r['name']}: {r['paper']}")

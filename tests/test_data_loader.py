@@ -587,3 +587,66 @@ def test_min_frames_drops_short_videos(list_prepared: Path) -> None:
     long_only = VideoClipDataset(list_prepared, "train", DenseSampler(4), min_frames=6)
     assert [v["id"] for v in long_only.videos] == [v["id"] for v in all_train.videos
                                                     if v["id"] != "vid_short"]
+
+
+# --------------------------------------------------------------------------- many shards
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory) -> Path:
+    """1000 shards of 2 videos of 2 tiny frames (issue 17's 2000-video toy at 2 per shard)."""
+    from pipelines.bench.shards import make_many_shards
+
+    return make_many_shards(tmp_path_factory.mktemp("many") / "data", shards=1000,
+                            videos_per_shard=2, frames=2, size=8)
+
+
+def test_reader_bounds_open_shards_and_cached_offsets(many_shards: Path) -> None:
+    """Walking 1000 shards keeps at most ``max_open`` of them (and their descriptors) open and
+    at most ``max_offsets_bytes`` of offsets cached; the least recently used go first."""
+    from pipelines.bench.shards import open_files
+    from pipelines.data.shards import MAX_OPEN_SHARDS, ShardReader
+
+    ds = VideoClipDataset(many_shards, "train", DenseSampler(2), None, train=False)
+    assert len(ds) == 2000
+    fds_before = open_files()
+    most_open = most_fds = 0
+    for i in range(len(ds)):
+        ds[i]
+        most_open = max(most_open, ds.reader.open_files)
+        most_fds = max(most_fds, open_files())
+    assert most_open == MAX_OPEN_SHARDS  # reached, never passed
+    assert most_fds - fds_before <= MAX_OPEN_SHARDS
+    assert ds.reader.cached_offsets[1] <= ds.reader.max_offsets_bytes
+    ds.reader.close()
+    assert open_files() == fds_before
+
+    reader = ShardReader(many_shards / "shards", max_open=3, max_offsets_bytes=5 * 24)
+    for s in range(5):  # offsets of 2 frames: 3 int64, 24 bytes a video
+        for v in range(2):
+            reader.read_encoded(f"train-{s:05d}.h5", f"s{s:05d}_v{v}", [0, 1])
+    assert reader.open_files == 3 and list(reader._files) == [
+        "train-00002.h5", "train-00003.h5", "train-00004.h5"]
+    assert reader.cached_offsets == (5, 5 * 24)
+    reader.read_encoded("train-00002.h5", "s00002_v0", [1])  # used again: now the newest
+    reader.read_encoded("train-00005.h5", "s00005_v0", [0])
+    assert list(reader._files) == ["train-00004.h5", "train-00002.h5", "train-00005.h5"]
+    reader.close()
+
+
+def test_training_loader_walks_1000_shards_under_a_low_open_files_limit(
+        many_shards: Path) -> None:
+    """The issue's crash: a DataLoader worker that kept every shard open hit "Too many open
+    files" on a 1000-shard dataset with ``ulimit -n 512``. Here the limit leaves 200
+    descriptors above what the test process holds."""
+    import resource
+
+    from pipelines.bench.shards import open_files
+
+    ds = VideoClipDataset(many_shards, "train", DenseSampler(2), None, train=True, seed=1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files() + 200, hard))
+    try:
+        loader = torch.utils.data.DataLoader(ds, batch_size=50, num_workers=1)
+        seen = sum(len(y) for _, y in loader)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert seen == 2000

@@ -601,3 +601,62 @@ def test_workers_give_the_same_shards(tmp_path, toy_dataset, toy_prepared, dh):
             assert sorted(ha) == sorted(hb)
             for k in ha:
                 np.testing.assert_array_equal(ha[k]["jpeg"][()], hb[k]["jpeg"][()])
+
+
+def test_nothing_prepared_exits_2_without_empty_shards(tmp_path, list_dataset, dh):
+    """Issue 17: a --root that exists but holds none of the videos used to print "prepared 0
+    videos" and exit 0, with empty shards written. Now: exit 2, the most common failure
+    reasons with their counts, failures.csv complete, no shard; a rerun with the right --root
+    tries those videos again and prepares them all."""
+    from click.testing import CliRunner
+
+    from vcorr_cli.main import cli
+
+    d = list_dataset
+    empty_root = tmp_path / "elsewhere"
+    empty_root.mkdir()
+    out = tmp_path / "out"
+    args = ["prepare", "--format", "list", "--annotations", str(d["annotations"]),
+            "--labels", str(d["labels"]), "--out", str(out), "--short-side", "0",
+            "--videos-per-shard", "3", "--no-progress"]
+    r = CliRunner().invoke(cli, args + ["--root", str(empty_root)], prog_name="vcorr")
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: no video was prepared")
+    assert "7 tried" in lines[0] and "missing file 7" in lines[0]
+    assert str(out / "failures.csv") in lines[0] and f"--root {empty_root}" in lines[0]
+    assert "Traceback" not in r.output
+    assert not list((out / "shards").glob("*.h5")) and not list((out / "shards").glob("*.tmp"))
+    assert len(dh.read_csv(out / "failures.csv")) == 7
+    assert dh.read_csv(out / "index.csv") == []
+
+    r = CliRunner().invoke(cli, args + ["--root", str(d["root"])], prog_name="vcorr")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("prepared 7 videos (train 5, val 2)")
+    assert dh.read_csv(out / "failures.csv") == []
+    assert len(list((out / "shards").glob("*.h5"))) == 3
+    assert not list((out / "shards").glob("*.failures.json"))
+
+
+def test_a_shard_whose_videos_all_failed_is_not_written(tmp_path, list_dataset, dh):
+    """Some videos fine, every video of one shard missing: exit 0, that shard is not written,
+    its failures are in failures.csv (also after a rerun that only retries that shard)."""
+    d = list_dataset
+    ann = tmp_path / "ann.csv"
+    lines = d["annotations"].read_text().splitlines()
+    # the val shard (vid_b1, vid_c1) points at files that do not exist
+    ann.write_text("\n".join(ln.replace("vid_b1.mp4", "gone1.mp4").replace("vid_c1.mp4",
+                                                                            "gone2.mp4")
+                             for ln in lines) + "\n")
+    out = tmp_path / "out"
+    kw = dict(short_side=0, videos_per_shard=3)
+    r = dh.run_prepare(out, "list", ann, d["root"], d["labels"], **kw)
+    assert r.videos == 5 and r.per_split == {"train": 5} and r.failures == 2
+    assert r.failure_reasons == {"missing file": 2}
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "train-00000.h5", "train-00001.h5", "val-00000.failures.json"]
+    fails = dh.read_csv(out / "failures.csv")
+    assert sorted(f["id"] for f in fails) == ["vid_b1", "vid_c1"]
+    r2 = dh.run_prepare(out, "list", ann, d["root"], d["labels"], **kw)
+    assert (r2.shards_skipped, r2.shards_written, r2.videos) == (2, 0, 5)
+    assert dh.read_csv(out / "failures.csv") == fails

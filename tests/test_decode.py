@@ -19,6 +19,7 @@ import pytest
 from pipelines.data import decode
 from pipelines.data.decode import Orientation, VideoError, VideoReader, probe
 from pipelines.data.video_io import ffmpeg_exe, write_video
+from pipelines.errors import UserError
 
 
 def _ffmpeg(*args: str) -> None:
@@ -270,7 +271,10 @@ def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     out = tmp_path / "out"
     ann = tmp_path / "ann.csv"
     ann.write_text("path,label,split,id\nvoice.mp4,a,train,voice\nsong.mp4,a,train,song\n")
-    dh.run_prepare(out, "list", ann, tmp_path)
+    # no video was prepared: prepare says so with exit code 2, after writing failures.csv
+    with pytest.raises(UserError, match=r"no video was prepared \(2 tried; failures: no video "
+                                        r"stream 2;"):
+        dh.run_prepare(out, "list", ann, tmp_path)
     reasons = {f["id"]: f["reason"] for f in dh.read_csv(out / "failures.csv")}
     assert reasons == {"voice": "no video stream: streams: audio",
                        "song": "no video stream: streams: audio, cover picture"}

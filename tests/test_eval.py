@@ -150,7 +150,7 @@ def test_metrics_against_a_hand_computed_confusion_matrix() -> None:
     m = compute_metrics(scores, labels, classes)
     assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
     assert m["top1"] == pytest.approx(4 / 6)
-    assert m["top5"] == 1.0
+    assert m["top5"] is None  # 3 classes: top-5 would always be 100%, it is not reported
     assert [p["accuracy"] for p in m["per_class"]] == pytest.approx([2 / 3, 1 / 2, 1.0])
     assert [p["support"] for p in m["per_class"]] == [3, 2, 1]
     assert m["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
@@ -158,6 +158,10 @@ def test_metrics_against_a_hand_computed_confusion_matrix() -> None:
     m2 = compute_metrics(scores[:5], labels[:5], classes)
     assert m2["per_class"][2] == {"class": "c", "accuracy": None, "support": 0}
     assert m2["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # 6 classes: top-5 counts; a video whose class is ranked last misses it
+    six = np.array([[.5, .1, .1, .1, .1, .1], [.3, .25, .2, .15, .07, .03]])
+    m6 = compute_metrics(six, [0, 5], list("abcdef"))
+    assert m6["top1"] == 0.5 and m6["top5"] == 0.5
 
 
 # --- compare -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ def bench() -> None:
     Examples:
       vcorr bench prepare my_videos/ --workers 2 --json bench_prepare.json
       vcorr bench loader data/toy_h5 --json bench_loader.json
+      vcorr bench shards /tmp/many_shards
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
       vcorr bench train data/k400_12 --model c2d_r18
@@ -32,6 +33,7 @@ def bench() -> None:
 _BENCHES: list[tuple[str, str]] = [
     ("vcorr_cli.bench_data", "loader"),
     ("vcorr_cli.bench_data", "prepare_bench"),
+    ("vcorr_cli.bench_data", "shards"),
     ("vcorr_cli.bench_models", "knn"),
     ("vcorr_cli.bench_models", "models"),
     ("vcorr_cli.bench_corr", "correlation"),

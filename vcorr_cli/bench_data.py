@@ -114,3 +114,49 @@ def prepare_bench(video_dir: str, workers: int, every: int, short_side: int, qua
         f"{k} {v:.0f}" for k, v in r["bytes_per_frame"].items()))
     if json_path:
         write_atomic(json_path, json.dumps(r, indent=2) + "\n")
+
+
+@click.command(name="shards")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--shards", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Shards to write (2 videos of 4 tiny frames each) if FOLDER has no index.")
+@click.option("--max-open", default=None, type=click.IntRange(min=1),
+              help="Shard handles the reader keeps open [default: the loader's bound].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the numbers to this JSON file.")
+def shards(folder: str, shards: int, max_open: int | None, json_path: str | None) -> None:
+    """Open files and resident memory of one loader process walking many shards.
+
+    Writes a dataset of --shards tiny shards into FOLDER (unless it holds one already), reads
+    one clip of every video in shard order, and prints open file descriptors and RSS every
+    100 shards: with the reader's bound both stay flat; --max-open equal to --shards shows
+    the unbounded reader for comparison.
+
+    \b
+    Examples:
+      vcorr bench shards /tmp/many_shards
+      vcorr bench shards /tmp/many_shards --max-open 1000
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.shards import make_many_shards, walk_shards
+    from pipelines.data.shards import MAX_OPEN_SHARDS
+    from pipelines.fileio import write_atomic
+
+    if not (Path(folder) / "index.csv").is_file():
+        make_many_shards(folder, shards)
+    r = walk_shards(folder, max_open=max_open or MAX_OPEN_SHARDS)
+    t = Table(title=f"{r['videos']} videos in {r['shards']} shards, reader keeps "
+                    f"{r['max_open']} open")
+    for col in ("shards walked", "open fds", "RSS MiB", "open shards", "cached offsets"):
+        t.add_column(col, justify="right")
+    for walked, fds, rss, n_open, n_off in r["samples"]:
+        t.add_row(str(walked), str(fds), f"{rss:.1f}", str(n_open), str(n_off))
+    Console().print(t)
+    click.echo(f"from {r['samples'][1][0]} to {r['shards']} shards: open fds "
+               f"{r['fds_growth']:+d}, RSS {r['rss_growth_mib']:+.1f} MiB")
+    if json_path:
+        write_atomic(json_path, json.dumps(r, indent=2) + "\n")

@@ -92,7 +92,8 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
 
     Writes OUT/shards/<split>-NNNNN.h5, OUT/index.csv, OUT/classes.txt, OUT/failures.csv,
     OUT/warnings.csv, OUT/prepare.log and OUT/prepare.json. Reruns skip finished shards
-    (resumable); bad videos are recorded in failures.csv and the run goes on. Videos are read
+    (resumable); bad videos are recorded in failures.csv and the run goes on, but a run that
+    prepares no video at all exits with code 2 and the most common failure reasons. Videos are read
     upright (display rotation), --fps selects frames by presentation time (variable frame
     rates too), and a video that decodes only in part keeps the frames that decode and is
     listed in warnings.csv (a failure with --strict). Decoder messages go to prepare.log.
@@ -115,10 +116,11 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
                          progress=not no_progress, **kw)
     r = run(opt)
     splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
+    reasons = ", ".join(f"{k} {v}" for k, v in list(r.failure_reasons.items())[:3])
     click.echo(f"prepared {_n(r.videos, 'video')} ({splits}) into {r.out}; "
-               f"{_n(r.failures, 'failure')} (see failures.csv); {_n(r.warnings, 'warning')} "
-               f"(see warnings.csv); shards written {r.shards_written}, skipped "
-               f"{r.shards_skipped}; {r.seconds:.1f} s")
+               f"{_n(r.failures, 'failure')} ({reasons + '; ' if reasons else ''}see "
+               f"failures.csv); {_n(r.warnings, 'warning')} (see warnings.csv); shards written "
+               f"{r.shards_written}, skipped {r.shards_skipped}; {r.seconds:.1f} s")
     if r.shards_pending:
         click.echo(f"{len(r.shards_pending)} shards of other parts are not finished yet; the "
                    "index is rebuilt by whichever part finishes last")

@@ -35,17 +35,22 @@ import click
 @click.option("--no-amp", is_flag=True, help="No autocast on CUDA.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>].")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace earlier results in the output folder (they are moved aside to "
+                   "OUT.old-N).")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops: str,
              full_frame: bool, crop_size: int | None, short_side: int | None, average: str,
              max_views_per_batch: int, workers: int, device: str | None, no_amp: bool,
-             out_dir: Path | None, no_progress: bool) -> None:
+             out_dir: Path | None, overwrite: bool, no_progress: bool) -> None:
     """Evaluate a training checkpoint with multi-view testing (clips x crops per video).
 
     Clips have the training clip length, interval and sampler; the frames of a video are read
     once and all its views cut from them. Writes OUT/metrics.json (top1, top5,
     mean_class_accuracy, per_class, confusion_matrix, failed_videos, ...),
     OUT/predictions.csv (id, label, predicted, top-5) and OUT/scores.npz (averaged scores).
+    A folder that holds results already is refused (--overwrite moves them aside). Top-5 is
+    not reported for datasets of fewer than 6 classes (it would always be 100%).
 
     \b
     Examples:
@@ -63,7 +68,7 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
                      full_frame=full_frame, average=average,
                      max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
-                            progress=not no_progress)
+                            progress=not no_progress, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     views = "full frame" if full_frame else f"{m['crops']} crop(s) of {m['crop_size']}"
@@ -72,8 +77,9 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
     for col in ("videos", "failed", "top-1", "top-5", "mean class acc", "views/video",
                 "videos/s"):
         t.add_column(col, justify="right")
+    top5 = "-" if m["top5"] is None else f"{100 * m['top5']:.2f}%"
     t.add_row(str(m["num_videos"]), str(m["num_failed"]), f"{100 * m['top1']:.2f}%",
-              f"{100 * m['top5']:.2f}%", f"{100 * m['mean_class_accuracy']:.2f}%",
+              top5, f"{100 * m['mean_class_accuracy']:.2f}%",
               str(m["views_per_video"]),
               f"{(m['num_videos'] + m['num_failed']) / max(m['seconds'], 1e-9):.2f}")
     Console().print(t)
@@ -81,6 +87,8 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
         click.echo(f"failed: {f['id']}: {f['error']}", err=True)
     if m["num_failed"] > 10:
         click.echo(f"... {m['num_failed'] - 10} more failed videos in metrics.json", err=True)
+    if m.get("moved_aside"):
+        click.echo(f"moved the earlier results aside to {m['moved_aside']}")
     click.echo(f"wrote {m['out']}")
 
 
@@ -96,7 +104,11 @@ eval = eval_cmd  # registered in vcorr_cli.main as ("vcorr_cli.eval_cmds", "eval
               help="Output folder (one subfolder per model when several are given).")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0),
               help="How many largest gains and losses the summary lists.")
-def compare(results: tuple[Path, ...], baseline: Path, out_dir: Path, top: int) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier comparison in the output folder (moved aside to "
+                   "OUT.old-N).")
+def compare(results: tuple[Path, ...], baseline: Path, out_dir: Path, top: int,
+            overwrite: bool) -> None:
     """Per-class top-1 accuracy gain of each RESULT_DIR (a `vcorr eval` output) over the
     baseline: OUT/gains.png (sorted bar chart), gains.csv, gains.md, summary.json.
 
@@ -110,7 +122,7 @@ def compare(results: tuple[Path, ...], baseline: Path, out_dir: Path, top: int) 
 
     from pipelines.evaluate import compare_results
 
-    summaries = compare_results(list(results), baseline, out_dir, top)
+    summaries = compare_results(list(results), baseline, out_dir, top, overwrite=overwrite)
     console = Console()
     t = Table(title=f"per-class top-1 gain over {baseline}")
     for col in ("model", "top-1", "overall gain", "mean class gain", "improved", "worse",

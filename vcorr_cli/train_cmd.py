@@ -26,11 +26,15 @@ import click
 @click.option("--partial-init", is_flag=True,
               help="Allow --init to leave model tensors at their initial values (or to skip "
                    "file tensors) beyond a new classifier and identity-initialised plug-ins.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in --out even if it holds one: the old run is moved aside "
+                   "to RUN_DIR.old-N, never mixed with the new one.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Force a device [default: CUDA when present].")
-@click.option("--no-progress", is_flag=True, help="No live progress bar (logs only).")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tuple[str, ...],
-          resume: bool, init: Path | None, partial_init: bool, device: str | None,
+          resume: bool, init: Path | None, partial_init: bool, overwrite: bool,
+          device: str | None,
           no_progress: bool) -> None:
     """Train a registered model as described by CONFIG (TOML).
 
@@ -38,14 +42,26 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
     validation), last.pt and best.pt (atomic), summary.json. Under torchrun every process
     trains one shard of each batch (DistributedDataParallel: nccl on GPUs, gloo on CPUs).
 
+    A folder that holds a run is not trained over: continue it with --resume (keys that do
+    not change the experiment, such as data.root, data.workers or train.val_every, may
+    change), or give another --out, or --overwrite. The config is checked against the data
+    before the first step; a start that fails leaves nothing behind. Ctrl-C or SIGTERM (SLURM)
+    at any moment keeps last.pt at the last completed step, from which --resume continues
+    exactly.
+
     \b
     Examples:
       vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet
       vcorr train cfg.toml --data data/k400 --set optim.lr=0.02 --set data.workers=8
       vcorr train --out runs/toy_cpnet --resume
       vcorr train cfg.toml --data data/ssv1 --init resnet50-0676ba61.pth
+      vcorr train --out runs/toy_cpnet --resume --set data.workers=8
+      vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet --overwrite
       torchrun --nproc_per_node 8 -m vcorr_cli train cfg.toml --data /data/k400 --out runs/k
     """
+    import os
+    import signal
+
     from pipelines.errors import UserError
     from pipelines.train import load_config, train as run_train
     from pipelines.train.checkpoint import load_checkpoint
@@ -67,16 +83,27 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
             raise UserError(f"{saved}: the run's config is missing")
         config = saved
     cfg = load_config(config, sets)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
     try:
         summary = run_train(cfg, out_dir, resume=resume, init=init, init_partial=partial_init,
-                            progress=not no_progress, device=device)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: {out_dir / 'last.pt'} holds the last position; "
-                   f"continue with: vcorr train --out {out_dir} --resume", err=True)
-        raise SystemExit(130) from None
-    best = summary["best_val_top1"]
-    click.echo(f"done: {out_dir} (best val top-1 "
-               f"{'-' if best is None else f'{100 * best:.1f}%'}, {summary['seconds']:.0f} s)")
+                            progress=not no_progress, device=device, overwrite=overwrite)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if main:
+            name = signal.Signals(signum).name
+            if (out_dir / "last.pt").is_file():
+                click.echo(f"interrupted ({name}): {out_dir / 'last.pt'} holds the state after "
+                           f"the last completed step; continue with: vcorr train --out "
+                           f"{out_dir} --resume", err=True)
+            else:
+                click.echo(f"interrupted ({name}) before the first checkpoint; nothing to "
+                           "resume", err=True)
+        raise SystemExit(128 + int(signum)) from None
+    if main:
+        best = summary["best_val_top1"]
+        click.echo(f"done: {out_dir} (best val top-1 "
+                   f"{'-' if best is None else f'{100 * best:.1f}%'}, "
+                   f"{summary['seconds']:.0f} s)")
 
 
 def _toml_string(text: str) -> str:

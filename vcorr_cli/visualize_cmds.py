@@ -39,6 +39,9 @@ def _clip_options(f: Callable) -> Callable:
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
                      help="Output folder for the figures."),
         click.option("--animate", is_flag=True, help="Also write an animated GIF."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace this figure if --out has it (the old one is moved aside to "
+                          "NAME.old-N)."),
     ]):
         f = opt(f)
     return f
@@ -63,6 +66,21 @@ def _read(loaded: Any, video: Path | None, data: Path | None, video_id: str | No
 def _report(paths: list[Path]) -> None:
     for p in paths:
         click.echo(str(p))
+
+
+def _claim(paths: list[Path], overwrite: bool) -> list[Path]:
+    """The output-folder rule for figures (:mod:`pipelines.outputs`): checked before any
+    work; returns the files to move aside (with --overwrite) just before writing."""
+    from pipelines.outputs import check_files
+
+    return check_files(paths, overwrite=overwrite)
+
+
+def _move_aside(paths: list[Path]) -> None:
+    from pipelines.outputs import move_aside
+
+    for p in paths:
+        click.echo(f"moved {p} aside to {move_aside(p)}")
 
 
 def _model(checkpoint: Path | None, model: str | None):
@@ -92,7 +110,7 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
                 kernel_size: int, dilation: int, offset: int | None, video: Path | None,
                 data: Path | None, video_id: str | None, frames: int | None,
                 interval: int | None, short_side: int | None, out_dir: Path,
-                animate: bool) -> None:
+                animate: bool, overwrite: bool) -> None:
     """Dominant displacement (argmax over the KxK displacements) of every correlation stage,
     colour-coded with the optical-flow colour wheel over the frames (DCF Figs 4-5).
 
@@ -111,17 +129,21 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
     from pipelines.errors import UserError
     from pipelines.visualize.correlation import visualize_model_correlation, visualize_pixels
 
+    stem = "correlation_pixels" if pixels else "correlation"
+    old = _claim([out_dir / f"{stem}.png", out_dir / f"{stem}.gif"], overwrite)
     if pixels:
         if checkpoint is not None or model_name is not None:
             raise UserError("--pixels takes no --checkpoint / --model")
         if patch % 2 == 0 or kernel_size % 2 == 0:
             raise UserError("--patch and --kernel-size must be odd")
         clip = _read(None, video, data, video_id, frames, interval, short_side)
+        _move_aside(old)
         _report(visualize_pixels(clip, out_dir, patch=patch, kernel_size=kernel_size,
                                  dilation=dilation, animate=animate))
         return
     loaded = _model(checkpoint, model_name)
     clip = _read(loaded, video, data, video_id, frames, interval, short_side)
+    _move_aside(old)
     _report(visualize_model_correlation(loaded, clip, out_dir, offset=offset, animate=animate))
 
 
@@ -139,7 +161,8 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
 def correspondences(checkpoint: Path | None, model_name: str | None, module_index: int,
                     points: str | None, num_points: int, video: Path | None, data: Path | None,
                     video_id: str | None, frames: int | None, interval: int | None,
-                    short_side: int | None, out_dir: Path, animate: bool) -> None:
+                    short_side: int | None, out_dir: Path, animate: bool,
+                    overwrite: bool) -> None:
     """The k correspondences a CP module proposes for query positions, across the clip's
     frames (CPNet Fig. 5): filled circles win the max-pool of Eq. 2 for at least one MLP
     channel (the set A; the number is how many channels), crosses win none. Below: the L1
@@ -154,8 +177,10 @@ def correspondences(checkpoint: Path | None, model_name: str | None, module_inde
     """
     from pipelines.visualize.correspondences import visualize_correspondences
 
+    old = _claim([out_dir / "correspondences.png", out_dir / "correspondences.gif"], overwrite)
     loaded = _model(checkpoint, model_name)
     clip = _read(loaded, video, data, video_id, frames, interval, short_side)
+    _move_aside(old)
     _report(visualize_correspondences(loaded, clip, out_dir, module_index=module_index,
                                       points=points, num_points=num_points, animate=animate))
 
@@ -168,7 +193,10 @@ def correspondences(checkpoint: Path | None, model_name: str | None, module_inde
               help="Channels shown (those with the largest weight spread).")
 @click.option("--times", default=8, show_default=True, type=click.IntRange(min=1),
               help="Time steps shown (evenly spaced).")
-def filters(checkpoint: Path, out_dir: Path, channels: int, times: int) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace filter figures --out has (moved aside to NAME.old-N).")
+def filters(checkpoint: Path, out_dir: Path, channels: int, times: int,
+            overwrite: bool) -> None:
     """Learned correlation weights of a CorrNet checkpoint (CorrNet Fig. 4): per operator a
     time x channel grid of KxK maps, an arrow from the centre to each map's largest weight.
     Writes OUT/filters_<module>.png.
@@ -180,4 +208,6 @@ def filters(checkpoint: Path, out_dir: Path, channels: int, times: int) -> None:
     """
     from pipelines.visualize.filters import visualize_filters
 
+    # The figures of one checkpoint belong together: any earlier one blocks (or moves) all.
+    _move_aside(_claim(sorted(out_dir.glob("filters_*.png")), overwrite))
     _report(visualize_filters(checkpoint, out_dir, max_channels=channels, max_times=times))

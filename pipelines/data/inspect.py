@@ -107,8 +107,8 @@ def verify_shards(out: Path, rows: list[dict], sample_frames: int = 3,
     errors = []
     it = rows
     if progress:
-        from tqdm import tqdm
-        it = tqdm(rows, unit="video", desc="verify")
+        from pipelines.progress import make_progress
+        it = make_progress(len(rows), "verify", unit="video", iterable=rows)
     for r in it:
         n = r["num_frames"]
         idx = sorted({0, n // 2, n - 1})[:max(1, sample_frames)]

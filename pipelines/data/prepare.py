@@ -11,6 +11,11 @@ presentation time, PyAV where decord is wrong). A video whose frames decode only
 stored from the frames that decode and listed in ``warnings.csv`` (a failure with
 ``--strict``); it is a failure only when no frame decodes. Decoder messages go to
 ``OUT/prepare.log``, prefixed with the video id.
+
+A shard in which every video failed is not written (no empty shards); its failures are kept in
+``shards/<split>-NNNNN.failures.json`` for ``failures.csv``, and a rerun tries those videos
+again. A run after which its shards hold no video at all raises :class:`UserError` (exit 2)
+naming the most common failure reasons, after writing ``failures.csv``.
 """
 from __future__ import annotations
 
@@ -115,6 +120,9 @@ class PrepareResult:
     shards_skipped: int
     shards_pending: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # failures.csv counted by reason phrase (the text before the first ':'), most common first
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    videos_per_shard: dict[str, int] = field(default_factory=dict)
 
 
 def plan_shards(ann: Annotations, opt: PrepareOptions) -> list[_Shard]:
@@ -300,7 +308,18 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
             except BaseException:
                 writer.abort()
                 raise
+            sidecar = _failures_path(out, s.name)
+            if not writer.manifest:
+                # Every video failed: no empty shard. Its failures go to a small file instead,
+                # so that failures.csv stays complete and a rerun (with a fixed --root, say)
+                # tries these videos again.
+                writer.abort()
+                write_atomic(sidecar, json.dumps({"plan_hash": s.plan_hash,
+                                                  "failures": writer.failures,
+                                                  "warnings": writer.warnings}) + "\n")
+                continue
             writer.close()
+            sidecar.unlink(missing_ok=True)
             written += 1
     finally:
         bar.close()
@@ -319,12 +338,44 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
                        "shards_pending": result.shards_pending},
             "seconds": result.seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
+    # A part with no shard to do (more parts than shards) is not a failure; a dataset whose
+    # every annotation row failed, or a part whose every video failed, is.
+    mine_videos = sum(result.videos_per_shard.get(s.name, 0) for s in mine)
+    if not shards or (mine and mine_videos == 0):
+        raise UserError(_nothing_prepared(out, opt, sum(len(s.samples) for s in mine), result))
     return result
+
+
+def _nothing_prepared(out: Path, opt: PrepareOptions, tried: int, r: PrepareResult) -> str:
+    """The error of a run after which its shards hold no video (every one failed)."""
+    part = "" if opt.part == (0, 1) else f" in part {opt.part[0]}/{opt.part[1]}"
+    reasons = ", ".join(f"{k} {v}" for k, v in list(r.failure_reasons.items())[:3])
+    hint = ""
+    if next(iter(r.failure_reasons), "") == MISSING_FILE:
+        hint = f"; are the videos under --root {opt.root}?"
+    return (f"{out}: no video was prepared{part} ({tried} tried; failures: "
+            f"{reasons or 'none'}; see {out / 'failures.csv'}){hint}")
+
+
+def _failures_path(out: Path, shard: str) -> Path:
+    """Where the failures of a shard in which no video could be stored are kept."""
+    return out / "shards" / (Path(shard).stem + ".failures.json")
+
+
+def _read_failed_shard(out: Path, shard) -> dict | None:
+    """The failures file of ``shard`` if it is that plan's (else None)."""
+    path = _failures_path(out, shard.name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("plan_hash") == shard.plan_hash else None
 
 
 def build_index(out: Path, shards: list, annotation_failures: list[Failure]) -> PrepareResult:
     """Rebuild ``index.csv``, ``failures.csv`` and ``warnings.csv`` from the complete,
-    current shards.
+    current shards (and the failures files of planned shards in which no video could be
+    stored: those are not written).
 
     Shards of other parts that are not finished yet are listed as pending.
     """
@@ -335,7 +386,12 @@ def build_index(out: Path, shards: list, annotation_failures: list[Failure]) -> 
     for s in shards:
         path = out / "shards" / s.name
         if _shard_hash(path) != s.plan_hash:
-            pending.append(s.name)
+            failed = _read_failed_shard(out, s)
+            if failed is None:
+                pending.append(s.name)
+            else:  # every video of it failed: no shard, its failures are still listed
+                fails.extend(failed["failures"])
+                warns.extend(failed["warnings"])
             continue
         tables = read_shard_tables(path)
         rows.extend(tables.manifest)
@@ -345,7 +401,10 @@ def build_index(out: Path, shards: list, annotation_failures: list[Failure]) -> 
     _write_csv(out / "failures.csv", FAILURE_COLUMNS, fails)
     _write_csv(out / "warnings.csv", WARNING_COLUMNS, warns)
     per_split = dict(sorted(Counter(r["split"] for r in rows).items()))
-    return PrepareResult(str(out), len(rows), per_split, len(fails), len(warns), 0, 0, pending)
+    result = PrepareResult(str(out), len(rows), per_split, len(fails), len(warns), 0, 0, pending)
+    result.failure_reasons = dict(Counter(f["reason"].split(":")[0] for f in fails).most_common())
+    result.videos_per_shard = dict(Counter(r["shard"] for r in rows))
+    return result
 
 
 def _shard_hash(path: Path) -> str | None:
@@ -406,6 +465,6 @@ class _NoBar:
 def _progress(total: int, enabled: bool):
     if not enabled or total == 0:
         return _NoBar()
-    from tqdm import tqdm
+    from pipelines.progress import make_progress
 
-    return tqdm(total=total, unit="video", desc="prepare", smoothing=0.1)
+    return make_progress(total, "prepare", unit="video")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
 from pipelines.fileio import write_atomic
+from pipelines.outputs import check_folder, move_aside
 
 
 def load_result(folder: str | Path) -> dict[str, Any]:
@@ -116,19 +118,44 @@ def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save(fig, path, [], dpi=120)
 
 
+COMPARE_OUTPUTS = ("gains.csv", "gains.md", "gains.png", "summary.json")
+
+
+def result_name(folder: str | Path) -> str:
+    """A result's name in titles and tables: its folder's name, or for the default
+    ``RUN/eval_<split>_<views>`` folders (all named alike) the run folder's name."""
+    path = Path(folder)
+    if path.name == "metrics.json":
+        path = path.parent
+    path = Path(os.path.normpath(path))
+    if path.name.startswith("eval_") and path.parent.name:
+        return path.parent.name
+    return path.name or "model"
+
+
 def compare_results(results: list[str | Path], baseline: str | Path, out: str | Path,
-                    top: int = 10) -> list[dict[str, Any]]:
+                    top: int = 10, overwrite: bool = False) -> list[dict[str, Any]]:
     """Compare each of ``results`` with ``baseline``; one output folder per model
-    (``out`` itself for a single model, ``out/<result folder name>`` for several)."""
+    (``out`` itself for a single model, ``out/<result folder name>`` for several).
+
+    Raises:
+        UserError: ``out`` holds an earlier comparison (with ``overwrite`` it is moved aside to
+            ``out.old-N`` instead), a result does not load, or the class lists differ.
+    """
     if not results:
         raise UserError("give at least one RESULT_DIR")
+    out = Path(out)
+    patterns = COMPARE_OUTPUTS + tuple(f"*/{name}" for name in COMPARE_OUTPUTS)
+    move_old = check_folder(out, patterns, overwrite=overwrite,
+                            what="an earlier `vcorr compare`")
     base = load_result(baseline)
     loaded = [load_result(r) for r in results]
     comps = [class_gains(m, base, top) for m in loaded]  # every check before any write
-    out = Path(out)
+    if move_old:
+        move_aside(out)
     names: list[str] = []
     for r in results:
-        name = Path(r).name or "model"
+        name = result_name(r)
         while name in names:
             name += "_"
         names.append(name)
@@ -136,10 +163,10 @@ def compare_results(results: list[str | Path], baseline: str | Path, out: str | 
     for name, comp in zip(names, comps):
         folder = out if len(results) == 1 else out / name
         folder.mkdir(parents=True, exist_ok=True)
-        title = f"{name} vs {Path(baseline).name}: per-class top-1 gain"
+        pair = f"{name} vs {result_name(baseline)}"
         write_atomic(folder / "gains.csv", _csv(comp["rows"]))
-        write_atomic(folder / "gains.md", _md(comp["rows"], comp["summary"], title))
-        plot_gains(comp["rows"], folder / "gains.png", title)
+        write_atomic(folder / "gains.md", _md(comp["rows"], comp["summary"], pair))
+        plot_gains(comp["rows"], folder / "gains.png", f"{pair}: per-class top-1 gain")
         summary = dict(comp["summary"], name=name, out=str(folder))
         write_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
         summaries.append(summary)

@@ -7,7 +7,9 @@ that tensor on the device, batched across videos up to ``max_views_per_batch``, 
 scores averaged per video (softmax probabilities or logits; flipped views label-swapped back).
 A video that cannot be read is reported in ``failed_videos`` and counted, never dropped.
 
-Outputs (atomic): ``metrics.json``, ``predictions.csv``, ``scores.npz``.
+Outputs (atomic): ``metrics.json``, ``predictions.csv``, ``scores.npz``. A folder that holds
+them already is refused before the model runs (:mod:`pipelines.outputs`), unless
+``overwrite``, which moves it aside once the new results are ready.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, To
 from pipelines.errors import UserError
 from pipelines.evaluate.views import CROP_CHOICES, average_views, build_views, crop_boxes
 from pipelines.fileio import write_atomic
+from pipelines.outputs import check_folder, move_aside
+
+# What `vcorr eval` writes into its output folder.
+EVAL_OUTPUTS = ("metrics.json", "predictions.csv", "scores.npz")
 
 
 @dataclass
@@ -149,6 +155,11 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
         if sync_timing and device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    bar = None
+    if progress:
+        from pipelines.progress import make_progress
+        bar = make_progress(n_videos, "eval", unit="video")
+
     def flush() -> None:
         if not pending:
             return
@@ -168,11 +179,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
                 logits = torch.cat(partial.pop(vid))
                 scores[vid] = average_views(logits, flips_of.pop(vid), swap_map,
                                             s.average).cpu()
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n_videos, unit="video", desc="eval")
+                if bar is not None:  # the bar counts videos scored, not videos read
+                    bar.update(1)
     with torch.inference_mode():
         it = iter(loader)
         while True:
@@ -182,11 +190,11 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
             except StopIteration:
                 break
             t["data"] += time.perf_counter() - t0
-            if bar is not None:
-                bar.update(1)
             idx = item["index"]
             if item["clips"] is None:
                 failed.append(_failure(ds, idx, item["error"]))
+                if bar is not None:
+                    bar.update(1)
                 continue
             t0 = time.perf_counter()
             clips = item["clips"].to(device, non_blocking=True)
@@ -195,6 +203,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
                                                              crop_size, s.crops)
             except ValueError as exc:
                 failed.append(_failure(ds, idx, f"ValueError: {exc}"))
+                if bar is not None:
+                    bar.update(1)
                 continue
             views, flips = build_views(clips, boxes)
             views = views.float().div_(255)
@@ -235,7 +245,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
 def compute_metrics(scores: np.ndarray, labels: list[int] | np.ndarray,
                     classes: list[str]) -> dict[str, Any]:
     """Top-1/top-5, mean class accuracy, per-class accuracy and support, and the confusion
-    matrix (rows: true class, columns: predicted) of (V, K) scores."""
+    matrix (rows: true class, columns: predicted) of (V, K) scores. ``top5`` is None for
+    fewer than 6 classes (it would always be 1)."""
     labels = np.asarray(labels, dtype=np.int64)
     k = len(classes)
     n = len(labels)
@@ -254,22 +265,40 @@ def compute_metrics(scores: np.ndarray, labels: list[int] | np.ndarray,
         acc = float(conf[c, c] / support[c]) if support[c] else None
         per_class.append({"class": classes[c], "accuracy": acc, "support": int(support[c])})
     accs = [p["accuracy"] for p in per_class if p["accuracy"] is not None]
-    return {"top1": top1, "top5": top5,
+    return {"top1": top1, "top5": top5 if k > 5 else None,
             "mean_class_accuracy": float(np.mean(accs)) if accs else 0.0,
             "per_class": per_class, "confusion_matrix": conf.tolist()}
 
 
 # --- the command -------------------------------------------------------------------------------
 
+def default_out(checkpoint: str | Path, split: str, settings: EvalSettings) -> Path:
+    """``CHECKPOINT's folder/eval_<split>_<clips>x<crops or full>``."""
+    s = settings
+    return Path(checkpoint).parent / (
+        f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}")
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: str | Path | None,
                         split: str = "val", settings: EvalSettings | None = None,
-                        device: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` of the prepared ``data`` and write ``out``."""
+                        device: str | None = None, progress: bool = False,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` of the prepared ``data`` and write ``out``
+    (default :func:`default_out`).
+
+    Raises:
+        UserError: ``out`` holds results of an earlier evaluation (unless ``overwrite``: then
+            they are moved aside to ``out.old-N`` when the new ones are written), the
+            checkpoint or data do not load, or the classes differ.
+    """
     from pipelines.train.distributed import cleanup_distributed, setup_distributed
     from pipelines.train.trainer import model_from_checkpoint
 
     s = settings or EvalSettings()
     t_start = time.perf_counter()
+    out = Path(out) if out is not None else default_out(checkpoint, split, s)
+    move_old = check_folder(out, EVAL_OUTPUTS, overwrite=overwrite,
+                            what="the results of an earlier `vcorr eval`")
     model, ckpt = model_from_checkpoint(checkpoint)
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])
@@ -314,9 +343,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
         "device": str(dev), "settings": asdict(s), "timing": r["timing"],
     })
     metrics["seconds"] = time.perf_counter() - t_start
-    out = Path(out) if out is not None else Path(checkpoint).parent / (
-        f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}")
     if env.is_main:  # under torchrun, rank 0 writes the gathered results
+        if move_old:
+            metrics["moved_aside"] = str(move_aside(out))
         out.mkdir(parents=True, exist_ok=True)
         write_outputs(out, metrics, r, classes)
     metrics["out"] = str(out)

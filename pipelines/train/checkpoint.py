@@ -11,14 +11,20 @@ from torch import nn
 
 from pipelines.errors import UserError
 from pipelines.fileio import replace_atomic
+from pipelines.train.interrupts import fault_point
 
 FORMAT = "vcorr-checkpoint-1"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash while saving
-    never destroys the previous checkpoint."""
-    replace_atomic(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed: a
+    crash or ``kill -9`` while saving never destroys the previous checkpoint, and ``path`` is
+    always a checkpoint that loads."""
+    def write(tmp: Path) -> None:
+        torch.save({"format": FORMAT, **state}, tmp)
+        fault_point("checkpoint")  # written, not yet renamed: where a kill hurts most
+
+    replace_atomic(path, write, durable=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

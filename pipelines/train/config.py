@@ -83,6 +83,22 @@ def _where(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
+class _Sources:
+    """Where each value came from, for error messages: ``--set key=value`` for the keys the
+    command line set (or a table above them), else the config file."""
+
+    def __init__(self, file: str, sets: dict[str, str]) -> None:
+        self.file, self.sets = file, sets
+
+    def __call__(self, *keys: str) -> str:
+        for key in keys:
+            parts = key.split(".")
+            for i in range(len(parts), 0, -1):
+                if ".".join(parts[:i]) in self.sets:
+                    return f"--set {self.sets['.'.join(parts[:i])]}"
+        return self.file
+
+
 def _merge(base: dict, new: dict, path: tuple[str, ...], source: str) -> None:
     """Merge ``new`` into ``base`` in place, refusing keys ``base`` does not have."""
     for key, value in new.items():
@@ -102,16 +118,17 @@ def _merge(base: dict, new: dict, path: tuple[str, ...], source: str) -> None:
             base[key] = value
 
 
-def _check_types(cfg: dict, defaults: dict, path: tuple[str, ...], source: str) -> None:
+def _check_types(cfg: dict, defaults: dict, path: tuple[str, ...], src: _Sources) -> None:
     for key, default in defaults.items():
         here = path + (key,)
         value = cfg[key]
+        source = src(_where(here))
         if isinstance(default, dict) and not isinstance(value, dict):
             raise UserError(f"{source}: {_where(here)} must be a table, got {value!r}")
         if here == ("model", "args") or here == ("phases",):
             continue
         if isinstance(default, dict):
-            _check_types(value, default, here, source)
+            _check_types(value, default, here, src)
             continue
         ok = (isinstance(value, bool) if isinstance(default, bool)
               else isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -128,14 +145,15 @@ def _check_types(cfg: dict, defaults: dict, path: tuple[str, ...], source: str) 
                             f"{', '.join(CHOICES[here])}, got {value!r}")
 
 
-def _check_phases(cfg: dict, source: str) -> None:
+def _check_phases(cfg: dict, src: _Sources) -> None:
     phases = cfg["phases"]
     if not isinstance(phases, list):
-        raise UserError(f"{source}: phases must be a list of tables ([[phases]])")
+        raise UserError(f"{src('phases')}: phases must be a list of tables ([[phases]])")
     for i, phase in enumerate(phases):
         if not isinstance(phase, dict):
-            raise UserError(f"{source}: phases[{i}] must be a table")
+            raise UserError(f"{src(f'phases.{i}')}: phases[{i}] must be a table")
         for key, value in phase.items():
+            source = src(f"phases.{i}.{key}")
             if key not in PHASE_KEYS:
                 raise UserError(f"{source}: unknown key 'phases[{i}].{key}'; valid keys: "
                                 f"{', '.join(sorted(PHASE_KEYS))}")
@@ -146,22 +164,23 @@ def _check_phases(cfg: dict, source: str) -> None:
                 raise UserError(f"{source}: phases[{i}].{key} must be {want.__name__}, got {value!r}")
         for key in ("frames", "epochs"):
             if key not in phase:
-                raise UserError(f"{source}: phases[{i}] needs {key!r}")
+                raise UserError(f"{src(f'phases.{i}')}: phases[{i}] needs {key!r}")
         for key in ("frames", "epochs", "batch_size", "lr"):
             if key in phase and phase[key] <= 0:
-                raise UserError(f"{source}: phases[{i}].{key} must be positive, "
-                                f"got {phase[key]!r}")
+                raise UserError(f"{src(f'phases.{i}.{key}')}: phases[{i}].{key} must be "
+                                f"positive, got {phase[key]!r}")
 
 
-def _check_values(cfg: dict, source: str) -> None:
+def _check_values(cfg: dict, src: _Sources) -> None:
     o, d = cfg["optim"], cfg["data"]
     if o["batch_size"] < 1 or o["accumulate"] < 1 or o["batch_size"] % o["accumulate"]:
-        raise UserError(f"{source}: optim.batch_size ({o['batch_size']}) must be a positive "
+        raise UserError(f"{src('optim.batch_size', 'optim.accumulate')}: optim.batch_size ({o['batch_size']}) must be a positive "
                         f"multiple of optim.accumulate ({o['accumulate']})")
     if o["lr"] <= 0:
-        raise UserError(f"{source}: optim.lr must be positive")
+        raise UserError(f"{src('optim.lr')}: optim.lr must be positive")
     if d["frames"] < 1 or d["interval"] < 1 or d["crop"] < 1 or d["workers"] < 0:
-        raise UserError(f"{source}: data.frames, data.interval and data.crop must be positive "
+        raise UserError(f"{src('data.frames', 'data.interval', 'data.crop', 'data.workers')}: "
+                        "data.frames, data.interval and data.crop must be positive "
                         "and data.workers not negative")
     for key in ("mean", "std"):
         v = d[key]
@@ -222,11 +241,15 @@ def load_config(path: str | Path | None = None, sets: list[str] = ()) -> dict[st
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: not valid TOML ({exc})") from None
         _merge(cfg, data, (), source)
+    set_keys: dict[str, str] = {}
     for assignment in sets:
         apply_set(cfg, assignment)
-    _check_types(cfg, DEFAULTS, (), source)
-    _check_phases(cfg, source)
-    _check_values(cfg, source)
+        set_keys[assignment.split("=", 1)[0].strip()] = assignment.strip()
+    # A bad value names where it came from: the --set that gave it, else the file.
+    src = _Sources(source, set_keys)
+    _check_types(cfg, DEFAULTS, (), src)
+    _check_phases(cfg, src)
+    _check_values(cfg, src)
     return cfg
 
 

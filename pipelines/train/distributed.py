@@ -78,6 +78,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(0, -(-self.n // self.world_size) - self.skip)
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing when alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (identity when alone)."""
     if dist.is_available() and dist.is_initialized():

@@ -10,6 +10,17 @@ sample order only on (seed, epoch) (:class:`EpochSampler`), and a checkpoint hol
 optimiser, scaler, torch RNG states and the position (phase, epoch, step within the epoch), so
 a resumed run repeats the uninterrupted one step for step. The DataLoader gets its own
 generator so that starting an epoch never draws from the global RNG that dropout uses.
+
+Interrupts (:mod:`pipelines.train.interrupts`): SIGINT and SIGTERM at any moment leave a
+``last.pt`` equal to the state after the last completed step, buffers included: a step's
+forward/backward is undone (BN statistics restored) when it is cut, and the optimiser step
+with its bookkeeping, the end of an epoch and checkpoint writes finish before the run stops.
+``metrics.jsonl`` is cut back on resume to the records the checkpoint had seen.
+
+Before the first step (:mod:`pipelines.train.preflight`): the output-folder rule (a run is
+never trained over without ``overwrite``), the resume rules (only keys that do not change the
+experiment may change, on the same training data), and the config checked against the data.
+A start that fails leaves no run folder behind.
 """
 from __future__ import annotations
 
@@ -17,6 +28,7 @@ import contextlib
 import inspect
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +40,19 @@ from torch import nn
 
 import models
 from pipelines.data.dataset import VideoClipDataset
-from pipelines.data.inspect import read_classes
+from pipelines.data.inspect import read_classes, read_index
 from pipelines.data.samplers import make_sampler
 from pipelines.data.transforms import test_transform, train_transform
 from pipelines.errors import UserError
+from pipelines import progress as plain_progress
 from pipelines.fileio import write_atomic
 from pipelines.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from pipelines.train.config import phases as config_phases
 from pipelines.train.config import to_toml, with_defaults
-from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum,
+from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, barrier,
                                          cleanup_distributed, setup_distributed)
+from pipelines.train import preflight as pf
+from pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
 
 
 class NonFiniteLoss(UserError):
@@ -65,6 +80,13 @@ class RunState:
     rng: dict[str, Any] = field(default_factory=dict)
     best_top1: float = -1.0
     last_val: dict[str, float] = field(default_factory=dict)
+    # {"global_step", "changes": {key: [old, new]}} of every resume that changed safe keys
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
+    guard: SignalGuard = field(default_factory=SignalGuard)
+    # loss sum, correct, clips, non-finite since the last train record; and over the epoch
+    window: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.float64))
+    epoch_totals: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(3, dtype=torch.float64))
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -191,11 +213,15 @@ def _micro_batch(cfg: dict, phase: dict, env: DistEnv) -> int:
 
 def _loader(ds: VideoClipDataset, sampler: torch.utils.data.Sampler, batch: int, workers: int,
             *, drop_last: bool) -> torch.utils.data.DataLoader:
+    # More workers than cores only compete for them (preflight notes the cap once); a clip
+    # depends only on (seed, epoch, index), so the number of workers never changes results.
+    workers = min(workers, pf.worker_cap())
     return torch.utils.data.DataLoader(
         ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
         # Its own generator: creating an iterator must not advance the global RNG.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals if workers else None,
         prefetch_factor=4 if workers else None)
 
 
@@ -203,7 +229,8 @@ def _loader(ds: VideoClipDataset, sampler: torch.utils.data.Sampler, batch: int,
 def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
              batch: int) -> dict[str, float]:
     """Top-1/top-5 and loss on the validation split (one centre clip, centre crop per video),
-    summed over ranks (each rank takes every world_size-th video, no padding)."""
+    summed over ranks (each rank takes every world_size-th video, no padding). ``top5`` is
+    None for fewer than 6 classes, where it would always be 1."""
     ds = build_dataset(cfg, frames, train=False)
     indices = list(range(env.rank, len(ds), env.world_size))
     loader = _loader(ds, indices, batch, cfg["data"]["workers"], drop_last=False)
@@ -220,25 +247,36 @@ def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
         totals[1] += (top[:, 0] == y).sum().item()
         totals[2] += (top == y[:, None]).any(dim=1).sum().item()
         totals[3] += len(y)
+        fault_point("validation")
     model.train(was_training)
     totals = all_reduce_sum(totals.to(env.device if env.device.type == "cuda" else "cpu")).cpu()
     n = max(totals[3].item(), 1.0)
     return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
-            "top5": totals[2].item() / n, "count": int(totals[3].item())}
+            "top5": totals[2].item() / n if len(ds.classes) > 5 else None,
+            "count": int(totals[3].item())}
 
 
 # --- progress and metrics ----------------------------------------------------------------------
 
 class _Metrics:
-    """``metrics.jsonl`` (rank 0): one JSON record per logged step and per validation."""
+    """``metrics.jsonl`` (rank 0): one JSON record per logged step and per validation.
 
-    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None) -> None:
-        self.path, self.enabled = path, enabled
+    ``records`` counts the records in the file; a checkpoint stores it, and a resumed run
+    keeps exactly that many (``keep_records``), dropping what the interrupted run wrote after
+    its checkpoint. Checkpoints from before that count keep the records up to their step."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None,
+                 keep_records: int | None = None) -> None:
+        self.path, self.enabled, self.records = path, enabled, 0
         if enabled and keep_until_step is not None and path.is_file():
-            # A resumed run drops the records the interrupted run wrote after its checkpoint.
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= keep_until_step]
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+            if keep_records is not None:
+                kept = lines[:keep_records]
+            else:
+                kept = [line for line in lines if _record_step(line) <= keep_until_step]
             write_atomic(path, "".join(k + "\n" for k in kept))
+            self.records = len(kept)
         elif enabled and keep_until_step is None:
             write_atomic(path, "")
 
@@ -246,11 +284,56 @@ class _Metrics:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.records += 1
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line a killed process left half-written is past
+    every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class _PlainProgress:
+    """Progress as plain lines, for output that is not a terminal (a log file, a pipe): one
+    line per task every :data:`pipelines.progress.PLAIN_SECONDS` and when the task completes
+    (the part of rich.Progress's interface the loop uses)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> "_PlainProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, completed: int = 0,
+                 **fields: Any) -> int:
+        task = len(self.tasks)
+        self.tasks[task] = {"description": description, "total": total, "completed": completed,
+                            "fields": fields, "last": time.monotonic()}
+        return task
+
+    def update(self, task: int, advance: int = 0, **fields: Any) -> None:
+        t = self.tasks[task]
+        t["completed"] += advance
+        t["fields"].update(fields)
+        now = time.monotonic()
+        if t["completed"] >= t["total"] or now - t["last"] >= plain_progress.PLAIN_SECONDS:
+            t["last"] = now
+            stats = t["fields"].get("stats", "")
+            print(f"{t['description']}: step {t['completed']}/{t['total']}"
+                  f"{', ' + stats if stats else ''}", flush=True)
 
 
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
+    if not sys.stdout.isatty():
+        return _PlainProgress()
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -263,27 +346,38 @@ def _progress(enabled: bool):
 
 def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None,
           init_partial: bool = False, progress: bool = True, device: str | None = None,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
+          stop_after_steps: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run the config ``cfg`` into ``out_dir``; returns the summary (also ``summary.json``).
 
-    ``resume`` continues from ``out_dir/last.pt``; ``init`` loads initial weights (a vcorr
+    ``resume`` continues from ``out_dir/last.pt`` (keys of
+    :data:`pipelines.train.preflight.SAFE_ON_RESUME` may differ from the run's config; they
+    are recorded). Without it, a folder that holds a run is refused unless ``overwrite``,
+    which moves that run aside to ``out_dir.old-N``. ``init`` loads initial weights (a vcorr
     checkpoint, a state dict, torchvision 2D ResNet weights to inflate, or a torchvision /
     PyTorchVideo Kinetics checkpoint; :func:`pipelines.weights.load_weights`), refusing a
     partial load unless ``init_partial``; its report is printed and saved as
     ``out_dir/init_report.json``. ``stop_after_steps`` stops like Ctrl-C after that many
     optimiser steps of this call (for tests and time-boxed jobs).
+
+    Raises:
+        UserError: a problem found before the first step (nothing is left in ``out_dir``), or
+            a non-finite loss (:class:`NonFiniteLoss`).
+        pipelines.train.interrupts.Interrupted: SIGINT or SIGTERM (``last.pt`` holds the
+            state after the last completed step).
     """
     env = setup_distributed(device)
     try:
         return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps,
-                      init_partial=init_partial)
+                      init_partial=init_partial, overwrite=overwrite)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | None,
            progress: bool, stop_after_steps: int | None, *,
-           init_partial: bool = False) -> dict[str, Any]:
+           init_partial: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Everything checked before anything is written, then :func:`_run` in a new run folder
+    (or the resumed one) with SIGINT/SIGTERM handled."""
     data_root = Path(cfg["data"]["root"])
     if not cfg["data"]["root"] or not (data_root / "index.csv").is_file():
         raise UserError(f"{data_root}: not a prepared dataset (no index.csv); give --data or "
@@ -291,20 +385,57 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
     if env.distributed and cfg["train"]["sync_bn"] and env.device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU "
                         "implementation); set train.sync_bn = false to train on CPUs")
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite starts a new one "
+                        "there; give one of them")
     plan = config_phases(cfg)
-    ckpt = None
+    rows, classes = read_index(data_root), read_classes(data_root)
+    ckpt, changes, move_old = None, {}, False
     if resume:
+        if not (out / "last.pt").is_file() and pf.folder_results(out, pf.RUN_PATTERNS):
+            raise UserError(f"{out / 'last.pt'}: checkpoint not found: the run in {out} saved "
+                            "none, there is nothing to resume; start it again with --overwrite")
         ckpt = load_checkpoint(out / "last.pt")
-        if with_defaults(ckpt["config"]) != cfg:
-            diff = _config_diff(with_defaults(ckpt["config"]), cfg)
-            raise UserError(f"{out / 'last.pt'}: the run was started with another config "
-                            f"({', '.join(diff[:5])}); resume without changing it")
+        # Keys a newer vcorr added (e.g. data.mean/std) take their defaults, not "changed".
+        changes = pf.resume_changes(with_defaults(ckpt["config"]), cfg, out / "last.pt")
+    else:
+        move_old = pf.check_new_run(out, overwrite)
+    notes = pf.preflight(cfg, plan, rows, classes, data_root, env.world_size, env.device.type)
+    fingerprint = pf.data_fingerprint(rows, classes, cfg["data"]["train_split"])
+    if ckpt is not None:
+        if list(ckpt.get("classes", classes)) != list(classes):
+            raise UserError(f"{data_root}: its {len(classes)} classes differ from the run's "
+                            f"{len(ckpt['classes'])} ({out / 'last.pt'}); resume on the "
+                            "dataset the run was started on")
+        pf.check_same_data(ckpt.get("data_fingerprint"), fingerprint, data_root,
+                           cfg["data"]["train_split"], out / "last.pt")
+    if env.is_main:
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        if changes:
+            print("resume with changed settings (they do not change the experiment; recorded "
+                  "in the run): " + ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}"
+                                              for k, (a, b) in changes.items()), flush=True)
+    barrier()  # every rank has checked the folder before rank 0 writes to it
+    with SignalGuard() as guard, pf.RunStart(out, move_old=move_old,
+                                            enabled=env.is_main and ckpt is None) as start:
+        if env.is_main:
+            pf.remove_stale_temporaries(out)
+        return _run(cfg, out, env, ckpt, init, progress, stop_after_steps, plan, classes,
+                    changes, fingerprint, guard, start, init_partial=init_partial)
+
+
+def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path | None,
+         progress: bool, stop_after_steps: int | None, plan: list[dict], classes: list[str],
+         changes: dict, fingerprint: dict, guard: SignalGuard,
+         start: pf.RunStart, init_partial: bool = False) -> dict[str, Any]:
+    """The run itself: model, optimiser, the phase/epoch/step loop, checkpoints, summary."""
+    data_root = Path(cfg["data"]["root"])
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.toml", to_toml(cfg))
 
     torch.manual_seed(cfg["seed"])
-    classes = read_classes(data_root)
     model = build_model(cfg, len(classes), plan[0]["frames"]).to(env.device)
     if init is not None and ckpt is None:
         report = load_weights(model, init, classes=classes, partial=init_partial,
@@ -324,7 +455,7 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
         raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
-    state = RunState()
+    state = RunState(guard=guard)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -333,10 +464,18 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
         state.position = Position(**ckpt["position"])
         state.best_top1 = ckpt["best_top1"]
         state.last_val = dict(ckpt.get("last_val", {}))
+        state.config_changes = list(ckpt.get("config_changes", []))
+        if "train_sums" in ckpt:
+            state.window = torch.tensor(ckpt["train_sums"]["window"], dtype=torch.float64)
+            state.epoch_totals = torch.tensor(ckpt["train_sums"]["epoch"], dtype=torch.float64)
+        if changes:
+            state.config_changes.append({"global_step": state.position.global_step,
+                                         "changes": changes})
         _set_rng_state(ckpt["rng"], env.device)
     state.rng = _rng_state(env.device)
     metrics = _Metrics(out / "metrics.jsonl", env.is_main,
-                       state.position.global_step if ckpt is not None else None)
+                       state.position.global_step if ckpt is not None else None,
+                       ckpt.get("metrics_records") if ckpt is not None else None)
 
     def checkpoint(name: str) -> None:
         if not env.is_main:
@@ -349,12 +488,16 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
             "position": state.position.as_dict(), "best_top1": state.best_top1,
             "last_val": state.last_val, "rng": state.rng or _rng_state(env.device), "config": cfg,
             "model_name": cfg["model"]["name"], "classes": classes,
+            "metrics_records": metrics.records, "data_fingerprint": fingerprint,
+            "config_changes": state.config_changes,
+            "train_sums": {"window": state.window.tolist(), "epoch": state.epoch_totals.tolist()},
         })
 
     steps_run = 0
     stopped = False
     t_start = time.perf_counter()
     train_stats: dict[str, float] = {}
+    start.started()  # from here a failure leaves the run folder (and last.pt on interrupts)
     with _progress(progress and env.is_main) as bar:
         try:
             while state.position.phase < len(plan) and not stopped:
@@ -389,42 +532,53 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
                     steps_run += train_stats.pop("steps_run")
                     if train_stats.pop("stopped"):
                         stopped = True
-                        checkpoint("last.pt")
+                        with guard.deferred():
+                            checkpoint("last.pt")
                         break
                     # The epoch counter moves only after validation: a run stopped in between
                     # resumes at (epoch, last step) and validates that epoch first.
                     every = cfg["train"]["val_every"]
                     done = pos.epoch + 1
                     last_epoch = done == phase["epochs"] and pos.phase == len(plan) - 1
+                    val = None
                     if every and (done % every == 0 or last_epoch):
+                        # Validation changes nothing a checkpoint holds: a signal stops it at
+                        # once, and the resumed run validates this epoch again.
                         val = validate(model, cfg, phase["frames"], env,
                                        cfg["train"]["val_batch_size"] or micro)
-                        state.last_val = val
-                        metrics.write({"epoch": global_epoch + 1, "step": pos.global_step,
-                                       "split": "val", "loss": val["loss"], "top1": val["top1"],
-                                       "top5": val["top5"], "lr": optimizer.param_groups[0]["lr"],
-                                       "count": val["count"]})
-                        if env.is_main:
-                            _print_epoch(global_epoch + 1, train_stats, val)
-                        if val["top1"] > state.best_top1:
-                            state.best_top1 = val["top1"]
-                            checkpoint("best.pt")
-                    elif env.is_main and progress:
-                        _print_epoch(global_epoch + 1, train_stats, None)
-                    pos.epoch += 1
-                    pos.step_in_epoch = 0
-                    checkpoint("last.pt")
+                    # The epoch's records, best.pt, the position and last.pt change together.
+                    with guard.deferred():
+                        if val is not None:
+                            state.last_val = val
+                            metrics.write({"epoch": global_epoch + 1, "step": pos.global_step,
+                                           "split": "val", "loss": val["loss"],
+                                           "top1": val["top1"], "top5": val["top5"],
+                                           "lr": optimizer.param_groups[0]["lr"],
+                                           "count": val["count"]})
+                            if env.is_main:
+                                _print_epoch(global_epoch + 1, train_stats, val)
+                            if val["top1"] > state.best_top1:
+                                state.best_top1 = val["top1"]
+                                checkpoint("best.pt")
+                        elif env.is_main and progress:
+                            _print_epoch(global_epoch + 1, train_stats, None)
+                        pos.epoch += 1
+                        pos.step_in_epoch = 0
+                        checkpoint("last.pt")
                 if not stopped:
                     pos.phase += 1
                     pos.epoch = 0
         except KeyboardInterrupt:
-            checkpoint("last.pt")
+            # The state is the last completed step's (an unfinished step was undone).
+            with guard.deferred():
+                checkpoint("last.pt")
             raise
     seconds = time.perf_counter() - t_start
     summary = {"run_dir": str(out), "model": cfg["model"]["name"],
                "finished": state.position.phase >= len(plan), "position": state.position.as_dict(),
                "best_val_top1": state.best_top1 if state.best_top1 >= 0 else None,
-               "last_val": state.last_val, "last_train": train_stats, "seconds": seconds}
+               "last_val": state.last_val, "last_train": train_stats, "seconds": seconds,
+               "config_changes": state.config_changes}
     if env.is_main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     summary["model_object"] = model
@@ -444,89 +598,117 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     net.train()
     set_bn_frozen(net, phase["freeze_bn"])
     it: Iterator = iter(loader)
-    window = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, count, non-finite
-    epoch_totals = torch.zeros(3, dtype=torch.float64)
+    # Sums since the last metrics record and over the epoch: part of the run's state (a
+    # checkpoint carries them), so that records and epoch lines after a resume are exact.
+    window, epoch_totals = state.window, state.epoch_totals
+    if pos.step_in_epoch == 0:
+        epoch_totals.zero_()
     t_window, wait_window, steps_run = time.perf_counter(), 0.0, 0
     while pos.step_in_epoch < steps:
         lr = lr_at(cfg, phase, pos.epoch + pos.step_in_epoch / steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         step_stats = torch.zeros(4, dtype=torch.float64)
-        for j in range(acc):
-            t0 = time.perf_counter()
-            x, y = next(it)
-            wait_window += time.perf_counter() - t0
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            sync = (net.no_sync() if env.distributed and j < acc - 1
-                    else contextlib.nullcontext())
-            with sync:
-                with _autocast(cfg, env.device):
-                    out = net(x)
-                    loss = F.cross_entropy(out.float(), y, label_smoothing=o["label_smoothing"])
-                scaler.scale(loss / acc).backward()
-            value = loss.item()
-            finite = math.isfinite(value)
-            step_stats += torch.tensor([value * len(y) if finite else 0.0,
-                                        (out.argmax(1) == y).sum().item(), len(y),
-                                        0.0 if finite else 1.0], dtype=torch.float64)
-        step_stats = all_reduce_sum(step_stats.to(env.device if env.device.type == "cuda"
-                                                  else "cpu")).cpu()
-        if step_stats[3] > 0:
+        saved: list[torch.Tensor] | None = None
+        try:
+            # Forward changes the BN running statistics: kept, to be put back if this step
+            # does not finish (an interrupt, a non-finite loss, a failing batch).
+            saved = _copy_buffers(model)
+            for j in range(acc):
+                fault_point("data")
+                t0 = time.perf_counter()
+                x, y = next(it)
+                wait_window += time.perf_counter() - t0
+                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                sync = (net.no_sync() if env.distributed and j < acc - 1
+                        else contextlib.nullcontext())
+                with sync:
+                    with _autocast(cfg, env.device):
+                        out = net(x)
+                        fault_point("forward")
+                        loss = F.cross_entropy(out.float(), y,
+                                               label_smoothing=o["label_smoothing"])
+                    scaler.scale(loss / acc).backward()
+                fault_point("backward")
+                value = loss.item()
+                finite = math.isfinite(value)
+                step_stats += torch.tensor([value * len(y) if finite else 0.0,
+                                            (out.argmax(1) == y).sum().item(), len(y),
+                                            0.0 if finite else 1.0], dtype=torch.float64)
+            step_stats = all_reduce_sum(step_stats.to(env.device if env.device.type == "cuda"
+                                                      else "cpu")).cpu()
+            if step_stats[3] > 0:
+                raise NonFiniteLoss(f"loss is not finite at step {pos.global_step + 1} (phase "
+                                    f"{pos.phase + 1}, epoch {epochs_before + pos.epoch + 1}); "
+                                    "stopped, the last checkpoint is the last good one. Lower "
+                                    "optim.lr or set optim.clip_grad")
+        except BaseException:
+            if saved is not None:
+                _restore_buffers(model, saved)
             optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"loss is not finite at step {pos.global_step + 1} (phase "
-                                f"{pos.phase + 1}, epoch {epochs_before + pos.epoch + 1}); stopped, "
-                                "the last checkpoint is the last good one. Lower optim.lr or "
-                                "set optim.clip_grad")
-        if o["clip_grad"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        pos.step_in_epoch += 1
-        pos.global_step += 1
-        steps_run += 1
-        state.rng = _rng_state(env.device)
-        window += step_stats
-        epoch_totals += step_stats[:3]
-        if bar is not None:
-            bar.update(task, advance=1, stats=f"loss {step_stats[0] / step_stats[2]:.3f} "
-                                              f"lr {lr:.2e}")
-        if pos.global_step % cfg["train"]["log_every"] == 0 or pos.step_in_epoch == steps:
-            elapsed = time.perf_counter() - t_window
-            metrics.write({"epoch": epochs_before + pos.epoch + pos.step_in_epoch / steps,
-                           "step": pos.global_step, "split": "train",
-                           "loss": window[0].item() / window[2].item(),
-                           "top1": window[1].item() / window[2].item(), "lr": lr,
-                           "clips_per_s": window[2].item() / max(elapsed, 1e-9),
-                           "data_wait": wait_window / max(elapsed, 1e-9),
-                           "frames": phase["frames"]})
-            window.zero_()
-            t_window, wait_window = time.perf_counter(), 0.0
+            raise
+        # The step itself and its bookkeeping happen together or not at all: a signal that
+        # arrives in here takes effect after the metrics record (see interrupts.py).
+        with state.guard.deferred():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if o["clip_grad"] > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
+            scaler.step(optimizer)
+            fault_point("optimizer")
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            pos.step_in_epoch += 1
+            pos.global_step += 1
+            steps_run += 1
+            state.rng = _rng_state(env.device)
+            window += step_stats
+            epoch_totals += step_stats[:3]
+            if bar is not None:
+                bar.update(task, advance=1, stats=f"loss {step_stats[0] / step_stats[2]:.3f} "
+                                                  f"lr {lr:.2e}")
+            if pos.global_step % cfg["train"]["log_every"] == 0 or pos.step_in_epoch == steps:
+                elapsed = time.perf_counter() - t_window
+                metrics.write({"epoch": epochs_before + pos.epoch + pos.step_in_epoch / steps,
+                               "step": pos.global_step, "split": "train",
+                               "loss": window[0].item() / window[2].item(),
+                               "top1": window[1].item() / window[2].item(), "lr": lr,
+                               "clips_per_s": window[2].item() / max(elapsed, 1e-9),
+                               "data_wait": wait_window / max(elapsed, 1e-9),
+                               "frames": phase["frames"]})
+                window.zero_()
+                t_window, wait_window = time.perf_counter(), 0.0
         if stop_after_steps is not None and steps_before + steps_run >= stop_after_steps:
             return _epoch_stats(epoch_totals, steps_run, stopped=True)
     return _epoch_stats(epoch_totals, steps_run, stopped=False)
 
 
+def _copy_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of the model's buffers (BN running mean/var and batch counts: a few KB)."""
+    return [b.detach().clone() for b in model.buffers()]
+
+
+@torch.no_grad()
+def _restore_buffers(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    for b, v in zip(model.buffers(), saved):
+        b.copy_(v)
+
+
 def _epoch_stats(totals: torch.Tensor, steps_run: int, *, stopped: bool) -> dict[str, Any]:
-    n = max(totals[2].item(), 1.0)
-    return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
+    n = totals[2].item()
+    return {"loss": totals[0].item() / n if n else None,
+            "top1": totals[1].item() / n if n else None,
             "steps_run": steps_run, "stopped": stopped}
 
 
 def _print_epoch(epoch: int, train_stats: dict[str, float], val: dict[str, float] | None) -> None:
-    text = (f"epoch {epoch}: train loss {train_stats.get('loss', float('nan')):.4f} "
-            f"top-1 {100 * train_stats.get('top1', float('nan')):.1f}%")
+    if train_stats.get("loss") is None:
+        text = f"epoch {epoch}: train -"
+    else:
+        text = (f"epoch {epoch}: train loss {train_stats['loss']:.4f} "
+                f"top-1 {100 * train_stats['top1']:.1f}%")
     if val is not None:
-        text += (f" | val loss {val['loss']:.4f} top-1 {100 * val['top1']:.1f}% "
-                 f"top-5 {100 * val['top5']:.1f}%")
+        text += f" | val loss {val['loss']:.4f} top-1 {100 * val['top1']:.1f}%"
+        if val.get("top5") is not None:
+            text += f" top-5 {100 * val['top5']:.1f}%"
     print(text, flush=True)
 
-
-def _config_diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-        return out
-    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]

@@ -253,6 +253,7 @@ def visualize_correspondences(loaded: LoadedModel, clip: Clip, out_dir: str | Pa
     pts = parse_points(points) if points else None
     corr = module_correspondences(module, x, pts, num_points, tuple(x.shape[-2:]),
                                   run=lambda: loaded.model(x))
+    # Counted from 1 for people ("6 of 6" is the last); --module itself is a 0-based index.
     title = (f"{clip.name}: {loaded.name} CP module {name} "
-             f"({mods.index((name, module))} of {len(mods)}), k={corr.neighbours.shape[1]}")
+             f"({mods.index((name, module)) + 1} of {len(mods)}), k={corr.neighbours.shape[1]}")
     return draw_correspondences(clip, clip.frames, corr, Path(out_dir), title, animate)
