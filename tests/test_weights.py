@@ -434,8 +434,10 @@ def test_cli_refuses_a_partial_init_in_one_line_and_reports_an_allowed_one(
                        "--set", "data.frames=4", "--init", str(path))
     r = CliRunner().invoke(cli, args, prog_name="vcorr")
     assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    # one error line (the checks before the first step may print notes on stdout)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
+    assert all(ln.startswith("note: ") for ln in r.stdout.splitlines() if ln.strip())
     assert "stem.0.weight" in lines[0] and "SMART" in lines[0] and "Traceback" not in r.output
     r = CliRunner().invoke(cli, args + ["--partial-init"], prog_name="vcorr")
     assert r.exit_code == 0, r.output + repr(r.exception)
