@@ -261,13 +261,7 @@ def plan_load(model: nn.Module, wf: WeightsFile, *, classes: Sequence[str] | Non
 
     for key, value in source.items():
         if key in target:
-            want = target[key]
-            if value.shape == want.shape:
-                put(key, value, report.loaded)
-            elif (inflated := inflate(value, want.shape)) is not None:
-                put(key, inflated, report.inflated)
-            else:
-                report.skipped[key] = _shape_reason(value, want)
+            _put_conv(key, key, value, target, put, report)
             continue
         parent, _, leaf = key.rpartition(".")
         m = modules.get(parent)
@@ -324,14 +318,16 @@ def _shape_reason(value: torch.Tensor, want: torch.Tensor) -> str:
     return text
 
 
-def _put_conv(dst: str, src: str, value: torch.Tensor, target: Tensors, put, report: LoadReport) -> None:
+def _put_conv(dst: str, src: str, value: torch.Tensor, target: Tensors, put,
+              report: LoadReport) -> None:
+    """Model tensor ``dst`` from file tensor ``src``: copied, inflated, or skipped (why)."""
     want = target[dst]
     if value.shape == want.shape:
         put(dst, value, report.loaded)
     elif (inflated := inflate(value, want.shape)) is not None:
         put(dst, inflated, report.inflated)
     else:
-        report.skipped[src] = f"{_shape_reason(value, want)} (as {dst})"
+        report.skipped[src] = _shape_reason(value, want) + (f" (as {dst})" if dst != src else "")
 
 
 def _into_temporal_spatial(m: ConvTemporalSpatial, parent: str, key: str, value: torch.Tensor,
