@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Mapping, Sequence
 
-from torch import nn
 
 from models.artnet import smart_block, smart_conv
 from models.cp import CPModule

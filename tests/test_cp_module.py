@@ -10,7 +10,6 @@ out here with Python loops and explicit distances.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch

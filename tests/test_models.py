@@ -8,7 +8,6 @@ paper are in units of 2^20"). Big models are built on the ``meta`` device (shape
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
