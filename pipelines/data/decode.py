@@ -806,39 +806,29 @@ class _Handler(logging.Handler):
 
 
 _HANDLER = _Handler()
-_DEPTH = 0
 
 
 @contextmanager
 def capture_decoder_output() -> Iterator[_Log]:
     """Collect FFmpeg's messages (PyAV's log records and anything native code writes to
-    stderr, e.g. decord's bundled FFmpeg) into a list instead of the terminal.
-
-    Nested uses share the outermost capture's file descriptor redirection.
-    """
-    global _DEPTH
+    stderr, e.g. decord's bundled FFmpeg) into a list instead of the terminal."""
     _install_pyav_logging()
-    outer_sink = _HANDLER.sink
-    tmp = None
-    saved = None
-    if _DEPTH == 0:
-        try:
-            sys.stderr.flush()
-            tmp = tempfile.TemporaryFile()
-            saved = os.dup(2)
-            os.dup2(tmp.fileno(), 2)
-        except (OSError, ValueError):  # no usable stderr (closed, or not a file descriptor)
-            if tmp is not None:
-                tmp.close()
-            tmp, saved = None, None
+    tmp = saved = None
+    try:
+        sys.stderr.flush()
+        tmp = tempfile.TemporaryFile()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+    except (OSError, ValueError):  # no usable stderr (closed, or not a file descriptor)
+        if tmp is not None:
+            tmp.close()
+        tmp = saved = None
     log = _Log(tmp)
     _HANDLER.sink = log
-    _DEPTH += 1
     try:
         yield log
     finally:
-        _DEPTH -= 1
-        _HANDLER.sink = outer_sink
+        _HANDLER.sink = None
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
@@ -847,8 +837,6 @@ def capture_decoder_output() -> Iterator[_Log]:
             text = tmp.read().decode("utf-8", "replace")
             tmp.close()
             log.extend(line for line in text.splitlines() if line.strip())
-        if outer_sink is not None:
-            outer_sink.extend(log)
 
 
 _PYAV_LOGGING = False
