@@ -98,12 +98,6 @@ class Orientation:
             frame = np.rot90(frame, self.quarter_turns, axes=(h_axis, h_axis + 1))
         return frame
 
-    def describe(self) -> str:
-        turns = {0: "", 1: "rotated 90 ccw", 2: "rotated 180", 3: "rotated 90 cw"}
-        parts = (["mirrored"] if self.hflip else []) + (
-            [turns[self.quarter_turns]] if self.quarter_turns else [])
-        return ", ".join(parts) or "upright"
-
 
 # The eight display matrices a video can carry, by the signs of their linear part
 # (matrix[0], matrix[1], matrix[3], matrix[4]), and what FFmpeg's command line shows for each
