@@ -1,12 +1,46 @@
-"""``vcorr bench``: speed and memory benchmarks, printed as tables and optionally saved as JSON.
+"""``vcorr bench``: every speed and memory benchmark of vcorr, in one place.
 
-Each benchmark lives in its own module and is registered in ``_BENCHES``.
+Each subcommand parses its options, calls the benchmark in :mod:`pipelines.bench`, prints a
+table and, with ``--json FILE``, saves the numbers (written atomically).
 """
 from __future__ import annotations
 
-import importlib
+import json
+import os
+from typing import Any
 
 import click
+
+from pipelines.errors import UserError
+
+json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+                           help="Write the numbers to this JSON file.")
+synthetic_option = click.option(
+    "--synthetic", type=click.Path(file_okay=False), default=None,
+    help="Generate and prepare Kinetics-like videos in this folder and use them.")
+
+
+def _save_json(result: dict[str, Any], json_path: str | None) -> None:
+    """Write a benchmark's numbers to JSON_PATH (atomically), if one was given."""
+    if json_path:
+        from pipelines.fileio import write_atomic
+
+        write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+
+
+def _data_folder(data: str | None, synthetic: str | None, name: str = "DATA") -> str:
+    """The prepared folder to benchmark: DATA, or a synthetic one made in SYNTHETIC.
+
+    Raises:
+        UserError: neither was given.
+    """
+    if synthetic:
+        from pipelines.bench.loader import make_synthetic_dataset
+
+        return str(make_synthetic_dataset(synthetic))
+    if not data:
+        raise UserError(f"give {name} (a prepared folder) or --synthetic DIR")
+    return data
 
 
 class _BenchGroup(click.Group):
@@ -25,21 +59,439 @@ def bench() -> None:
       vcorr bench shards /tmp/many_shards
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
+      vcorr bench correlation --json bench_correlation.json
       vcorr bench train data/k400_12 --model c2d_r18
       vcorr bench eval data/k400_12 --model c2d_r18 --clips 25 --crops 10
     """
 
 
-_BENCHES: list[tuple[str, str]] = [
-    ("vcorr_cli.bench_data", "loader"),
-    ("vcorr_cli.bench_data", "prepare_bench"),
-    ("vcorr_cli.bench_data", "shards"),
-    ("vcorr_cli.bench_models", "knn"),
-    ("vcorr_cli.bench_models", "models"),
-    ("vcorr_cli.bench_corr", "correlation"),
-    ("vcorr_cli.bench_train", "train"),
-    ("vcorr_cli.bench_eval", "eval"),
-]
+@bench.command()
+@click.argument("out", type=click.Path(file_okay=False), required=False)
+@click.option("--synthetic", type=click.Path(file_okay=False), default=None,
+              help="Generate Kinetics-like videos (320x240, 30 fps, 10 s) in this folder, "
+                   "prepare them with --every 4 --short-side 128, and benchmark that.")
+@click.option("--clips", default=200, show_default=True, help="Clips to time per method.")
+@click.option("--frames", default=8, show_default=True, help="Frames per clip.")
+@click.option("--interval", default=1, show_default=True, help="Interval between frames.")
+@json_option
+def loader(out: str | None, synthetic: str | None, clips: int, frames: int, interval: int,
+           json_path: str | None) -> None:
+    """Clips/s per core: shard loader vs decord on the fly vs the JPEG-decode floor.
 
-for _module, _name in _BENCHES:
-    bench.add_command(getattr(importlib.import_module(_module), _name))
+    OUT is a folder written by 'vcorr prepare' whose source videos are still in place.
+
+    \b
+    Examples:
+      vcorr bench loader data/k400_12 --json bench_loader.json
+      vcorr bench loader --synthetic /tmp/bench_data --json bench_loader.json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.loader import bench_loader
+
+    out = _data_folder(out, synthetic, "OUT")
+    r = bench_loader(out, clips=clips, frames=frames, interval=interval)
+    t = Table(title=f"loader: {clips} clips of {frames} frames, "
+                    f"{r['frame_size'][0]}x{r['frame_size'][1]}, 1 thread ({os.cpu_count()} "
+                    "cores on this machine)")
+    t.add_column("method")
+    t.add_column("clips/s per core", justify="right")
+    t.add_column("vs shard loader", justify="right")
+    for name, key in (("shard loader (HDF5 read + JPEG decode)", "shard_clips_per_s"),
+                      ("shard loader + training augmentation", "shard_augmented_clips_per_s"),
+                      ("JPEG decode only (floor)", "jpeg_floor_clips_per_s"),
+                      ("decord from source video", "decord_clips_per_s")):
+        t.add_row(name, f"{r[key]:.1f}", f"{r[key] / r['shard_clips_per_s']:.2f}x")
+    Console().print(t)
+    click.echo(f"shard loader is {r['shard_vs_decord']:.1f}x decord (target >= 10x); the floor "
+               f"is {r['floor_vs_shard']:.2f}x the shard loader (target <= 1.5x)")
+    _save_json(r, json_path)
+
+
+@bench.command(name="prepare")
+@click.argument("video_dir", type=click.Path(file_okay=False))
+@click.option("--workers", default=2, show_default=True,
+              help="Workers of the parallel run (prepare --workers N; N ffmpeg at a time).")
+@click.option("--every", default=1, show_default=True, help="Keep every N-th frame.")
+@click.option("--short-side", default=128, show_default=True, help="Stored short side (px).")
+@click.option("--quality", default=90, show_default=True, help="prepare's JPEG quality.")
+@click.option("--qscale", default=3, show_default=True,
+              help="ffmpeg's -q:v (its own JPEG scale; bytes per frame are reported).")
+@click.option("--repeats", default=2, show_default=True, help="Timed rounds (best kept).")
+@json_option
+def prepare_bench(video_dir: str, workers: int, every: int, short_side: int, quality: int,
+                  qscale: int, repeats: int, json_path: str | None) -> None:
+    """Videos/s and frames/s per core: 'vcorr prepare' vs the ffmpeg command line.
+
+    Every video under VIDEO_DIR is decoded, downsampled (--every), resized to --short-side and
+    stored as JPEG, by 'vcorr prepare' (--workers 1 and N) and by one ffmpeg process per video
+    with one thread (one and N at a time), in the same run.
+
+    \b
+    Examples:
+      vcorr bench prepare my_videos/ --workers 2 --json bench_prepare.json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.prepare import bench_prepare
+
+    r = bench_prepare(video_dir, workers=workers, every=every, short_side=short_side,
+                      quality=quality, qscale=qscale, repeats=repeats)
+    t = Table(title=f"prepare: {r['videos']} videos, {r['frames_kept']} frames kept, short side "
+                    f"{short_side} px, JPEG ({r['cpu_count']} cores on this machine)")
+    for col in ("method", "seconds", "videos/s", "frames/s", "frames/s per core"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    names = {"prepare_workers_1": "vcorr prepare --workers 1 (command, start-up included)",
+             f"prepare_workers_{workers}": f"vcorr prepare --workers {workers}",
+             "ffmpeg_parallel_1": "ffmpeg command line, one at a time, 1 thread",
+             f"ffmpeg_parallel_{workers}": f"ffmpeg command line, {workers} at a time"}
+    for key, name in names.items():
+        x = r["rates"][key]
+        t.add_row(name, f"{x['seconds']:.2f}", f"{x['videos_per_s']:.2f}",
+                  f"{x['frames_per_s']:.0f}", f"{x['frames_per_s_per_core']:.0f}")
+    Console().print(t)
+    inside = r["prepare_seconds_inside"]
+    click.echo("time inside prepare (after start-up): " + ", ".join(
+        f"--workers {k.rsplit('_', 1)[1]}: {v:.2f} s" for k, v in inside.items()))
+    click.echo("prepare vs ffmpeg (>1: prepare faster): " + ", ".join(
+        f"{n} at a time: {v:.2f}x (after start-up {r['prepare_inside_vs_ffmpeg'][n]:.2f}x)"
+        for n, v in r["prepare_vs_ffmpeg"].items())
+        + f"; --workers {workers} is {r['workers_speedup']:.2f}x --workers 1")
+    click.echo("bytes per stored frame: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in r["bytes_per_frame"].items()))
+    _save_json(r, json_path)
+
+
+@bench.command(name="shards")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--shards", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Shards to write (2 videos of 4 tiny frames each) if FOLDER has no index.")
+@click.option("--max-open", default=None, type=click.IntRange(min=1),
+              help="Shard handles the reader keeps open [default: the loader's bound].")
+@json_option
+def shards(folder: str, shards: int, max_open: int | None, json_path: str | None) -> None:
+    """Open files and resident memory of one loader process walking many shards.
+
+    Writes a dataset of --shards tiny shards into FOLDER (unless it holds one already), reads
+    one clip of every video in shard order, and prints open file descriptors and RSS every
+    100 shards: with the reader's bound both stay flat; --max-open equal to --shards shows
+    the unbounded reader for comparison.
+
+    \b
+    Examples:
+      vcorr bench shards /tmp/many_shards
+      vcorr bench shards /tmp/many_shards --max-open 1000
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.shards import make_many_shards, walk_shards
+    from pipelines.data.shards import MAX_OPEN_SHARDS
+
+    if not (Path(folder) / "index.csv").is_file():
+        make_many_shards(folder, shards)
+    r = walk_shards(folder, max_open=max_open or MAX_OPEN_SHARDS)
+    t = Table(title=f"{r['videos']} videos in {r['shards']} shards, reader keeps "
+                    f"{r['max_open']} open")
+    for col in ("shards walked", "open fds", "RSS MiB", "open shards", "cached offsets"):
+        t.add_column(col, justify="right")
+    for walked, fds, rss, n_open, n_off in r["samples"]:
+        t.add_row(str(walked), str(fds), f"{rss:.1f}", str(n_open), str(n_off))
+    Console().print(t)
+    click.echo(f"from {r['samples'][1][0]} to {r['shards']} shards: open fds "
+               f"{r['fds_growth']:+d}, RSS {r['rss_growth_mib']:+.1f} MiB")
+    _save_json(r, json_path)
+
+_THREADS_HELP = ("torch intra-op threads during the run (0: torch's default). 1 gives per-core "
+                 "numbers, the least disturbed on a shared machine.")
+
+
+@bench.command()
+@click.option("--batch", default=8, show_default=True, help="Clips B.")
+@click.option("--channels", default=128, show_default=True, help="Feature channels C.")
+@click.option("--frames", default=8, show_default=True, help="Frames T.")
+@click.option("--size", default=28, show_default=True, help="Height and width H = W of the maps.")
+@click.option("-k", "--k", "k", default=8, show_default=True, help="Neighbours per position.")
+@click.option("--repeats", default=3, show_default=True,
+              help="Timed rounds of the floor and the chunked k-NN (interleaved).")
+@click.option("--naive-repeats", default=1, show_default=True,
+              help="Timed runs of the naive (B, N, N) k-NN.")
+@click.option("--threads", default=1, show_default=True, help=_THREADS_HELP)
+@json_option
+def knn(batch: int, channels: int, frames: int, size: int, k: int, repeats: int,
+        naive_repeats: int, threads: int, json_path: str | None) -> None:
+    """CP module k-NN: chunked vs the naive B*N^2 distance matrix vs the bare matmul floor
+    (time, peak memory, same neighbours). Defaults: B=8, C=128, 8x28x28 positions, k=8.
+
+    The floor is torch.bmm of (B,N,C)x(B,C,N) into a preallocated output. Needs memory for
+    about four B*N^2 float32 matrices (5 GB at the defaults) for the naive run.
+
+    \b
+    Examples:
+      vcorr bench knn
+      vcorr bench knn --json bench_knn.json
+      vcorr bench knn --batch 2 --size 14 --repeats 5
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.models import bench_knn
+
+    console = Console()
+    with console.status("benchmarking the k-NN") as status:
+        r = bench_knn(batch=batch, channels=channels, frames=frames, size=size, k=k,
+                      repeats=repeats, naive_repeats=naive_repeats, threads=threads,
+                      progress=lambda msg: status.update(msg))
+    mib = 1 << 20
+    t = Table(title=f"k-NN (k={k}, other frames only), B={batch} C={channels} "
+                    f"N={frames}x{size}x{size}={r['positions']}, {r['threads']} thread(s)")
+    for name in ("method", "best ms", "median ms", "t/floor", "peak MiB", "m/naive matrix"):
+        t.add_column(name, justify="left" if name == "method" else "right")
+    floor = r["floor_best_s"]
+    matrix = r["naive_matrix_bytes"]
+    t.add_row("chunked" + (" (oneDNN matmul)" if r["onednn"] else ""),
+              f"{r['chunked_best_s'] * 1e3:.1f}", f"{r['chunked_median_s'] * 1e3:.1f}",
+              f"{r['time_ratio_vs_matmul']:.2f}", f"{r['chunked_peak_bytes'] / mib:.1f}",
+              f"{r['peak_memory_ratio_vs_naive']:.4f}")
+    if r["onednn"]:
+        t.add_row("chunked (BLAS only)", f"{r['chunked_blas_best_s'] * 1e3:.1f}",
+                  f"{r['chunked_blas_median_s'] * 1e3:.1f}",
+                  f"{r['blas_time_ratio_vs_matmul']:.2f}", "", "")
+    t.add_row("naive B*N^2 matrix", f"{r['naive_best_s'] * 1e3:.1f}",
+              f"{r['naive_median_s'] * 1e3:.1f}", f"{r['naive_best_s'] / floor:.2f}",
+              f"{r['naive_peak_bytes'] / mib:.1f}", f"{r['naive_peak_bytes'] / matrix:.2f}")
+    t.add_row("floor: torch.bmm alone", f"{floor * 1e3:.1f}", f"{r['floor_median_s'] * 1e3:.1f}",
+              "1", f"{matrix / mib:.1f}", "1")
+    console.print(t)
+    a = r["agreement"]
+    click.echo(f"same neighbours as the naive matrix: {r['same_neighbours']} "
+               f"({a['rows_identical']} of {a['rows']} rows identical; "
+               f"{a['rows_differing']} differ, {a['rows_differing_beyond_float32_ties']} beyond "
+               f"float32 ties)")
+    click.echo(f"time {r['time_ratio_vs_matmul']:.2f}x the matmul floor (target <= "
+               f"{r['targets']['time_ratio_vs_matmul']}x; median "
+               f"{r['time_ratio_vs_matmul_median']:.2f}x); peak memory "
+               f"{r['peak_memory_ratio_vs_naive']:.4f} of the naive matrix's "
+               f"{matrix / mib:.0f} MiB (target <= 1/8); targets met: {r['targets_met']}")
+    click.echo(f"memory: {r['memory_method']}")
+    _save_json(r, json_path)
+
+
+@bench.command()
+@click.option("--models", "model_list", default="cpnet_r18,c2d_r18", show_default=True,
+              help="Comma-separated registered models; ratios are against the last one.")
+@click.option("--frames", default=8, show_default=True, help="Frames per clip.")
+@click.option("--size", default=112, show_default=True, help="Height and width of the clips.")
+@click.option("--batch", default=4, show_default=True, help="Clips per training step.")
+@click.option("--repeats", default=5, show_default=True,
+              help="Timed steps per model (interleaved across models).")
+@click.option("--threads", default=1, show_default=True, help=_THREADS_HELP)
+@json_option
+def models(model_list: str, frames: int, size: int, batch: int, repeats: int, threads: int,
+           json_path: str | None) -> None:
+    """Training step (forward, cross-entropy, backward) time and peak memory of registered
+    models on CPU; by default CPNet ResNet-18 vs its C2D baseline at 8x112x112.
+
+    \b
+    Examples:
+      vcorr bench models
+      vcorr bench models --json bench_models.json
+      vcorr bench correlation --json bench_correlation.json
+      vcorr bench models --models cpnet_r18,nl_c2d_r18,c2d_r18 --batch 2 --repeats 3
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.models import bench_models, parse_model_list
+
+    names = parse_model_list(model_list)
+    console = Console()
+    with console.status("benchmarking models") as status:
+        r = bench_models(names, frames=frames, size=size, batch=batch, repeats=repeats,
+                         threads=threads, progress=lambda msg: status.update(msg))
+    mib = 1 << 20
+    t = Table(title=f"training step on CPU, batch {batch} x {frames}x{size}x{size}, "
+                    f"{r['threads']} thread(s), {repeats} runs; base = {r['baseline']}")
+    for name in ("model", "params M", "best ms", "median ms", "t/base", "peak MiB", "m/base"):
+        t.add_column(name, justify="left" if name == "model" else "right")
+    for name in names:
+        row = r["results"][name]
+        t.add_row(name, f"{row['params'] / 1e6:.2f}", f"{row['step_best_s'] * 1e3:.0f}",
+                  f"{row['step_median_s'] * 1e3:.0f}", f"{row['time_ratio']:.2f}",
+                  f"{row['peak_bytes'] / mib:.0f}", f"{row['peak_memory_ratio']:.2f}")
+    console.print(t)
+    click.echo(f"{names[0]} step = {r['time_ratio']:.2f}x {r['baseline']} (median "
+               f"{r['time_ratio_median']:.2f}x; target <= {r['target_time_ratio']}x): "
+               f"{'met' if r['targets_met'] else 'not met'}; peak memory "
+               f"{r['peak_memory_ratio']:.2f}x")
+    click.echo(f"memory: {r['memory_method']}")
+    _save_json(r, json_path)
+
+
+@bench.command()
+@click.option("--batch", default=2, show_default=True, help="Clips per batch.")
+@click.option("--channels", default=64, show_default=True, help="Input channels C.")
+@click.option("--frames", default=8, show_default=True, help="Frames T.")
+@click.option("--size", default=56, show_default=True, help="Height and width of the maps.")
+@click.option("--kernel-size", default=7, show_default=True, help="Displacement grid K (odd).")
+@click.option("--dilation", default=2, show_default=True, help="Dilation D of the grid.")
+@click.option("--group-size", default=32, show_default=True,
+              help="Channels per group (G = channels / group size).")
+@click.option("--repeats", default=5, show_default=True, help="Timed runs of our operator.")
+@click.option("--unfold-repeats", default=3, show_default=True,
+              help="Timed runs of the unfold baseline.")
+@json_option
+def correlation(batch: int, channels: int, frames: int, size: int, kernel_size: int,
+                dilation: int, group_size: int, repeats: int, unfold_repeats: int,
+                json_path: str | None) -> None:
+    """Correlation operator vs the unfold formulation: forward+backward time, peak memory,
+    error, and the distance from the arithmetic floor. Defaults: CorrNet-26 res2.
+
+    \b
+    Examples:
+      vcorr bench correlation
+      vcorr bench correlation --json bench_correlation.json
+      vcorr bench correlation --channels 128 --frames 4 --size 28 --repeats 10
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.correlation import (
+        CorrelationBenchConfig,
+        run_correlation_bench,
+    )
+
+    cfg = CorrelationBenchConfig(batch=batch, channels=channels, frames=frames, size=size,
+                                 kernel_size=kernel_size, dilation=dilation,
+                                 group_size=group_size, repeats=repeats,
+                                 unfold_repeats=unfold_repeats)
+    cfg.validate()
+    console = Console()
+    with console.status("benchmarking") as status:
+        r = run_correlation_bench(cfg, progress=lambda msg: status.update(msg))
+
+    mib = 1 << 20
+    t = Table(title=f"correlation forward+backward, B={batch} C={channels} T={frames} "
+                    f"{size}x{size} K={kernel_size} D={dilation} G={cfg.groups}, "
+                    f"{r['threads']} threads")
+    # Ratios: time / unfold's, peak memory / unfold's, time / floor's.
+    for name in ("method", "best ms", "median ms", "peak MiB", "t/unfold", "m/unfold",
+                 "t/floor"):
+        t.add_column(name, justify="left" if name == "method" else "right")
+    t.add_row("ours", f"{r['ours_best_s'] * 1e3:.1f}", f"{r['ours_median_s'] * 1e3:.1f}",
+              f"{r['ours_peak_bytes'] / mib:.1f}", f"{1 / r['speedup_vs_unfold']:.3f}",
+              f"{r['peak_memory_ratio_vs_unfold']:.4f}", f"{r['ours_vs_floor']:.2f}")
+    t.add_row("unfold", f"{r['unfold_best_s'] * 1e3:.1f}", f"{r['unfold_median_s'] * 1e3:.1f}",
+              f"{r['unfold_peak_bytes'] / mib:.1f}", "1", "1", f"{r['unfold_vs_floor']:.2f}")
+    t.add_row("floor", f"{r['floor_s'] * 1e3:.1f}", "", "", "", "", "1")
+    t.add_row("floor, cache", f"{r['floor_in_cache_s'] * 1e3:.1f}", "", "", "", "",
+              f"{r['floor_in_cache_s'] / r['floor_s']:.2f}")
+    console.print(t)
+    click.echo(
+        f"speed-up {r['speedup_vs_unfold']:.1f}x (target >= 3x; best of runs, median "
+        f"{r['speedup_vs_unfold_median']:.1f}x); peak memory {r['peak_memory_ratio_vs_unfold']:.4f}"
+        f" of unfold's (target <= 0.1), {r['ours_peak_vs_output']:.1f}x the output's size")
+    click.echo(f"max abs error vs unfold: output {r['max_abs_error']:.2e}, "
+               f"gradients {r['max_abs_grad_error']:.2e}")
+    click.echo(
+        f"floor: {r['multiply_adds'] / 1e9:.2f} G multiply-adds (fwd + 3 bwd terms) at "
+        f"{r['fma_per_s_large'] / 1e9:.2f} G/s (one large addcmul_) = {r['floor_s'] * 1e3:.1f} ms;"
+        f" ours takes {r['ours_vs_floor']:.2f}x it; in-cache rate {r['fma_per_s_in_cache'] / 1e9:.2f}"
+        f" G/s gives {r['floor_in_cache_s'] * 1e3:.1f} ms ({r['ours_vs_floor_in_cache']:.2f}x)")
+    click.echo(f"memory: {r['memory_method']}")
+    _save_json(r, json_path)
+
+
+@bench.command()
+@click.argument("data", type=click.Path(file_okay=False), required=False)
+@synthetic_option
+@click.option("--model", default="c2d_r18", show_default=True, help="Registered model name.")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--crop", default=112, show_default=True)
+@click.option("--batch", default=8, show_default=True, help="Clips per step.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
+@click.option("--steps", default=12, show_default=True, help="Timed steps (after 2 warm-up).")
+@json_option
+def train(data: str | None, synthetic: str | None, model: str, frames: int, crop: int,
+          batch: int, workers: int, steps: int, json_path: str | None) -> None:
+    """Training clips/s and the share of step time spent waiting for data.
+
+    DATA is a folder written by 'vcorr prepare' (frames at least CROP px on the short side).
+
+    \b
+    Examples:
+      vcorr bench train data/k400_12 --model c2d_r18 --json bench_train.json
+      vcorr bench train --synthetic /tmp/bench_data --model cpnet_r18 --workers 1
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.train import bench_train
+
+    data = _data_folder(data, synthetic)
+    r = bench_train(data, model, frames=frames, crop=crop, batch=batch, workers=workers,
+                    steps=steps)
+    t = Table(title=f"train {model}: {batch} x {frames}x{crop}x{crop} clips, {workers} "
+                    f"worker(s), {r['torch_threads']} torch threads, {r['device']}")
+    for col in ("clips/s", "step s (median)", "data wait share", "target"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{r['clips_per_s']:.2f}", f"{r['step_s_median']:.3f}",
+              f"{100 * r['data_wait_share']:.1f}%", "< 10%" + (" met" if r["target_met"] else " MISSED"))
+    Console().print(t)
+    _save_json(r, json_path)
+
+
+@bench.command(name="eval")
+@click.argument("data", type=click.Path(file_okay=False), required=False)
+@synthetic_option
+@click.option("--split", default=None, help="Split to read [default: val if present].")
+@click.option("--model", default="c2d_r18", show_default=True, help="Registered model name.")
+@click.option("--clips", default=25, show_default=True)
+@click.option("--crops", default="10", show_default=True, type=click.Choice(["1", "3", "6", "10"]))
+@click.option("--frames", default=8, show_default=True)
+@click.option("--crop", default=112, show_default=True)
+@click.option("--short-side", default=128, show_default=True, help="0 keeps the stored size.")
+@click.option("--max-views-per-batch", "max_views", default=50, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--videos", default=16, show_default=True, help="Timed videos (after warm-up).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@json_option
+def eval_bench(data: str | None, synthetic: str | None, split: str | None, model: str,
+               clips: int, crops: str, frames: int, crop: int, short_side: int, max_views: int,
+               workers: int, videos: int, device: str | None, json_path: str | None) -> None:
+    """Multi-view evaluation videos/s and the share of time spent outside the model (waiting
+    for data, building views, moving them) -- target <= 15% at 25 clips x 10 crops.
+
+    DATA is a folder written by 'vcorr prepare' (frames at least CROP px on the short side
+    after --short-side). The model is randomly initialised: only its speed matters.
+
+    \b
+    Examples:
+      vcorr bench eval data/k400_12 --model c2d_r18 --json bench_eval.json
+      vcorr bench eval --synthetic /tmp/bench_data --clips 10 --crops 3 --videos 8
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.eval import bench_eval
+
+    data = _data_folder(data, synthetic)
+    r = bench_eval(data, model, split=split, clips=clips, crops=int(crops), frames=frames,
+                   crop=crop, short_side=short_side or None, max_views=max_views,
+                   workers=workers, videos=videos, device=device)
+    t = Table(title=f"eval {model}: {clips} clips x {crops} crops of {frames}x{crop}x{crop}, "
+                    f"{r['videos']} videos, {workers} worker(s), {r['device']}")
+    for col in ("videos/s", "views/s", "model s", "views s", "data wait s", "outside model",
+                "target"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{r['videos_per_s']:.2f}", f"{r['views_per_s']:.0f}", f"{r['model_s']:.2f}",
+              f"{r['views_s']:.2f}", f"{r['data_wait_s']:.2f}",
+              f"{100 * r['overhead_share']:.1f}%",
+              "<= 15%" + (" met" if r["target_met"] else " MISSED"))
+    Console().print(t)
+    _save_json(r, json_path)
+
