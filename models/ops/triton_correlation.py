@@ -51,7 +51,7 @@ from torch import Tensor
 __all__ = ["DTYPES", "backward", "check_inputs", "forward", "interpreting"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # fp64 stays on the PyTorch path
-MAX_BLOCK_C = 32        # channels per program block (forward: per reduction step)
+MAX_BLOCK_C = 32        # channels per program block (forward: per reduction step); powers of 2
 MAX_BLOCK_HW_FWD = 128  # pixels per forward program
 MAX_BLOCK_HW_BWD = 64   # pixels per backward program (it holds three channel x pixel blocks)
 NUM_WARPS = 4
