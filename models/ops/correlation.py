@@ -28,10 +28,19 @@ forward keeps one zero-padded copy of the input and loops over the K*K displacem
 shifted *view* of it; the backward recomputes the products instead of storing them. Work is
 done in blocks of frames sized to stay in the CPU cache, so the K*K passes over a block hit
 cache rather than DRAM.
+
+Backends: this file is the PyTorch implementation, the CPU path and the reference. On CUDA
+tensors (fp32/fp16/bf16) the Triton kernels of :mod:`models.ops.triton_correlation` run
+instead when ``triton`` imports. ``correlation(..., backend=...)`` chooses per call:
+``"auto"`` (that rule), ``"torch"`` or ``"triton"``; ``backend=None`` takes the module default
+:data:`DEFAULT_BACKEND`, set from the environment variable ``VCORR_CORRELATION``
+(``auto``/``torch``/``triton``, default ``auto``) at import and changed by
+:func:`set_default_backend`.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,18 +49,25 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "BACKENDS",
     "DenseCorrelation",
     "LearnableCorrelation",
     "correlation",
     "corrnet_correlation",
     "dcf_correlation",
     "dcf_offsets",
+    "set_default_backend",
 ]
 
 # Elements (frames x channels x pixels) per block: ~2 MiB of fp32 per operand keeps the three
 # operands of a displacement step (query block, shifted view, product buffer) inside the L3 cache
 # while still giving each elementwise kernel enough work to spread over threads.
 _CPU_BLOCK_ELEMENTS = 1 << 19
+
+BACKENDS = ("auto", "torch", "triton")
+# The backend when a call names none; VCORR_CORRELATION=torch|triton|auto sets it per process.
+DEFAULT_BACKEND: str = os.environ.get("VCORR_CORRELATION", "auto").strip().lower() or "auto"
+_triton_module = None  # models.ops.triton_correlation once imported, False if triton is absent
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class _Config:
     clip_ends: str
     scale: float
     block_elements: int | None
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -268,6 +285,67 @@ def _backward(
     return grad_x, grad_w
 
 
+def _triton():
+    """The Triton kernels module, or ``None`` when ``triton`` does not import (tried once)."""
+    global _triton_module
+    if _triton_module is None:
+        try:
+            from models.ops import triton_correlation
+        except ImportError:
+            _triton_module = False
+        else:
+            _triton_module = triton_correlation
+    return _triton_module or None
+
+
+def set_default_backend(name: str) -> None:
+    """Set the backend of calls that name none (``"auto"``, ``"torch"`` or ``"triton"``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    global DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise ValueError(f"correlation backend must be one of {BACKENDS}, got {name!r}")
+    DEFAULT_BACKEND = name
+
+
+def _pick_backend(backend: str | None, x: Tensor, weight: Tensor | None) -> str:
+    """``"torch"`` or ``"triton"`` for this call (rule in the module doc).
+
+    Raises:
+        ValueError: unknown backend name, or ``"triton"`` for tensors the kernels do not take.
+        RuntimeError: ``"triton"`` asked for and ``triton`` does not import.
+    """
+    choice = DEFAULT_BACKEND if backend is None else backend
+    if choice not in BACKENDS:
+        source = "backend" if backend is not None else "VCORR_CORRELATION / DEFAULT_BACKEND"
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {choice!r}")
+    if choice == "torch":
+        return "torch"
+    if choice == "auto":
+        # Plain checks on device and dtype only, so the choice is static under torch.compile;
+        # CPU tensors never import triton.
+        if x.device.type != "cuda":
+            return "torch"
+        kernels = _triton()
+        dtypes = [x.dtype] + ([weight.dtype] if weight is not None else [])
+        if kernels is None or any(d not in kernels.DTYPES for d in dtypes):
+            return "torch"  # fp64 keeps its precision on the PyTorch path
+        return "triton"
+    kernels = _triton()
+    if kernels is None:
+        raise RuntimeError("correlation backend 'triton' needs the triton package, which "
+                           "does not import here")
+    kernels.check_inputs(x, weight)
+    return "triton"
+
+
+def _triton_args(cfg: _Config) -> dict:
+    return {"kernel_size": cfg.kernel_size, "groups": cfg.groups, "offsets": cfg.offsets,
+            "dilations": cfg.dilations, "clip_ends": cfg.clip_ends, "scale": cfg.scale}
+
+
 class _CorrelationFunction(torch.autograd.Function):
     """Autograd wrapper: saves only the inputs and recomputes products in backward."""
 
@@ -275,6 +353,8 @@ class _CorrelationFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor | None, cfg: _Config) -> Tensor:  # type: ignore[override]
         ctx.cfg = cfg
         ctx.save_for_backward(x, weight)
+        if cfg.backend == "triton":
+            return _triton().forward(x, weight, **_triton_args(cfg))
         return _forward(x, weight, cfg)
 
     @staticmethod
@@ -283,7 +363,12 @@ class _CorrelationFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         need_w = weight is not None and ctx.needs_input_grad[1]
-        grad_x, grad_w = _backward(x, weight, grad_out.contiguous(), ctx.cfg, need_x, need_w)
+        if ctx.cfg.backend == "triton":
+            grad_x, grad_w = _triton().backward(x, weight, grad_out, need_x=need_x,
+                                                need_w=need_w, **_triton_args(ctx.cfg))
+        else:
+            grad_x, grad_w = _backward(x, weight, grad_out.contiguous(), ctx.cfg, need_x,
+                                       need_w)
         return grad_x, grad_w, None
 
 
@@ -298,6 +383,7 @@ def correlation(
     clip_ends: str = "self",
     scale: float | None = None,
     block_elements: int | None = None,
+    backend: str | None = None,
 ) -> Tensor:
     """General groupwise, optionally weighted, spatio-temporal correlation (see module doc).
 
@@ -314,11 +400,22 @@ def correlation(
         clip_ends: ``"self"``: a frame whose partner lies outside the clip is matched with
             itself (CorrNet); ``"zero"``: with a zero frame, giving zero output (DCF).
         scale: factor on the group sums; default ``1 / (C/G)`` (the group mean, CorrNet Eq. 1).
-        block_elements: frames x channels x pixels processed per block (cache tuning);
-            default chosen per device.
+        block_elements: frames x channels x pixels processed per block (cache tuning of
+            the PyTorch path); default chosen per device.
+        backend: ``"auto"`` (Triton kernels for CUDA tensors in fp32/fp16/bf16 when
+            ``triton`` imports, else PyTorch), ``"torch"`` (this module's operator, any
+            device) or ``"triton"`` (:mod:`models.ops.triton_correlation`; CUDA tensors, or
+            CPU tensors under ``TRITON_INTERPRET=1``); ``None``: :data:`DEFAULT_BACKEND`
+            (environment variable ``VCORR_CORRELATION``). Same values and gradients up to
+            fp32 rounding; Triton sums fp16/bf16 inputs in fp32 and returns x's dtype.
 
     Shape:
         (B, C, T, H, W) -> (B, len(offsets) * G * K * K, T, H, W).
+
+    Raises:
+        ValueError: bad shapes or arguments, an unknown backend, or ``"triton"`` for tensors
+            the kernels do not take (CPU without the interpreter, fp64, mixed devices).
+        RuntimeError: ``backend="triton"`` and ``triton`` does not import.
     """
     if x.dim() != 5:
         raise ValueError(f"correlation expects (B, C, T, H, W), got shape {tuple(x.shape)}")
@@ -347,7 +444,7 @@ def correlation(
     if scale is None:
         scale = 1.0 / (channels // groups)
     cfg = _Config(kernel_size, groups, offsets, dilations, clip_ends, float(scale),
-                  block_elements)
+                  block_elements, _pick_backend(backend, x, weight))
     return _CorrelationFunction.apply(x, weight, cfg)
 
 
