@@ -5,12 +5,17 @@ views are cut from it on the device (:func:`pipelines.evaluate.views.build_views
 to float and normalised, and queued. Views of several videos share a forward pass up to
 ``max_views`` views (a video's views may also span passes); once every view of a video has
 been through the model, its stacked outputs are reduced (e.g. averaged softmax) and handed on.
+:class:`Prefetched` lets the loop run a part-filled batch whenever the next video is not ready
+yet, so the model never idles while the loader's workers decode.
 """
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -117,3 +122,48 @@ class ViewBatcher:
                 del self._left[key]
                 outputs = torch.cat(self._partial.pop(key))
                 self.on_done(key, self.reduce(outputs, self._flips.pop(key)))
+
+
+class Prefetched:
+    """The items of ``loader`` (a DataLoader) taken by a background thread, so that the
+    consumer can tell whether the next one is :meth:`ready` without waiting for it. With
+    ``workers=0`` the items are made by the consumer's own thread when asked for (a
+    background thread would decode in this process, where the decoding layer captures
+    stderr): they are always "ready".
+    """
+
+    _END = object()
+
+    def __init__(self, loader: Iterable, workers: int) -> None:
+        self._it = iter(loader)
+        self._q: queue.Queue | None = None
+        if workers:
+            self._q = queue.Queue(maxsize=2)
+            threading.Thread(target=self._pull, daemon=True).start()
+
+    def _pull(self) -> None:
+        try:
+            for item in self._it:
+                self._q.put((item, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._q.put((None, exc))
+        self._q.put((self._END, None))
+
+    def ready(self) -> bool:
+        """Whether :meth:`next` would return at once."""
+        return self._q is None or not self._q.empty()
+
+    def next(self) -> Any:
+        """The next item (waits for it).
+
+        Raises:
+            StopIteration: no more items; any error of the loader.
+        """
+        if self._q is None:
+            return next(self._it)
+        item, exc = self._q.get()
+        if exc is not None:
+            raise exc
+        if item is self._END:
+            raise StopIteration
+        return item

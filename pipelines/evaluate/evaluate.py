@@ -31,7 +31,7 @@ from pipelines.data.inspect import read_classes, read_meta
 from pipelines.data.samplers import make_sampler
 from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
 from pipelines.errors import UserError
-from pipelines.evaluate.batcher import ViewBatcher
+from pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from pipelines.evaluate.views import CROP_CHOICES, average_views
 from pipelines.fileio import write_atomic
 from pipelines.outputs import check_folder, move_aside
@@ -194,11 +194,13 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
     failed: list[dict[str, Any]] = []
     waited = 0.0
     with torch.inference_mode():
-        it = iter(loader)
+        items = Prefetched(loader, workers)
         while True:
+            if not items.ready():
+                batcher.flush()  # the model works while the workers read the next videos
             t0 = time.perf_counter()
             try:
-                item = next(it)
+                item = items.next()
             except StopIteration:
                 break
             waited += time.perf_counter() - t0

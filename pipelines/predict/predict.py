@@ -33,7 +33,7 @@ from torch import nn
 from pipelines.data.inspect import read_meta
 from pipelines.data.transforms import SWAP_MAPS
 from pipelines.errors import UserError
-from pipelines.evaluate.batcher import ViewBatcher
+from pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from pipelines.evaluate.evaluate import clip_settings, view_geometry
 from pipelines.evaluate.views import CROP_CHOICES, average_views
 from pipelines.fileio import write_atomic
@@ -189,16 +189,19 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     threads = torch.get_num_threads()
     if device.type == "cpu" and workers:
         # The decoding workers need cores too: intra-op threads beyond the cores left make the
-        # model's OpenMP threads wait for each other (measured 2x slower on 2 cores, 1 worker).
+        # model's OpenMP threads wait for each other (`bench predict`, 2 cores, 1 worker:
+        # 1.4-2.0 videos/s with 2 threads, 2.9-3.1 with 1).
         torch.set_num_threads(max(1, min(threads, _cores() - workers)))
     model_threads = torch.get_num_threads()
     t_start = time.perf_counter()
     with torch.inference_mode():
-        it = iter(loader)
+        items = Prefetched(loader, workers)
         while True:
+            if not items.ready():
+                batcher.flush()  # the model works while the workers decode the next videos
             t0 = time.perf_counter()
             try:
-                item = next(it)
+                item = items.next()
             except StopIteration:
                 break
             waited += time.perf_counter() - t0
