@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -125,45 +125,51 @@ class ViewBatcher:
 
 
 class Prefetched:
-    """The items of ``loader`` (a DataLoader) taken by a background thread, so that the
-    consumer can tell whether the next one is :meth:`ready` without waiting for it. With
-    ``workers=0`` the items are made by the consumer's own thread when asked for (a
-    background thread would decode in this process, where the decoding layer captures
-    stderr): they are always "ready".
+    """Iterate over ``loader`` (a DataLoader) with a background thread taking its items, so
+    that ``on_idle`` (run a part-filled batch) is called whenever the next item is not there
+    yet, before waiting for it. ``waited``: seconds spent waiting (``on_idle`` excluded);
+    ``first``: seconds until the first item. With ``workers=0`` the items are made by the
+    consumer's own thread (a background thread would decode in this process, where the
+    decoding layer captures stderr) and ``on_idle`` is never called.
     """
 
     _END = object()
 
-    def __init__(self, loader: Iterable, workers: int) -> None:
-        self._it = iter(loader)
-        self._q: queue.Queue | None = None
-        if workers:
-            self._q = queue.Queue(maxsize=2)
-            threading.Thread(target=self._pull, daemon=True).start()
+    def __init__(self, loader: Iterable, workers: int,
+                 on_idle: Callable[[], None] = lambda: None) -> None:
+        self._loader, self._workers, self.on_idle = loader, workers, on_idle
+        self.waited, self.first = 0.0, None
 
-    def _pull(self) -> None:
+    def _pull(self, q: queue.Queue) -> None:
         try:
-            for item in self._it:
-                self._q.put((item, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._q.put((None, exc))
-        self._q.put((self._END, None))
+            for item in self._loader:
+                q.put((item, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            q.put((None, exc))
+        finally:
+            q.put((self._END, None))
 
-    def ready(self) -> bool:
-        """Whether :meth:`next` would return at once."""
-        return self._q is None or not self._q.empty()
+    def __iter__(self) -> Iterator[Any]:
+        start = time.perf_counter()
+        if not self._workers:
+            source = iter(self._loader)
 
-    def next(self) -> Any:
-        """The next item (waits for it).
-
-        Raises:
-            StopIteration: no more items; any error of the loader.
-        """
-        if self._q is None:
-            return next(self._it)
-        item, exc = self._q.get()
-        if exc is not None:
-            raise exc
-        if item is self._END:
-            raise StopIteration
-        return item
+            def get() -> tuple[Any, Exception | None]:
+                return next(source, self._END), None
+        else:
+            q: queue.Queue = queue.Queue(maxsize=2)
+            threading.Thread(target=self._pull, args=(q,), daemon=True).start()
+            get = q.get
+        while True:
+            if self._workers and q.empty():
+                self.on_idle()
+            t0 = time.perf_counter()
+            item, exc = get()
+            self.waited += time.perf_counter() - t0
+            if self.first is None:
+                self.first = time.perf_counter() - start
+            if exc is not None:
+                raise exc
+            if item is self._END:
+                return
+            yield item

@@ -192,18 +192,10 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
         num_workers=workers, collate_fn=_first, pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None)
     failed: list[dict[str, Any]] = []
-    waited = 0.0
+    # The model works on what it has while the workers read the next videos.
+    items = Prefetched(loader, workers, on_idle=batcher.flush)
     with torch.inference_mode():
-        items = Prefetched(loader, workers)
-        while True:
-            if not items.ready():
-                batcher.flush()  # the model works while the workers read the next videos
-            t0 = time.perf_counter()
-            try:
-                item = items.next()
-            except StopIteration:
-                break
-            waited += time.perf_counter() - t0
+        for item in items:
             idx = item["index"]
             error = item["error"]
             if item["clips"] is not None:
@@ -218,7 +210,7 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
         batcher.flush()
     if bar is not None:
         bar.close()
-    return {"dataset": ds, "failed": failed, "num_videos": n_videos, "data_wait": waited}
+    return {"dataset": ds, "failed": failed, "num_videos": n_videos, "data_wait": items.waited}
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -185,7 +185,6 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     loader = torch.utils.data.DataLoader(
         RawVideos(paths, inf.spec), batch_size=None, num_workers=workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-    waited, first = 0.0, None
     threads = torch.get_num_threads()
     if device.type == "cpu" and workers:
         # The decoding workers need cores too: intra-op threads beyond the cores left make the
@@ -194,19 +193,10 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
         torch.set_num_threads(max(1, min(threads, _cores() - workers)))
     model_threads = torch.get_num_threads()
     t_start = time.perf_counter()
+    # The model works on what it has while the workers decode the next videos.
+    items = Prefetched(loader, workers, on_idle=batcher.flush)
     with torch.inference_mode():
-        items = Prefetched(loader, workers)
-        while True:
-            if not items.ready():
-                batcher.flush()  # the model works while the workers decode the next videos
-            t0 = time.perf_counter()
-            try:
-                item = items.next()
-            except StopIteration:
-                break
-            waited += time.perf_counter() - t0
-            if first is None:
-                first = time.perf_counter() - t_start
+        for item in items:
             v = videos[item["video"]]
             if item.get("done"):
                 v.update(closed=True, emitted=item["groups"], info=item["info"])
@@ -229,8 +219,8 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     if bar is not None:
         bar.close()
     return {"videos": [videos[i] for i in range(len(paths))],
-            "timing": {"data": waited, **batcher.timing, "wall": wall,
-                       "first_item": first or 0.0},
+            "timing": {"data": items.waited, **batcher.timing, "wall": wall,
+                       "first_item": items.first or 0.0},
             "model_threads": model_threads, "views_per_group": batcher.views_per_video}
 
 
