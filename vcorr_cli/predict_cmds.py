@@ -9,7 +9,7 @@ from pipelines.errors import UserError
 
 _ROWS_SHOWN = 40
 
-_inputs = click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+_inputs = click.argument("inputs", nargs=-1, metavar="[INPUT]...", type=click.Path(path_type=Path))
 _fps = click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
                     help="Frame rate of the training data (prepare's --fps) [default: from the "
                          "checkpoint's data, else every frame].")

@@ -82,8 +82,10 @@ class FeatureTap:
 
 
 def reduce_views(outputs: torch.Tensor, clips: int, per_clip: bool) -> torch.Tensor:
-    """A video's (clips * crops, ...) view features (clip-major) -> the mean over all views
-    (...), or with ``per_clip`` over each clip's crops (clips, ...)."""
+    """A video's view features (clip-major) averaged over all views, or with ``per_clip``
+    over each clip's crops.
+
+    Shape: (clips * crops, ...) -> (...) or (clips, ...)."""
     if per_clip:
         return outputs.reshape(clips, -1, *outputs.shape[1:]).mean(dim=1)
     return outputs.mean(dim=0)

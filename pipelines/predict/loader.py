@@ -51,8 +51,10 @@ class ClipSpec:
 
 
 def resize_frames(frames: np.ndarray, short_side: int | None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) frames -> uint8 (N, 3, H', W'), the short side resized to
-    ``short_side`` (antialiased, as torchvision's ``v2.Resize(short_side)``)."""
+    """Frames with the short side resized to ``short_side`` pixels (antialiased, as
+    torchvision's ``v2.Resize(short_side)``; None keeps the size).
+
+    Shape: uint8 (N, H, W, 3) -> uint8 (N, 3, H', W')."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     if short_side and min(x.shape[-2:]) != short_side:
         x = TF.resize(x, [short_side], antialias=True)
@@ -64,8 +66,10 @@ def video_items(index: int, path: str | Path, spec: ClipSpec,
     """Decode one video and ``emit`` its groups, then a closing item (see the module
     docstring). Never raises for a bad video: the closing item carries the reason.
 
-    Items: ``{"video", "key", "start", "end", "clips": uint8 (N, C, T, H, W)}`` per group;
+    Items: ``{"video", "key", "start", "end", "clips"}`` per group (start and end in seconds);
     closing: ``{"video", "done": True, "groups": emitted, "error": "" or reason, "info"}``.
+
+    Shape: ``clips`` uint8 (N, C, T, H, W), N clips of the group.
     """
     emitted = 0
     info_out: dict[str, Any] = {}

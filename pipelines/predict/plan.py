@@ -51,19 +51,23 @@ class Sampling:
         return asdict(self)
 
 
-def training_data_options(cfg: dict) -> tuple[dict | None, str]:
-    """``data_options`` of the training data's ``prepare.json`` (via ``data.root``), or None
-    with the reason it is not available."""
+def training_data_meta(cfg: dict) -> tuple[dict | None, str]:
+    """The training data's ``prepare.json`` (via the config's ``data.root``; it holds
+    ``data_options`` and ``dataset``) and its path, or None with the reason it is not
+    available."""
     root = str(cfg.get("data", {}).get("root", "") or "")
     if not root:
         return None, "its config names no data.root"
-    meta = Path(root) / "prepare.json"
-    if not meta.is_file():
-        return None, f"{meta} is not there"
+    path = Path(root) / "prepare.json"
+    if not path.is_file():
+        return None, f"{path} is not there"
     try:
-        return json.loads(meta.read_text())["data_options"], str(meta)
-    except (ValueError, KeyError, OSError):
-        return None, f"{meta} is unreadable"
+        meta = json.loads(path.read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("data_options"), dict):
+            return meta, str(path)
+    except (ValueError, OSError):
+        pass
+    return None, f"{path} is unreadable"
 
 
 def resolve_sampling(ckpt: dict, fps: float | None = None, every: int | None = None) -> Sampling:
@@ -76,7 +80,8 @@ def resolve_sampling(ckpt: dict, fps: float | None = None, every: int | None = N
         raise UserError("use either --fps or --every, not both")
     if (fps is not None and fps <= 0) or (every is not None and every < 1):
         raise UserError("--fps must be positive and --every at least 1")
-    opts, where = training_data_options(ckpt["config"])
+    meta, where = training_data_meta(ckpt["config"])
+    opts = meta["data_options"] if meta else None
     folder_fps = float(opts.get("folder_fps", 12.0)) if opts else 12.0
     short_side = int(opts["short_side"]) if opts and "short_side" in opts else None
     if fps is not None or every is not None:

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.data.inspect import read_meta
 from pipelines.data.transforms import SWAP_MAPS
 from pipelines.errors import UserError
 from pipelines.evaluate.batcher import Prefetched, ViewBatcher
@@ -40,7 +39,7 @@ from pipelines.fileio import write_atomic
 from pipelines.outputs import check_folder, move_aside
 from pipelines.predict.inputs import collect_inputs
 from pipelines.predict.loader import ClipSpec, RawVideos
-from pipelines.predict.plan import WHOLE, resolve_sampling
+from pipelines.predict.plan import WHOLE, resolve_sampling, training_data_meta
 
 PREDICT_OUTPUTS = ("predictions.csv", "predictions.json", "*.timeline.csv", "*.timeline.png",
                    "*.render.mp4")
@@ -121,8 +120,8 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     elif short_side is None and sampling.short_side is None:
         notes.append("short side: frames keep their decoded size (the config's "
                      "test_short_side is 0, the size prepare stored, which is not known here)")
-    root = cfg["data"].get("root") or ""
-    dataset = read_meta(root).get("dataset", "") if root and Path(root).is_dir() else ""
+    meta, _ = training_data_meta(cfg)  # its dataset names the flip label swaps (10 crops)
+    dataset = meta.get("dataset", "") if meta else ""
     d = cfg["data"]
     normalize = bool(d["normalize"])
     spec = ClipSpec(sampling, sampler, frames, interval, clips, short_side, window,
