@@ -8,6 +8,7 @@ stages and the head do not run). ``pool`` is the global average of the last stag
 the map every classification head starts from. Maps are averaged over (T, H, W) unless
 ``keep_spatial``; then over views (one vector per video) or over each clip's crops
 (``per_clip``: one per clip, in time order). Flipped views (10 crops) are averaged as they are.
+The model runs in float32 (no autocast on CUDA): the features are the float32 model's.
 
 Resumable and safe to kill: each video's array is written under ``_partial/<id>`` with its
 attributes, then moved (an HDF5 link move) to ``<id>`` and the file flushed, so a dataset at
@@ -229,7 +230,7 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
 
                 batcher = ViewBatcher(tap, reduce, on_done, crops=crops,
                                       crop_size=inf.crop_size, max_views=max_views, device=dev,
-                                      mean=inf.mean, std=inf.std)
+                                      mean=inf.mean, std=inf.std, amp=False)
                 r = feed_prepared(batcher, root, sp, frames=inf.spec.frames,
                                   interval=inf.spec.interval, sampler=inf.spec.sampler,
                                   short_side=inf.test_short_side, clips=clips, workers=workers,
@@ -243,6 +244,7 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                                     f"{v.path}; give another --out")
             todo = [v for v in videos if v.id not in done]
             skipped = len(videos) - len(todo)
+            todo_paths = [v.path for v in todo]
 
             def on_video(i: int, res: dict[str, Any]) -> None:
                 v = todo[i]
@@ -253,9 +255,11 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                 h5.write(v.id, arr, attrs(v.path, arr))
                 written.append(v.id)
 
-            run_raw_videos(inf, [v.path for v in todo], crops=crops, max_views=max_views,
-                           workers=workers, device=dev, forward=tap, reduce=reduce,
-                           progress="extract" if progress else None, on_video=on_video)
+            if todo_paths:
+                run_raw_videos(inf, todo_paths, crops=crops, max_views=max_views,
+                               workers=workers, device=dev, amp=False, forward=tap,
+                               reduce=reduce, progress="extract" if progress else None,
+                               on_video=on_video)
         total = len(h5.done())
     finally:
         h5.close()

@@ -16,12 +16,13 @@ an ``OUT`` holding results already is refused unless ``overwrite`` (moved aside)
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,7 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     t_start = time.perf_counter()
     # The model works on what it has while the workers decode the next videos.
     items = Prefetched(loader, workers, on_idle=batcher.flush)
-    with torch.inference_mode():
+    with torch.inference_mode(), _restore_threads(threads):
         for item in items:
             v = videos[item["video"]]
             if item.get("done"):
@@ -212,7 +213,6 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
                 v["error"] = f"{exc}"
         batcher.flush()
     wall = time.perf_counter() - t_start
-    torch.set_num_threads(threads)
     for i in videos:
         finish(i)
     if bar is not None:
@@ -221,6 +221,14 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
             "timing": {"data": items.waited, **batcher.timing, "wall": wall,
                        "first_item": items.first or 0.0},
             "model_threads": model_threads, "views_per_group": batcher.views_per_video}
+
+
+@contextlib.contextmanager
+def _restore_threads(threads: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cores() -> int:
