@@ -62,6 +62,7 @@ def bench() -> None:
       vcorr bench correlation --json bench_correlation.json
       vcorr bench train data/k400_12 --model c2d_r18
       vcorr bench eval data/k400_12 --model c2d_r18 --clips 25 --crops 10
+      vcorr bench predict /tmp/bench_videos --json bench_predict.json
     """
 
 
@@ -495,3 +496,56 @@ def eval_bench(data: str | None, synthetic: str | None, split: str | None, model
     Console().print(t)
     _save_json(r, json_path)
 
+
+
+@bench.command(name="predict")
+@click.argument("video_dir", type=click.Path(file_okay=False))
+@click.option("--model", default="c2d_r18", show_default=True, help="Registered model name.")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--crop", default=112, show_default=True)
+@click.option("--short-side", default=128, show_default=True, help="0 keeps the decoded size.")
+@click.option("--clips", default=1, show_default=True)
+@click.option("--crops", default="1", show_default=True, type=click.Choice(["1", "3", "6", "10"]))
+@click.option("--every", default=4, show_default=True,
+              help="Frames taken every N-th source frame (the training data's rate).")
+@click.option("--videos", default=16, show_default=True, help="Timed videos (after 1 warm-up).")
+@click.option("--seconds", default=10.0, show_default=True, help="Length of each video.")
+@click.option("--fps", default=30, show_default=True, help="Frame rate of the videos.")
+@click.option("--size", default="320x240", show_default=True, help="WxH of the videos.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@json_option
+def predict_bench(video_dir: str, model: str, frames: int, crop: int, short_side: int,
+                  clips: int, crops: str, every: int, videos: int, seconds: float, fps: int,
+                  size: str, workers: int, device: str | None, json_path: str | None) -> None:
+    """Share of `vcorr predict`'s wall time spent outside the model (decoding, resizing, views,
+    waiting for workers) on raw videos -- target <= 25% for c2d_r18, 8x112, 1 clip x 1 crop.
+
+    Generates Kinetics-like H.264 videos (noisy testsrc2) in VIDEO_DIR unless they are there.
+    The model is randomly initialised: only its speed matters.
+
+    \b
+    Examples:
+      vcorr bench predict /tmp/bench_videos --json bench_predict.json
+      vcorr bench predict /tmp/bench_videos --clips 10 --crops 3 --workers 2
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.predict import bench_predict
+
+    r = bench_predict(video_dir, model, frames=frames, crop=crop, short_side=short_side,
+                      clips=clips, crops=int(crops), videos=videos, seconds=seconds, fps=fps,
+                      size=size, every=every, workers=workers, device=device)
+    t = Table(title=f"predict {model}: {clips} clip(s) x {crops} crop(s) of {frames}x{crop}x"
+                    f"{crop}, {r['videos']} videos of {seconds:g} s {size} @ {fps} fps, "
+                    f"{workers} worker(s), {r['torch_threads']} torch threads, {r['device']}")
+    for col in ("videos/s", "wall s", "model s", "outside model s", "of it: first clips s",
+                "outside model", "target"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{r['videos_per_s']:.2f}", f"{r['wall_s']:.2f}", f"{r['model_s']:.2f}",
+              f"{r['outside_model_s']:.2f}", f"{r['first_clips_s']:.2f}",
+              f"{100 * r['outside_model_share']:.1f}%",
+              "<= 25%" + (" met" if r["target_met"] else " MISSED"))
+    Console().print(t)
+    _save_json(r, json_path)

@@ -25,17 +25,14 @@ from pipelines.data.video_io import ffmpeg_exe
 from pipelines.errors import UserError
 
 
-def make_synthetic_dataset(folder: str | Path, videos: int = 24, seconds: float = 10.0,
-                           fps: int = 30, size: str = "320x240", every: int = 4,
-                           short_side: int = 128, workers: int = 2) -> Path:
-    """Kinetics-like test data: ``videos`` noisy testsrc2 clips (H.264, ``size``, ``fps``)
-    prepared with ``--every`` and ``--short-side``. Returns the prepared folder."""
-    from pipelines.data.prepare import PrepareOptions, prepare
-
-    folder = Path(folder)
-    src = folder / "videos"
+def make_synthetic_videos(folder: str | Path, videos: int = 24, seconds: float = 10.0,
+                          fps: int = 30, size: str = "320x240") -> list[Path]:
+    """``videos`` Kinetics-like clips ``folder/clip_NNN.mp4``: noisy testsrc2, H.264
+    (veryfast, CRF 23, yuv420p), ``size`` ("WxH"), ``fps``, ``seconds`` long. Files already
+    there are kept."""
+    src = Path(folder)
     src.mkdir(parents=True, exist_ok=True)
-    rows = ["path,label,split"]
+    paths = []
     for i in range(videos):
         path = src / f"clip_{i:03d}.mp4"
         if not path.exists():
@@ -44,6 +41,21 @@ def make_synthetic_dataset(folder: str | Path, videos: int = 24, seconds: float 
                             "-vf", f"noise=alls=12:allf=t+u:all_seed={i},hue=h={i * 15}",
                             "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
                             "-pix_fmt", "yuv420p", str(path)], check=True)
+        paths.append(path)
+    return paths
+
+
+def make_synthetic_dataset(folder: str | Path, videos: int = 24, seconds: float = 10.0,
+                           fps: int = 30, size: str = "320x240", every: int = 4,
+                           short_side: int = 128, workers: int = 2) -> Path:
+    """Kinetics-like test data: ``videos`` noisy testsrc2 clips (H.264, ``size``, ``fps``)
+    prepared with ``--every`` and ``--short-side``. Returns the prepared folder."""
+    from pipelines.data.prepare import PrepareOptions, prepare
+
+    folder = Path(folder)
+    rows = ["path,label,split"]
+    for i, path in enumerate(make_synthetic_videos(folder / "videos", videos, seconds, fps,
+                                                   size)):
         rows.append(f"videos/{path.name},class{i % 4},train")
     (folder / "annotations.csv").write_text("\n".join(rows) + "\n")
     out = folder / "prepared"

@@ -1,7 +1,8 @@
 """Writing videos (the toy dataset, test videos, rendered figures).
 
 Reading goes through :mod:`pipelines.data.decode`, the one decoding layer. Writing uses the
-ffmpeg binary through ffmpeg-python. The binary is, in order of preference:
+ffmpeg binary through ffmpeg-python (:class:`TimedVideoWriter`: the binary fed a NUT stream
+that PyAV muxes, for frames with their own times). The binary is, in order of preference:
 ``$VCORR_FFMPEG``, an ``ffmpeg`` on PATH, or the one bundled with imageio-ffmpeg, so no
 system package is needed.
 """
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from fractions import Fraction
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -77,3 +81,94 @@ def write_videos_segmented(pattern: str | Path, frames: np.ndarray, frames_per_v
         .overwrite_output()
         .run(cmd=ffmpeg_exe(), input=frames.tobytes(), quiet=True)
     )
+
+
+class TimedVideoWriter:
+    """H.264 (yuv420p) mp4 of frames that keep their presentation times, written frame by
+    frame (a long video never sits in memory).
+
+    Frames go, as raw RGB with their timestamps, in a NUT stream (muxed by PyAV) into the
+    ffmpeg binary, which encodes them with ``-fps_mode passthrough``: no frame is duplicated
+    or dropped, and a variable-rate video keeps its timing. ``time_base`` (seconds per tick):
+    1/rate for a constant-rate video (exact timestamps), else microseconds. ``rate`` (frames
+    per second: the constant rate, or a variable-rate video's average) is how long the last
+    frame lasts (1/rate). Odd widths or heights are padded by one black pixel (yuv420p needs
+    even sizes).
+
+    >>> with TimedVideoWriter("out.mp4", 480, 640, Fraction(30)) as w:
+    ...     w.write(frame, 0.0)   # uint8 (H, W, 3) RGB, time in seconds
+
+    Raises:
+        RuntimeError: ffmpeg failed (its last lines in the message).
+    """
+
+    def __init__(self, path: str | Path, height: int, width: int, rate: Fraction,
+                 time_base: Fraction = Fraction(1, 1_000_000), crf: int = 20) -> None:
+        import av
+
+        self.path, self.time_base = Path(path), time_base
+        self.height, self.width = height, width
+        self._last_pts: int | None = None
+        cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "nut", "-i", "pipe:",
+               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-fps_mode", "passthrough",
+               # The encoder's time base would otherwise come from a guessed frame rate,
+               # rounding the timestamps of a variable-rate video to it.
+               "-enc_time_base:v", f"{time_base.numerator}:{time_base.denominator}",
+               "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p",
+               "-movflags", "+faststart", str(self.path)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._container = av.open(self._proc.stdin, "w", format="nut")
+        self._stream = self._container.add_stream("rawvideo", rate=rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "rgb24"
+        self._stream.time_base = self._stream.codec_context.time_base = time_base
+        self._closed = False
+
+    def write(self, frame: np.ndarray, time: float) -> None:
+        """Append ``frame`` (uint8 (H, W, 3) RGB) shown at ``time`` seconds; a time not later
+        than the previous frame's (after rounding to the time base) is refused.
+
+        Raises:
+            ValueError: wrong frame size, or time not increasing.
+        """
+        import av
+
+        if frame.shape != (self.height, self.width, 3):
+            raise ValueError(f"frame {frame.shape} is not ({self.height}, {self.width}, 3)")
+        pts = round(Fraction(time).limit_denominator(10**9) / self.time_base)
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"frame time {time:.6f} s is not after the previous frame's")
+        self._last_pts = pts
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, np.uint8), format="rgb24")
+        vf.pts, vf.time_base = pts, self.time_base
+        self._container.mux(self._stream.encode(vf))
+
+    def close(self) -> None:
+        """Finish the file (waits for ffmpeg)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.mux(self._stream.encode())
+            self._container.close()
+        finally:
+            self._proc.stdin.close()
+            err = self._proc.stderr.read().decode("utf-8", "replace")
+            code = self._proc.wait()
+        if code:
+            raise RuntimeError(f"ffmpeg failed on {self.path} (exit {code}): "
+                               + " | ".join(err.strip().splitlines()[-3:]))
+
+    def abort(self) -> None:
+        """Stop without finishing the file (the caller removes it)."""
+        self._closed = True
+        self._proc.kill()
+        self._proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

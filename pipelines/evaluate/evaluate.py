@@ -13,7 +13,6 @@ them already is refused before the model runs (:mod:`pipelines.outputs`), unless
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -32,7 +31,8 @@ from pipelines.data.inspect import read_classes, read_meta
 from pipelines.data.samplers import make_sampler
 from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
 from pipelines.errors import UserError
-from pipelines.evaluate.views import CROP_CHOICES, average_views, build_views, crop_boxes
+from pipelines.evaluate.batcher import Prefetched, ViewBatcher
+from pipelines.evaluate.views import CROP_CHOICES, average_views
 from pipelines.fileio import write_atomic
 from pipelines.outputs import check_folder, move_aside
 
@@ -106,11 +106,15 @@ def clip_settings(cfg: dict) -> tuple[int, int, str]:
 
 # --- the evaluation loop -----------------------------------------------------------------------
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+def view_geometry(cfg: dict, crop_size: int | None = None,
+                  short_side: int | None = None) -> tuple[int, int | None]:
+    """(crop size, short side) of test views: the options given, else the checkpoint config's
+    ``data.crop`` and ``data.test_short_side`` (None: frames keep their size)."""
+    crop = crop_size or cfg["data"]["crop"]
+    side = cfg["data"]["test_short_side"] if short_side is None else short_side
+    if isinstance(side, list):
+        side = side[0] if side else 0
+    return int(crop), int(side) or None
 
 
 def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, interval: int,
@@ -127,107 +131,22 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
     s = settings
     if s.crops not in CROP_CHOICES:
         raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
-    ds = VideoClipDataset(root, split, make_sampler(sampler, frames, interval),
-                          _Resize(short_side), train=False, num_clips=s.clips)
-    n_videos = len(ds) if limit is None else min(limit, len(ds))
-    subset = _SafeVideos(ds)
-    loader = torch.utils.data.DataLoader(
-        subset, batch_size=1, sampler=list(range(rank, n_videos, world_size)),
-        num_workers=s.workers,
-        collate_fn=_first, pin_memory=device.type == "cuda",
-        prefetch_factor=2 if s.workers else None)
-    mean_t = std_t = None
-    if normalize:
-        mean_t = torch.tensor(tuple(mean), device=device).view(1, 3, 1, 1, 1)
-        std_t = torch.tensor(tuple(std), device=device).view(1, 3, 1, 1, 1)
     model.eval()
     scores: dict[int, torch.Tensor] = {}
-    failed: list[dict[str, Any]] = []
-    pending: list[tuple[int, torch.Tensor, list[bool]]] = []  # (video, views, flips)
-    # partial view logits of videos whose views span several batches
-    partial: dict[int, list[torch.Tensor]] = {}
-    flips_of: dict[int, list[bool]] = {}
-    views_left: dict[int, int] = {}
-    t = {"data": 0.0, "views": 0.0, "model": 0.0}
-    views_per_video = 0
 
-    def sync() -> None:
-        if sync_timing and device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def done(idx: int, result: torch.Tensor) -> None:
+        scores[idx] = result.cpu()
 
-    bar = None
-    if progress:
-        from pipelines.progress import make_progress
-        bar = make_progress(n_videos, "eval", unit="video")
-
-    def flush() -> None:
-        if not pending:
-            return
-        t0 = time.perf_counter()
-        x = torch.cat([p[1] for p in pending])
-        owners = [p[0] for p in pending for _ in range(p[1].shape[0])]
-        pending.clear()
-        with _autocast(device, s.amp):
-            out = model(x).float()
-        sync()
-        t["model"] += time.perf_counter() - t0
-        for vid in dict.fromkeys(owners):
-            sel = [k for k, o in enumerate(owners) if o == vid]
-            partial.setdefault(vid, []).append(out[sel[0]:sel[-1] + 1])
-            views_left[vid] -= len(sel)
-            if views_left[vid] == 0:
-                logits = torch.cat(partial.pop(vid))
-                scores[vid] = average_views(logits, flips_of.pop(vid), swap_map,
-                                            s.average).cpu()
-                if bar is not None:  # the bar counts videos scored, not videos read
-                    bar.update(1)
-    with torch.inference_mode():
-        it = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                break
-            t["data"] += time.perf_counter() - t0
-            idx = item["index"]
-            if item["clips"] is None:
-                failed.append(_failure(ds, idx, item["error"]))
-                if bar is not None:
-                    bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            clips = item["clips"].to(device, non_blocking=True)
-            try:
-                boxes = None if s.full_frame else crop_boxes(clips.shape[-2], clips.shape[-1],
-                                                             crop_size, s.crops)
-            except ValueError as exc:
-                failed.append(_failure(ds, idx, f"ValueError: {exc}"))
-                if bar is not None:
-                    bar.update(1)
-                continue
-            views, flips = build_views(clips, boxes)
-            views = views.float().div_(255)
-            if mean_t is not None:
-                views = views.sub_(mean_t).div_(std_t)
-            sync()
-            t["views"] += time.perf_counter() - t0
-            views_per_video = max(views_per_video, views.shape[0])
-            flips_of[idx], views_left[idx] = flips, views.shape[0]
-            # shapes differ between videos only in full-frame mode: flush before mixing
-            if pending and pending[0][1].shape[1:] != views.shape[1:]:
-                flush()
-            start = 0
-            while start < views.shape[0]:
-                room = s.max_views_per_batch - sum(p[1].shape[0] for p in pending)
-                part = views[start:start + room]
-                pending.append((idx, part, flips))
-                start += part.shape[0]
-                if sum(p[1].shape[0] for p in pending) >= s.max_views_per_batch:
-                    flush()
-        flush()
-    if bar is not None:
-        bar.close()
+    batcher = ViewBatcher(model, lambda out, flips: average_views(out, flips, swap_map, s.average),
+                          done, crops=None if s.full_frame else s.crops, crop_size=crop_size,
+                          max_views=s.max_views_per_batch, device=device,
+                          mean=mean if normalize else None, std=std, amp=s.amp,
+                          sync_timing=sync_timing)
+    r = feed_prepared(batcher, root, split, frames=frames, interval=interval, sampler=sampler,
+                      short_side=short_side, clips=s.clips, workers=s.workers, device=device,
+                      limit=limit, rank=rank, world_size=world_size,
+                      progress="eval" if progress else None)
+    ds = r["dataset"]
     order = sorted(scores)
     return {
         "indices": order,
@@ -235,9 +154,63 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
         "labels": [ds.videos[i]["label_index"] for i in order],
         "scores": (torch.stack([scores[i] for i in order]).numpy() if order
                    else np.zeros((0, len(ds.classes)), np.float32)),
-        "failed": failed, "classes": ds.classes, "views_per_video": views_per_video,
-        "timing": t, "num_videos": n_videos,
+        "failed": r["failed"], "classes": ds.classes, "views_per_video": batcher.views_per_video,
+        "timing": {"data": r["data_wait"], **batcher.timing}, "num_videos": r["num_videos"],
     }
+
+
+def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames: int,
+                  interval: int, sampler: str, short_side: int | None, clips: int, workers: int,
+                  device: torch.device, limit: int | None = None, rank: int = 0,
+                  world_size: int = 1, progress: str | None = None,
+                  only: Sequence[int] | None = None) -> dict[str, Any]:
+    """Read the ``clips`` test clips of every video of a prepared ``split`` (this rank's share;
+    ``only``: just these video indices) in DataLoader workers and ``batcher.add`` them under
+    the video's index; flushes at the end.
+
+    Returns the dataset, the failed videos (id, label, error), the number of videos and the
+    seconds spent waiting for data. ``progress``: a bar with this title counting videos done
+    (scored or failed)."""
+    ds = VideoClipDataset(root, split, make_sampler(sampler, frames, interval),
+                          _Resize(short_side), train=False, num_clips=clips)
+    n_videos = len(ds) if limit is None else min(limit, len(ds))
+    order = list(range(rank, n_videos, world_size)) if only is None else list(only)
+    bar = None
+    if progress:
+        from pipelines.progress import make_progress
+
+        bar = make_progress(len(order), progress, unit="video")
+        scored = batcher.on_done
+
+        def on_done(key: Any, result: torch.Tensor) -> None:
+            scored(key, result)
+            bar.update(1)  # the bar counts videos scored, not videos read
+
+        batcher.on_done = on_done
+    loader = torch.utils.data.DataLoader(
+        _SafeVideos(ds), batch_size=1, sampler=order,
+        num_workers=workers, collate_fn=_first, pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers else None)
+    failed: list[dict[str, Any]] = []
+    # The model works on what it has while the workers read the next videos.
+    items = Prefetched(loader, workers, on_idle=batcher.flush)
+    with torch.inference_mode():
+        for item in items:
+            idx = item["index"]
+            error = item["error"]
+            if item["clips"] is not None:
+                try:
+                    batcher.add(idx, item["clips"])
+                except ValueError as exc:
+                    error = f"ValueError: {exc}"
+            if error:
+                failed.append(_failure(ds, idx, error))
+                if bar is not None:
+                    bar.update(1)
+        batcher.flush()
+    if bar is not None:
+        bar.close()
+    return {"dataset": ds, "failed": failed, "num_videos": n_videos, "data_wait": items.waited}
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -309,11 +282,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
         raise UserError(f"{root}: its {len(classes)} classes differ from the checkpoint's "
                         f"{len(ckpt['classes'])}; evaluate on the dataset the model was trained on")
     frames, interval, sampler = clip_settings(cfg)
-    crop_size = s.crop_size or cfg["data"]["crop"]
-    short_side = cfg["data"]["test_short_side"] if s.short_side is None else s.short_side
-    if isinstance(short_side, list):
-        short_side = short_side[0] if short_side else 0
-    short_side = int(short_side) or None
+    crop_size, short_side = view_geometry(cfg, s.crop_size, s.short_side)
     swap_map = SWAP_MAPS.get(read_meta(root).get("dataset", ""), {})
     env = setup_distributed(device)
     dev = env.device

@@ -31,7 +31,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-FAULT_POINTS = ("data", "forward", "backward", "optimizer", "validation", "checkpoint")
+# ``extract``: `vcorr extract` wrote a vector under its temporary name, not yet moved.
+FAULT_POINTS = ("data", "forward", "backward", "optimizer", "validation", "checkpoint",
+                "extract")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
