@@ -23,6 +23,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.train_cmd", "train"),
     ("vcorr_cli.eval_cmds", "eval"),
     ("vcorr_cli.eval_cmds", "compare"),
+    ("vcorr_cli.runs_cmd", "runs"),
     ("vcorr_cli.visualize_cmds", "visualize"),
     ("vcorr_cli.bench_cmds", "bench"),
     ("vcorr_cli.demo_cmd", "demo"),
