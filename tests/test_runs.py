@@ -539,7 +539,7 @@ def test_correspondence_title_counts_modules_from_1(monkeypatch: pytest.MonkeyPa
 
     titles = []
     monkeypatch.setattr(corr_mod, "draw_correspondences",
-                        lambda clip, frames, corr, out, title, animate: titles.append(title))
+                        lambda clip, frames, corr, out, title, animate, **kw: titles.append(title))
     loaded = load_model(None, "toy_cpnet")
     frames = np.zeros((3, 32, 32, 3), np.uint8)
     frames[:, 10:12, 10:12] = 255
