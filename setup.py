@@ -28,6 +28,7 @@ setup(
         "matplotlib>=3.7",
     ],
     # PyTorchVideo: test-only reference for the imported Kinetics layouts (tests/test_weights.py).
-    extras_require={"test": ["pytest>=7", "pytorchvideo==0.1.5"]},
+    # tb: TensorBoard event files in RUN_DIR/tb while training (pipelines.train.monitor).
+    extras_require={"test": ["pytest>=7", "pytorchvideo==0.1.5"], "tb": ["tensorboard"]},
     entry_points={"console_scripts": ["vcorr = vcorr_cli.main:main"]},
 )

@@ -29,7 +29,7 @@ from vcorr_cli.main import cli
 REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
 STEPS = 6  # 24 training clips, batch 4
-TIMING_KEYS = ("clips_per_s", "data_wait")
+TIMING_KEYS = ("clips_per_s", "data_wait", "peak_mem_mib", "seconds")  # measured, not computed
 
 # A model with BatchNorm and dropout (c2d_r18 at width 8: 20 BN layers, dropout 0.5), and the
 # CP module (cpnet_r18 at width 8, k=2: 6 CP modules, each with BN in its MLP); random scale,
@@ -211,14 +211,15 @@ def test_train_refuses_a_folder_with_a_run(tmp_path: Path, toy_train_prepared: P
     cfg = tiny(toy_train_prepared)
     out = tmp_path / "run"
     run(cfg, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for again in (cfg, tiny(toy_train_prepared, "optim.lr=0.5")):
         with pytest.raises(UserError) as exc:
             run(again, out)
         msg = str(exc.value)
         assert msg.startswith(f"{out}: holds a finished run of toy_c2d (1 epoch, best val "
                               "top-1 ") and "another --out" in msg and "--overwrite" in msg
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*")
+            if p.is_file()} == before  # untouched
 
     part = tmp_path / "part"
     run(cfg, part, stop_after_steps=2)
@@ -538,7 +539,7 @@ def test_correspondence_title_counts_modules_from_1(monkeypatch: pytest.MonkeyPa
 
     titles = []
     monkeypatch.setattr(corr_mod, "draw_correspondences",
-                        lambda clip, frames, corr, out, title, animate: titles.append(title))
+                        lambda clip, frames, corr, out, title, animate, **kw: titles.append(title))
     loaded = load_model(None, "toy_cpnet")
     frames = np.zeros((3, 32, 32, 3), np.uint8)
     frames[:, 10:12, 10:12] = 255

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
 TRAIN_VIDEOS, VAL_VIDEOS = 24, 8
 STEPS = TRAIN_VIDEOS // 4  # optimiser steps per epoch at batch 4
-TIMING_KEYS = ("clips_per_s", "data_wait")
+TIMING_KEYS = ("clips_per_s", "data_wait", "peak_mem_mib", "seconds")  # measured, not computed
 
 # A model with dropout (the global RNG), random scale + crop and flips (the per-item RNG):
 # c2d_r18 at width 8 on 28 px crops of 32-40 px rescaled frames.
@@ -612,6 +612,8 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, toy_train_prepared: Path) -> N
     recs = records(out)
     assert [r["step"] for r in recs if r["split"] == "train"] == list(range(1, steps + 1))
     assert [r["count"] for r in recs if r["split"] == "val"] == [VAL_VIDEOS, VAL_VIDEOS]
+    if (out / "tb").is_dir():  # the tensorboard package is installed: one writer, rank 0's
+        assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 def test_sync_bn_on_cpu_is_a_clear_error(tmp_path: Path, toy_train_prepared: Path) -> None:

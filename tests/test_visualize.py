@@ -199,7 +199,8 @@ def test_cli_correlation_pixels(square_video, tmp_path):
     assert [f.name for f in files] == ["correlation_pixels.png", "correlation_pixels.gif"]
     _check_png(files[0])
     w, h = Image.open(files[0]).size
-    assert (w, h) == (1100, 480)   # (4 frames + legend) x 2.2 in, 2 rows, 100 dpi
+    # 4 frames of 3 in + 1.3 in legend + 0.9 in margin; 2 rows of 3 + 0.45 in + 0.5; 100 dpi
+    assert (w, h) == (1420, 740)
     gif = Image.open(files[1])
     assert gif.n_frames == 4 and gif.size == (64, 32)
 
@@ -286,3 +287,180 @@ def test_cli_checkpoint_clip_settings(square_video, tmp_path):
               "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     _check_png(Path(r.output.split()[0]))
+
+
+# --- readable figures (issue 15) ---------------------------------------------------------------
+
+def _grid_spy(monkeypatch, module) -> list[tuple[int, int]]:
+    """(rows, columns) of every panel grid ``module`` draws."""
+    from pipelines.visualize import figures
+
+    grids: list[tuple[int, int]] = []
+
+    def spy(rows, cols, *args, **kw):
+        grids.append((rows, cols))
+        return figures.frames_grid(rows, cols, *args, **kw)
+    monkeypatch.setattr(module, "frames_grid", spy)
+    return grids
+
+
+def test_120_frames_make_one_row_of_8_under_2500_px(tmp_path, monkeypatch):
+    """A 120-frame portrait clip (a phone video's worth): 8 evenly spaced frames per row, the
+    figure at most 2500 px wide, every frame in the GIF."""
+    from pipelines.visualize import correlation as corr_mod
+    from pipelines.visualize.clip import Clip
+    from pipelines.visualize.correlation import Stage
+
+    n, h, w = 120, 72, 40
+    fr = np.random.default_rng(0).integers(0, 256, (n, h, w, 3)).astype(np.uint8)
+    clip = Clip(fr, list(range(n)), "phone", times=[i / 30 for i in range(n)])
+    stages = [Stage("s", np.zeros((n, 2, h, w), np.float32), np.ones((n, h, w), np.float32),
+                    4.0, list(range(n))),
+              Stage("half", np.zeros((n // 2, 2, h // 2, w // 2), np.float32),
+                    np.ones((n // 2, h // 2, w // 2), np.float32), 8.0, list(range(0, n, 2)))]
+    grids = _grid_spy(monkeypatch, corr_mod)
+    png, gif = corr_mod.draw_stages(clip, stages, tmp_path, "correlation", animate=True)
+    assert grids == [(3, 8)]  # frames + 2 stages, 8 frames (+ the legend column)
+    width, height = Image.open(png).size
+    assert width <= 2500 and height < 2 * width
+    assert Image.open(gif).n_frames == n
+
+
+def test_times_pick_frames_by_presentation_time(tmp_path, monkeypatch):
+    """On a variable-frame-rate video (10 frames at 10 fps, then 30 at 30 fps) --times 0.5,1.5
+    shows frames 5 and 25 (by index at the 20 fps average it would be 10 and 30)."""
+    import subprocess
+
+    from pipelines.data.video_io import ffmpeg_exe, write_video
+    from pipelines.errors import UserError
+    from pipelines.visualize import clip as clip_mod
+    from pipelines.visualize import correlation as corr_mod
+
+    cfr = tmp_path / "cfr.mp4"
+    frames = np.stack([np.full((48, 64, 3), 5 * i, np.uint8) for i in range(40)])
+    write_video(cfr, frames, fps=30, lossless=True)
+    vfr = tmp_path / "vfr.mkv"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(cfr), "-vf",
+                    "setpts='if(lt(N,10),N/10,1+(N-10)/30)/TB'", "-fps_mode", "vfr",
+                    "-c:v", "libx264rgb", "-qp", "0", str(vfr)], check=True)
+    clip = clip_mod.read_clip(vfr, 40)
+    assert clip.times[:2] == pytest.approx([0.0, 0.1]) and clip.times[-1] == pytest.approx(
+        1 + 29 / 30, abs=2e-3)
+    assert clip_mod.shown_frames(clip, [0.5, 1.5]) == [5, 25]
+    assert clip.frames[25].mean() == pytest.approx(5 * 25, abs=1)  # the frame itself
+    with pytest.raises(UserError, match="outside the clip"):
+        clip_mod.shown_frames(clip, [2.5])
+    with pytest.raises(UserError, match="both fall on frame 12"):
+        clip_mod.shown_frames(clip, [1.06, 1.07])
+
+    shown: list[list[int]] = []
+    real = corr_mod.shown_frames
+    monkeypatch.setattr(corr_mod, "shown_frames", lambda c, t=None: shown.append(real(c, t))
+                        or shown[-1])
+    r = _run(["visualize", "correlation", "--pixels", str(vfr), "--frames", "40",
+              "--times", "0.5,1.5", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert shown[-1] == [5, 25]
+
+
+def _moving_and_static(t: int = 4, seed: int = 0) -> tuple[np.ndarray, tuple, tuple]:
+    """Frames (t, 48, 64, 3): a textured block moving 4 px right per frame in the top rows; a
+    flat grey area with a little sensor noise (new each frame) in the bottom rows."""
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(0, 256, (16, 80, 3)).astype(np.float64)
+    fr = np.empty((t, 48, 64, 3))
+    for i in range(t):
+        fr[i, :16] = tex[:, 12 - 4 * i:76 - 4 * i]  # content moves right by 4 px
+        fr[i, 16:] = 120 + rng.normal(0, 2.0, (32, 64, 3))
+    moving = (slice(4, 12), slice(12, 52))   # inside the block, away from its edges
+    static = (slice(24, 44), slice(4, 60))
+    return fr.clip(0, 255).astype(np.uint8), moving, static
+
+
+def test_confidence_threshold_greys_out_a_static_textureless_region():
+    from pipelines.visualize.clip import Clip
+    from pipelines.visualize.correlation import MIN_CONFIDENCE, Stage, _overlays
+    from pipelines.visualize.figures import blend, flow_colors, grey
+
+    fr, moving, static = _moving_and_static()
+    flow, conf = pixel_correlation(fr, patch=5, kernel_size=9, dilation=2)
+    clip = Clip(fr, list(range(len(fr))), "synthetic")
+    st = Stage("pixels", flow, conf, 8.0, list(range(len(fr))))
+    shown, _ = _overlays(clip, st, MIN_CONFIDENCE)
+    everything, _ = _overlays(clip, st, 0.0)
+    colors, _ = flow_colors(flow, 8.0)
+    for t in range(1, len(fr)):
+        # the moving block: the known motion, coloured
+        assert np.all(flow[t, 0][moving] == 4) and np.all(flow[t, 1][moving] == 0)
+        assert np.all(conf[t][moving] >= MIN_CONFIDENCE)
+        want = blend(fr[t], colors[t], 0.8)
+        assert np.array_equal(shown[t][moving], want[moving])
+        # the flat noisy region: grey, nothing coloured...
+        assert np.array_equal(shown[t][static], grey(fr[t])[static])
+        # ...where without the threshold noise would be coloured in (not all of it zero motion)
+        assert not np.array_equal(everything[t][static], grey(fr[t])[static])
+    # frame 0 has no previous frame: grey everywhere
+    assert np.array_equal(shown[0], grey(fr[0]))
+
+
+def test_near_ties_with_zero_motion_count_as_zero():
+    """A displacement must beat the zero displacement by more than ZERO_TIE to count as
+    motion; on a static noisy ramp (every displacement nearly as good) nearly nothing moves."""
+    from models.ops.correlation import correlation
+    from pipelines.visualize import correlation as corr_mod
+
+    v = torch.zeros(9, 1, 1, 3)  # K=3, one frame, three positions
+    v[4] = 1.0                   # the zero displacement
+    v[5, 0, 0, 0] = 1.04         # dx=+1 beats it by 0.04: no motion
+    v[5, 0, 0, 1] = 1.06         # by 0.06: motion dx = +1 x dilation 2
+    v[2, 0, 0, 2] = 1.0          # an exact tie: no motion
+    flow, _ = corr_mod.dominant_displacement(v, 3, 2, tau=1, zero_tie=0.05)
+    assert flow[0, :, 0].T.tolist() == [[0, 0], [2, 0], [0, 0]]
+    flow, _ = corr_mod.dominant_displacement(v, 3, 2, tau=1)  # without: the best wins
+    assert flow[0, :, 0].T.tolist() == [[2, 0], [2, 0], [0, 0]]
+
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(60, 200, 64)[None, :, None] + np.linspace(0, 40, 48)[:, None, None]
+    fr = np.stack([ramp + rng.normal(0, 1.0, (48, 64, 3)) for _ in range(4)])
+    fr = fr.clip(0, 255).astype(np.uint8)
+    flow, _ = pixel_correlation(fr, patch=5, kernel_size=9, dilation=2)
+    vol = correlation(corr_mod.pixel_features(fr, 5), None, kernel_size=9, offsets=(-1,),
+                      dilations=2, clip_ends="self", scale=1.0)[0]
+    raw, _ = corr_mod.dominant_displacement(vol, 9, 2, -1)
+    assert (np.abs(flow[1:]).sum(axis=1) > 0).mean() < 0.1
+    assert (raw[1:].abs().sum(dim=1) > 0).float().mean() > 0.9
+
+
+def test_cli_min_confidence_and_bad_times(square_video, tmp_path):
+    r = _run(["visualize", "correlation", "--pixels", str(square_video), "--frames", "4",
+              "--min-confidence", "0.8", "--times", "0.125,0.25", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    from vcorr_cli.main import cli
+
+    for times, msg in (("9", "outside the clip"), ("a,b", "not a comma-separated list"),
+                       (",".join(str(i / 8) for i in range(9)), "at most 8")):
+        r = CliRunner().invoke(cli, ["visualize", "correlation", "--pixels", str(square_video),
+                                     "--frames", "6", "--times", times,
+                                     "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2 and msg in r.output, (times, r.output)
+        assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_filters_mark_constant_maps_without_an_arrow(tmp_path, monkeypatch):
+    """A constant map (CorrNet's initial weights) has no largest weight: no arrow to the
+    first of the ties."""
+    from matplotlib.axes import Axes
+
+    from pipelines.visualize import filters
+
+    arrows: list = []
+    real = Axes.annotate
+
+    def annotate(self, *args, **kw):
+        arrows.append(kw.get("xy"))
+        return real(self, *args, **kw)
+    monkeypatch.setattr(Axes, "annotate", annotate)
+    w = torch.ones(2, 1, 5, 5)
+    w[1, 0, 0, 4] = 2.0
+    filters.draw_filters("x.corr.weight", w, tmp_path / "f.png", [])
+    assert arrows == [(4, 0)]  # only the map with a single largest weight

@@ -25,6 +25,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("vcorr_cli.eval_cmds", "compare"),
     ("vcorr_cli.predict_cmds", "predict"),
     ("vcorr_cli.predict_cmds", "extract"),
+    ("vcorr_cli.runs_cmd", "runs"),
     ("vcorr_cli.visualize_cmds", "visualize"),
     ("vcorr_cli.bench_cmds", "bench"),
     ("vcorr_cli.demo_cmd", "demo"),

@@ -38,7 +38,12 @@ def _clip_options(f: Callable) -> Callable:
                           "of GB)]."),
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
                      help="Output folder for the figures."),
-        click.option("--animate", is_flag=True, help="Also write an animated GIF."),
+        click.option("--times", "times_text", default=None, metavar="SECONDS",
+                     help="Frames shown in the PNG: the clip frames nearest these presentation "
+                          "times, e.g. '1.5,2,2.5' (seconds from the video's start; at most "
+                          "8) [default: 8 evenly spaced frames of the clip]. The GIF has every "
+                          "frame."),
+        click.option("--animate", is_flag=True, help="Also write an animated GIF (every frame)."),
         click.option("--overwrite", is_flag=True,
                      help="Replace this figure if --out has it (the old one is moved aside to "
                           "NAME.old-N)."),
@@ -105,30 +110,44 @@ def _model(checkpoint: Path | None, model: str | None):
               help="--pixels: spacing of the displacement grid in pixels.")
 @click.option("--offset", type=int, default=None,
               help="Model: temporal offset shown [default: -1 where present].")
+@click.option("--min-confidence", default=None, type=click.FloatRange(min=0),
+              help="Colour a displacement only where its peak stands out: peak minus mean "
+                   "score over the KxK grid at least this (--pixels: cosine similarity; a "
+                   "model: in units of the stage's median best score); grey elsewhere. 0 "
+                   "colours everything [default: 0.5].")
 @_clip_options
 def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, patch: int,
-                kernel_size: int, dilation: int, offset: int | None, video: Path | None,
-                data: Path | None, video_id: str | None, frames: int | None,
-                interval: int | None, short_side: int | None, out_dir: Path,
-                animate: bool, overwrite: bool) -> None:
+                kernel_size: int, dilation: int, offset: int | None, min_confidence: float | None,
+                video: Path | None, data: Path | None, video_id: str | None,
+                frames: int | None, interval: int | None, short_side: int | None,
+                out_dir: Path, times_text: str | None, animate: bool,
+                overwrite: bool) -> None:
     """Dominant displacement (argmax over the KxK displacements) of every correlation stage,
     colour-coded with the optical-flow colour wheel over the frames (DCF Figs 4-5).
 
     Shown is the motion of the content (for offset -1: from the previous frame to this one),
-    in input pixels. With --pixels, per-pixel features are zero-mean unit-norm PxP RGB patches
-    correlated with the previous frame on a KxK grid of the given dilation (flat regions show
-    zero motion). Writes OUT/correlation.png (or correlation_pixels.png).
+    in input pixels, where the peak stands out of the KxK grid (--min-confidence); ties, flat
+    regions and noise are grey. With --pixels, per-pixel features are zero-mean unit-norm PxP
+    RGB patches correlated with the previous frame on a KxK grid of the given dilation. At
+    most 8 frames per row (--times picks them), under 2500 px wide. Writes
+    OUT/correlation.png (or correlation_pixels.png).
 
     \b
     Examples:
       vcorr visualize correlation --pixels clip.mp4 --out viz/
       vcorr visualize correlation --pixels clip.mp4 --kernel-size 7 --dilation 3 --animate --out viz/
+      vcorr visualize correlation --pixels clip.mp4 --frames 32 --times 1,1.25,1.5 --out viz/
       vcorr visualize correlation --checkpoint runs/corrnet/best.pt --data data/k400 --id abc --out viz/
       vcorr visualize correlation --model dcf_x3d_s clip.mp4 --short-side 160 --out viz/
     """
     from pipelines.errors import UserError
+    from pipelines.visualize.clip import parse_times
     from pipelines.visualize.correlation import visualize_model_correlation, visualize_pixels
 
+    times = parse_times(times_text)
+    view: dict[str, Any] = {"times": times}
+    if min_confidence is not None:  # else the pipeline's default
+        view["min_confidence"] = min_confidence
     stem = "correlation_pixels" if pixels else "correlation"
     old = _claim([out_dir / f"{stem}.png", out_dir / f"{stem}.gif"], overwrite)
     if pixels:
@@ -139,12 +158,13 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
         clip = _read(None, video, data, video_id, frames, interval, short_side)
         _move_aside(old)
         _report(visualize_pixels(clip, out_dir, patch=patch, kernel_size=kernel_size,
-                                 dilation=dilation, animate=animate))
+                                 dilation=dilation, animate=animate, **view))
         return
     loaded = _model(checkpoint, model_name)
     clip = _read(loaded, video, data, video_id, frames, interval, short_side)
     _move_aside(old)
-    _report(visualize_model_correlation(loaded, clip, out_dir, offset=offset, animate=animate))
+    _report(visualize_model_correlation(loaded, clip, out_dir, offset=offset, animate=animate,
+                                        **view))
 
 
 @visualize.command()
@@ -161,8 +181,8 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
 def correspondences(checkpoint: Path | None, model_name: str | None, module_index: int,
                     points: str | None, num_points: int, video: Path | None, data: Path | None,
                     video_id: str | None, frames: int | None, interval: int | None,
-                    short_side: int | None, out_dir: Path, animate: bool,
-                    overwrite: bool) -> None:
+                    short_side: int | None, out_dir: Path, times_text: str | None,
+                    animate: bool, overwrite: bool) -> None:
     """The k correspondences a CP module proposes for query positions, across the clip's
     frames (CPNet Fig. 5): filled circles win the max-pool of Eq. 2 for at least one MLP
     channel (the set A; the number is how many channels), crosses win none. Below: the L1
@@ -175,14 +195,18 @@ def correspondences(checkpoint: Path | None, model_name: str | None, module_inde
       vcorr visualize correspondences --checkpoint runs/cpnet/best.pt --data data/ssv2 --id 123 \\
           --module 0 --num-points 5 --animate --out viz/
     """
+    from pipelines.visualize.clip import parse_times
     from pipelines.visualize.correspondences import visualize_correspondences
+
+    times = parse_times(times_text)
 
     old = _claim([out_dir / "correspondences.png", out_dir / "correspondences.gif"], overwrite)
     loaded = _model(checkpoint, model_name)
     clip = _read(loaded, video, data, video_id, frames, interval, short_side)
     _move_aside(old)
     _report(visualize_correspondences(loaded, clip, out_dir, module_index=module_index,
-                                      points=points, num_points=num_points, animate=animate))
+                                      points=points, num_points=num_points, animate=animate,
+                                      times=times))
 
 
 @visualize.command()

@@ -53,6 +53,7 @@ from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, 
                                          cleanup_distributed, setup_distributed)
 from pipelines.train import preflight as pf
 from pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
+from pipelines.train.monitor import TrainingMonitor, peak_memory_mib
 
 
 class NonFiniteLoss(UserError):
@@ -87,6 +88,12 @@ class RunState:
     window: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.float64))
     epoch_totals: torch.Tensor = field(
         default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+    # Wall time of the run: seconds of earlier calls (the checkpoint's) + this call's.
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -268,6 +275,7 @@ class _Metrics:
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None,
                  keep_records: int | None = None) -> None:
         self.path, self.enabled, self.records = path, enabled, 0
+        self.on_write: Any = None  # called with each record written (the run's monitor)
         if enabled and keep_until_step is not None and path.is_file():
             lines = [line for line in path.read_text(encoding="utf-8").splitlines()
                      if line.strip()]
@@ -285,6 +293,8 @@ class _Metrics:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             self.records += 1
+            if self.on_write is not None:
+                self.on_write(record)
 
 
 def _record_step(line: str) -> float:
@@ -465,6 +475,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
         state.best_top1 = ckpt["best_top1"]
         state.last_val = dict(ckpt.get("last_val", {}))
         state.config_changes = list(ckpt.get("config_changes", []))
+        state.seconds_before = float(ckpt.get("seconds", 0.0))
         if "train_sums" in ckpt:
             state.window = torch.tensor(ckpt["train_sums"]["window"], dtype=torch.float64)
             state.epoch_totals = torch.tensor(ckpt["train_sums"]["epoch"], dtype=torch.float64)
@@ -476,6 +487,9 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     metrics = _Metrics(out / "metrics.jsonl", env.is_main,
                        state.position.global_step if ckpt is not None else None,
                        ckpt.get("metrics_records") if ckpt is not None else None)
+    monitor = TrainingMonitor(out, title=f"{out.name}: {cfg['model']['name']}", plan=plan,
+                              enabled=env.is_main, resumed=ckpt is not None)
+    metrics.on_write = monitor.record
 
     def checkpoint(name: str) -> None:
         if not env.is_main:
@@ -491,14 +505,15 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             "metrics_records": metrics.records, "data_fingerprint": fingerprint,
             "config_changes": state.config_changes,
             "train_sums": {"window": state.window.tolist(), "epoch": state.epoch_totals.tolist()},
+            "seconds": state.seconds(),
         })
 
     steps_run = 0
     stopped = False
-    t_start = time.perf_counter()
+    t_start = state.started = time.perf_counter()
     train_stats: dict[str, float] = {}
     start.started()  # from here a failure leaves the run folder (and last.pt on interrupts)
-    with _progress(progress and env.is_main) as bar:
+    with _progress(progress and env.is_main) as bar, contextlib.closing(monitor):
         try:
             while state.position.phase < len(plan) and not stopped:
                 pos = state.position
@@ -554,7 +569,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                                            "split": "val", "loss": val["loss"],
                                            "top1": val["top1"], "top5": val["top5"],
                                            "lr": optimizer.param_groups[0]["lr"],
-                                           "count": val["count"]})
+                                           "count": val["count"],
+                                           "seconds": state.seconds()})
                             if env.is_main:
                                 _print_epoch(global_epoch + 1, train_stats, val)
                             if val["top1"] > state.best_top1:
@@ -578,6 +594,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                "finished": state.position.phase >= len(plan), "position": state.position.as_dict(),
                "best_val_top1": state.best_top1 if state.best_top1 >= 0 else None,
                "last_val": state.last_val, "last_train": train_stats, "seconds": seconds,
+               "run_seconds": state.seconds(),
                "config_changes": state.config_changes}
     if env.is_main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
@@ -668,13 +685,15 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                                                   f"lr {lr:.2e}")
             if pos.global_step % cfg["train"]["log_every"] == 0 or pos.step_in_epoch == steps:
                 elapsed = time.perf_counter() - t_window
+                peak, peak_of = peak_memory_mib(env.device)
                 metrics.write({"epoch": epochs_before + pos.epoch + pos.step_in_epoch / steps,
                                "step": pos.global_step, "split": "train",
                                "loss": window[0].item() / window[2].item(),
                                "top1": window[1].item() / window[2].item(), "lr": lr,
                                "clips_per_s": window[2].item() / max(elapsed, 1e-9),
                                "data_wait": wait_window / max(elapsed, 1e-9),
-                               "frames": phase["frames"]})
+                               "frames": phase["frames"], "peak_mem_mib": peak,
+                               "peak_mem": peak_of, "seconds": state.seconds()})
                 window.zero_()
                 t_window, wait_window = time.perf_counter(), 0.0
         if stop_after_steps is not None and steps_before + steps_run >= stop_after_steps:

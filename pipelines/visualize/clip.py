@@ -12,19 +12,77 @@ from torch import nn
 
 from pipelines.errors import UserError
 
+# Frames side by side in one row of a figure: more are shrunk past reading (a 32-frame row was
+# 7260 px wide, each panel a smudge); the GIF (--animate) has every frame.
+MAX_COLUMNS = 8
+
 
 @dataclass
 class Clip:
-    """uint8 frames (T, H, W, 3) and the source frame number of each; ``warning`` says what
-    went wrong decoding a damaged video file (None if nothing did)."""
+    """uint8 frames (T, H, W, 3), the source frame number of each and its presentation time
+    (seconds from the video's first frame; None where unknown); ``warning`` says what went
+    wrong decoding a damaged video file (None if nothing did)."""
 
     frames: np.ndarray
     indices: list[int]
     name: str
     warning: str | None = None
+    times: list[float] | None = None
 
     def labels(self) -> list[str]:
-        return [f"t={t} (frame {i})" for t, i in enumerate(self.indices)]
+        if self.times is None:
+            return [f"t={t} (frame {i})" for t, i in enumerate(self.indices)]
+        return [f"t={t} (frame {i}, {s:.2f} s)"
+                for t, (i, s) in enumerate(zip(self.indices, self.times))]
+
+
+def shown_frames(clip: Clip, times: list[float] | None = None,
+                 limit: int = MAX_COLUMNS) -> list[int]:
+    """Positions in ``clip`` of the frames a figure shows, in clip order: the frame nearest in
+    presentation time to each of ``times`` (seconds from the video's first frame), or
+    without ``times`` at most ``limit`` evenly spaced frames (first and last included).
+
+    Raises:
+        UserError: more than ``limit`` times, a time outside the clip (by more than one frame
+            interval), two times on the same frame, or a clip without frame times.
+    """
+    n = len(clip.frames)
+    if times is None:
+        if n <= limit:
+            return list(range(n))
+        return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
+    if clip.times is None:
+        raise UserError(f"{clip.name}: frame times are not known; leave out --times")
+    if not times:
+        raise UserError("--times: no times given")
+    if len(times) > limit:
+        raise UserError(f"--times: {len(times)} times; at most {limit} frames fit a readable "
+                        "row (--animate writes every frame to the GIF)")
+    at = np.asarray(clip.times, dtype=np.float64)
+    gap = float(np.median(np.diff(at))) if n > 1 else 0.0
+    span = (f"the clip has frames {clip.indices[0]}-{clip.indices[-1]}, "
+            f"{at[0]:.2f}-{at[-1]:.2f} s")
+    out: list[int] = []
+    for s in times:
+        if not at[0] - gap - 1e-9 <= s <= at[-1] + gap + 1e-9:
+            raise UserError(f"--times {s:g}: outside the clip ({span}); give times inside it, "
+                            "or more --frames for a longer clip")
+        j = int(np.argmin(np.abs(at - s)))
+        if j in out:
+            raise UserError(f"--times: {s:g} s and an earlier time both fall on frame "
+                            f"{clip.indices[j]} ({span}, {gap:.3f} s apart)")
+        out.append(j)
+    return sorted(out)
+
+
+def parse_times(text: str | None) -> list[float] | None:
+    """``--times "0.5,1,2.25"`` -> [0.5, 1.0, 2.25] (seconds); None stays None."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UserError(f"--times {text!r}: not a comma-separated list of seconds") from None
 
 
 @dataclass
@@ -74,7 +132,8 @@ def sample_indices(n: int, frames: int, interval: int = 1, sampler: str = "dense
 def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler: str = "dense", *,
               data: str | Path | None = None, video_id: str | None = None) -> Clip:
     """Frames of ``video`` (a file or frame folder) or of prepared video ``video_id`` in
-    ``data`` (a ``vcorr prepare`` output folder)."""
+    ``data`` (a ``vcorr prepare`` output folder), with their presentation times (a file: the
+    stream's timestamps, through :mod:`pipelines.data.decode`; prepared: frame / fps)."""
     if data is not None or video_id is not None:
         if data is None or video_id is None:
             raise UserError("--data and --id go together")
@@ -93,7 +152,10 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
             dec = decode_frames(reader.read_encoded(row["shard"], row["id"], uniq))
         finally:
             reader.close()
-        return _clip(dec.permute(0, 2, 3, 1).numpy(), uniq, idx, video_id)
+        clip = _clip(dec.permute(0, 2, 3, 1).numpy(), uniq, idx, video_id)
+        # prepare stores frames at a constant rate (index.csv's fps)
+        clip.times = [i / row["fps"] for i in idx] if row["fps"] > 0 else None
+        return clip
     if video is None:
         raise UserError("give a VIDEO file or --data DIR --id VIDEO_ID")
     path = Path(video)
@@ -110,6 +172,7 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
         raise UserError(f"{path}: {exc}") from None
     clip = _clip(arr, uniq, idx, path.stem)
     clip.warning = src.report.problem()
+    clip.times = [float(src.info.times[i]) for i in idx]  # presentation times from the stream
     return clip
 
 

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from pipelines.errors import UserError
-from pipelines.visualize.clip import Clip, LoadedModel, model_input
+from pipelines.visualize.clip import (
+    MAX_COLUMNS,
+    Clip,
+    LoadedModel,
+    model_input,
+    shown_frames,
+)
 from pipelines.visualize.figures import frames_grid, save, upsample_nearest, write_gif
 
 
@@ -171,11 +177,45 @@ def _to_pixels(yx: np.ndarray, grid_hw: tuple[int, int], img_hw: tuple[int, int]
     return np.stack([(yx[..., 0] + 0.5) * sy - 0.5, (yx[..., 1] + 0.5) * sx - 0.5], axis=-1)
 
 
+def correspondence_frames(clip: Clip, corr: Correspondences,
+                          times: list[float] | None = None) -> list[int]:
+    """Clip frames the figure shows: those of ``times``
+    (:func:`pipelines.visualize.clip.shown_frames`), or by default the frames that hold the
+    queries and their proposals, filled up with evenly spaced ones to
+    :data:`pipelines.visualize.clip.MAX_COLUMNS` (if more frames hold them: the queries'
+    frames, then those with the most proposals)."""
+    if times is not None:
+        return shown_frames(clip, times)
+    t_n = len(clip.frames)
+    t_grid = corr.grid[0]
+
+    def column(tt: int) -> int:
+        return min(t_n - 1, int(tt) * t_n // t_grid)
+    queries = sorted({column(tt) for tt in corr.queries[:, 0]})
+    counts: dict[int, int] = {}
+    for tt in corr.neighbours[..., 0].ravel():
+        counts[column(tt)] = counts.get(column(tt), 0) + 1
+    # the queries' frames first, then the frames with the most proposals
+    ranked = queries + sorted(set(counts) - set(queries), key=lambda j: (-counts[j], j))
+    if len(ranked) >= MAX_COLUMNS:
+        return sorted(ranked[:MAX_COLUMNS])
+    chosen = set(ranked)
+    for j in shown_frames(clip):  # evenly spaced, until the row is full
+        if len(chosen) >= min(MAX_COLUMNS, t_n):
+            break
+        chosen.add(j)
+    return sorted(chosen)
+
+
 def draw_correspondences(clip: Clip, frames: np.ndarray, corr: Correspondences, out_dir: Path,
-                         title: str, animate: bool = False) -> list[Path]:
+                         title: str, animate: bool = False, *,
+                         times: list[float] | None = None) -> list[Path]:
     """``OUT/correspondences.png``: frames with the queries (stars) and their k proposals
     (filled circle with channel count: in A; hollow x: not in A), one colour per query; below,
-    the per-frame heatmap of the L1 change. (+ ``correspondences.gif``)."""
+    the per-frame heatmap of the L1 change. At most
+    :data:`pipelines.visualize.clip.MAX_COLUMNS` frames (:func:`correspondence_frames`);
+    proposals on frames not shown are counted in the title. (+ ``correspondences.gif``, every
+    frame.)"""
     from matplotlib.patches import ConnectionPatch
 
     from pipelines.visualize.figures import plt
@@ -185,52 +225,67 @@ def draw_correspondences(clip: Clip, frames: np.ndarray, corr: Correspondences, 
     img_hw = frames.shape[1:3]
     t_grid, h, w = corr.grid
     colors = plt().get_cmap("tab10")
-    fig, axes = frames_grid(2, t_n, panel=2.6)
+    cols = correspondence_frames(clip, corr, times)
+    column = {j: c for c, j in enumerate(cols)}
+    fig, axes = frames_grid(2, len(cols), aspect=img_hw[0] / img_hw[1])
     labels = clip.labels()
     qpix = _to_pixels(corr.queries[:, 1:], (h, w), img_hw)
     npix = _to_pixels(corr.neighbours[..., 1:], (h, w), img_hw)
     vmax = float(corr.change.max()) or 1.0
     t_ch = len(corr.change)
 
-    def col(tt: int, n: int) -> int:  # a frame of an n-frame map -> a clip column
-        return min(t_n - 1, int(tt) * t_n // n)
-    for j in range(t_n):
-        ax = axes[0, j]
+    def ax_of(tt: int):  # the panel of a k-NN grid frame, None if that frame is not shown
+        j = min(t_n - 1, int(tt) * t_n // t_grid)
+        return axes[0, column[j]] if j in column else None
+    for c, j in enumerate(cols):
+        ax = axes[0, c]
         ax.imshow(frames[j])
-        ax.set_title(labels[j], fontsize=7)
-        hm = axes[1, j].imshow(corr.change[min(t_ch - 1, j * t_ch // t_n)], cmap="inferno", vmin=0, vmax=vmax)
-        axes[1, j].set_title(f"|CP(x) - x|, t={j}", fontsize=7)
+        ax.set_title(labels[j], fontsize=8)
+        hm = axes[1, c].imshow(corr.change[min(t_ch - 1, j * t_ch // t_n)], cmap="inferno",
+                               vmin=0, vmax=vmax)
+        axes[1, c].set_title(f"|CP(x) - x|, t={j}", fontsize=8)
     fig.colorbar(hm, ax=list(axes[1]), fraction=0.02, pad=0.01)
+    hidden = 0
     for qi in range(len(corr.queries)):
         c = colors(qi % 10)
-        tq = corr.queries[qi, 0]
-        axes[0, col(tq, t_grid)].plot(qpix[qi, 1], qpix[qi, 0], marker="*", ms=13, color=c, mec="white",
-                         mew=0.8, ls="none")
+        q_ax = ax_of(corr.queries[qi, 0])
+        if q_ax is None:
+            hidden += 1 + corr.neighbours.shape[1]
+            continue
+        q_ax.plot(qpix[qi, 1], qpix[qi, 0], marker="*", ms=13, color=c, mec="white", mew=0.8,
+                  ls="none")
         for kj in range(corr.neighbours.shape[1]):
-            tn = corr.neighbours[qi, kj, 0]
+            ax = ax_of(corr.neighbours[qi, kj, 0])
+            if ax is None:
+                hidden += 1
+                continue
             yy, xx = npix[qi, kj]
             n_win = int(corr.wins[qi, kj])
-            ax = axes[0, col(tn, t_grid)]
             fig.add_artist(ConnectionPatch(
-                xyA=(qpix[qi, 1], qpix[qi, 0]), coordsA=axes[0, col(tq, t_grid)].transData,
+                xyA=(qpix[qi, 1], qpix[qi, 0]), coordsA=q_ax.transData,
                 xyB=(xx, yy), coordsB=ax.transData, color=c, lw=0.7,
                 alpha=0.8 if n_win > 0 else 0.35, ls="-" if n_win > 0 else ":"))
             if n_win > 0:
                 ax.plot(xx, yy, marker="o", ms=7, color=c, mec="white", mew=0.8, ls="none")
                 ax.annotate(str(n_win), (xx, yy), xytext=(3, 3), textcoords="offset points",
                             fontsize=6, color="white",
-                            bbox=dict(boxstyle="round,pad=0.1", fc=c, ec="none", alpha=0.8))
+                            bbox={"boxstyle": "round,pad=0.1", "fc": c, "ec": "none",
+                                  "alpha": 0.8})
             else:
                 ax.plot(xx, yy, marker="x", ms=6, color=c, mew=1.5, ls="none")
-    axes[0, 0].set_ylabel("proposals (o: in A, n = channels won; x: not)", fontsize=6)
-    axes[1, 0].set_ylabel("L1 feature change", fontsize=6)
-    fig.suptitle(title, fontsize=9)
+    axes[0, 0].set_ylabel("proposals (o: in A, n = channels won; x: not)", fontsize=7)
+    axes[1, 0].set_ylabel("L1 feature change", fontsize=7)
+    shown = f"{len(cols)} of {t_n} frames" + (" (all in the GIF)" if len(cols) < t_n else "")
+    if hidden:
+        shown += f"; {hidden} queries/proposals on frames not shown"
+    fig.suptitle(f"{title}; {shown}", fontsize=10)
     save(fig, out_dir / "correspondences.png", written)
     if animate:
         gif = []
         cmap = plt().get_cmap("inferno")
         for j in range(t_n):
-            hm = (cmap(corr.change[min(t_ch - 1, j * t_ch // t_n)] / vmax)[..., :3] * 255).astype(np.uint8)
+            hm = (cmap(corr.change[min(t_ch - 1, j * t_ch // t_n)] / vmax)[..., :3] * 255
+                  ).astype(np.uint8)
             hm = upsample_nearest(hm, *img_hw)
             gif.append(np.concatenate([frames[j], hm], axis=1))
         write_gif(gif, out_dir / "correspondences.gif", written)
@@ -239,9 +294,13 @@ def draw_correspondences(clip: Clip, frames: np.ndarray, corr: Correspondences, 
 
 def visualize_correspondences(loaded: LoadedModel, clip: Clip, out_dir: str | Path, *,
                               module_index: int = -1, points: str | None = None,
-                              num_points: int = 3, animate: bool = False) -> list[Path]:
+                              num_points: int = 3, animate: bool = False,
+                              times: list[float] | None = None) -> list[Path]:
     """Proposals of CP module ``module_index`` (network order; default the last) of
-    ``loaded.model`` on ``clip``."""
+    ``loaded.model`` on ``clip``; ``times`` (seconds) picks the frames shown
+    (:func:`correspondence_frames`)."""
+    if times is not None:
+        shown_frames(clip, times)  # bad --times fail before the work
     mods = cp_modules(loaded.model)
     if not mods:
         raise UserError(f"{loaded.name} has no CP module (CPNet models have)")
@@ -256,4 +315,5 @@ def visualize_correspondences(loaded: LoadedModel, clip: Clip, out_dir: str | Pa
     # Counted from 1 for people ("6 of 6" is the last); --module itself is a 0-based index.
     title = (f"{clip.name}: {loaded.name} CP module {name} "
              f"({mods.index((name, module)) + 1} of {len(mods)}), k={corr.neighbours.shape[1]}")
-    return draw_correspondences(clip, clip.frames, corr, Path(out_dir), title, animate)
+    return draw_correspondences(clip, clip.frames, corr, Path(out_dir), title, animate,
+                                times=times)

@@ -10,6 +10,10 @@ import torch
 
 from pipelines.fileio import write_atomic
 
+# Figures stay readable in any viewer: at most this wide (pixels at DPI).
+MAX_WIDTH_PX = 2500
+DPI = 100
+
 
 def plt():
     import matplotlib
@@ -49,7 +53,7 @@ def flow_colors(flows: np.ndarray, max_radius: float) -> tuple[np.ndarray, np.nd
     return img[:n, :h, :w].copy(), legend
 
 
-def save(fig, path: Path, written: list[Path], dpi: int = 100) -> None:
+def save(fig, path: Path, written: list[Path], dpi: int = DPI) -> None:
     """Render ``fig`` in the format of ``path``'s suffix, write it atomically (a reader never
     sees half a figure), close it and record ``path`` in ``written``."""
     buf = io.BytesIO()
@@ -60,12 +64,22 @@ def save(fig, path: Path, written: list[Path], dpi: int = 100) -> None:
     written.append(path)
 
 
-def frames_grid(rows: int, cols: int, panel: float = 2.2, extra_col: bool = False):
-    """A figure of rows x cols image panels (+1 narrow column for a legend)."""
+def frames_grid(rows: int, cols: int, aspect: float = 1.0, extra_col: bool = False,
+                max_panel: float = 3.0):
+    """A figure of rows x cols image panels of height/width ``aspect`` (+1 narrow column for a
+    legend), the panels as wide as fits :data:`MAX_WIDTH_PX` (at most ``max_panel`` inches,
+    at :data:`DPI`). Returns (figure, axes array (rows, cols [+1]))."""
     p = plt()
-    ncols = cols + (1 if extra_col else 0)
-    fig, axes = p.subplots(rows, ncols, figsize=(panel * ncols, panel * rows + 0.4),
-                           squeeze=False)
+    legend = 1.3 if extra_col else 0.0
+    margin = 0.9  # row labels on the left, padding
+    panel = min(max_panel, (MAX_WIDTH_PX / DPI - legend - margin) / max(cols, 1))
+    aspect = min(max(aspect, 0.3), 3.0)  # extreme shapes still leave room for the row
+    ratios = [1.0] * cols + ([legend / panel] if extra_col else [])
+    fig, axes = p.subplots(rows, cols + (1 if extra_col else 0),
+                           figsize=(panel * cols + legend + margin,
+                                    (panel * aspect + 0.45) * rows + 0.5),
+                           squeeze=False, gridspec_kw={"width_ratios": ratios},
+                           layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -86,6 +100,13 @@ def write_gif(images: Sequence[np.ndarray], path: Path, written: list[Path],
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, buf.getvalue())
     written.append(path)
+
+
+def grey(frame: np.ndarray) -> np.ndarray:
+    """``frame`` (H, W, 3) uint8 in grey (luma, ITU-R BT.601), its contrast halved: what a
+    figure shows where it has nothing to say (darker than the white of zero motion)."""
+    y = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((0.5 * y + 45).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def blend(frame: np.ndarray, color: np.ndarray, alpha: float | np.ndarray = 0.6) -> np.ndarray:

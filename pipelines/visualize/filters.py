@@ -46,7 +46,11 @@ def draw_filters(name: str, weight: torch.Tensor, path: Path, written: list[Path
             m = weight[ch, ti].numpy()
             ax.imshow(m, cmap="viridis")
             iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
-            if (iy, ix) != (r, r):
+            if np.count_nonzero(m == m.max()) > 1:
+                # no single largest weight (a constant map: e.g. CorrNet's initial weights):
+                # an arrow would point at whichever tied weight comes first
+                ax.plot(r, r, marker="o", ms=5, mfc="none", mec="0.8")
+            elif (iy, ix) != (r, r):
                 ax.annotate("", xy=(ix, iy), xytext=(r, r),
                             arrowprops=dict(arrowstyle="->", color="red", lw=1.2))
             else:
@@ -54,10 +58,11 @@ def draw_filters(name: str, weight: torch.Tensor, path: Path, written: list[Path
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"c{ch}", fontsize=6)
+                ax.set_title(f"c{ch}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"t={ti}", fontsize=6)
-    fig.suptitle(f"{name} ({c}x{t}x{k}x{k}); arrow: centre -> largest weight", fontsize=8)
+                ax.set_ylabel(f"t={ti}", fontsize=8)
+    fig.suptitle(f"{name} ({c}x{t}x{k}x{k}); arrow: centre -> largest weight; dot: the "
+                 "largest weight is at the centre; circle: no single largest weight", fontsize=9)
     fig.tight_layout()
     save(fig, path, written)
 
