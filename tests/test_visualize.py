@@ -223,7 +223,7 @@ def test_cli_filters(tmp_path):
     save_checkpoint(ckpt, {"model": {"res4.0.corr.weight": w, "head.fc.weight": torch.zeros(2, 3)},
                            "config": {}, "classes": ["a", "b"]})
     r = _run(["visualize", "filters", str(ckpt), "--out", str(tmp_path / "f"),
-              "--channels", "4", "--times", "2"])
+              "--channels", "4", "--time-steps", "2"])
     assert r.exit_code == 0, r.output
     files = [Path(ln) for ln in r.output.split()]
     assert [f.name for f in files] == ["filters_res4_0_corr.png"]

@@ -215,8 +215,9 @@ def correspondences(checkpoint: Path | None, model_name: str | None, module_inde
               help="Output folder for the figures.")
 @click.option("--channels", default=16, show_default=True, type=click.IntRange(min=1),
               help="Channels shown (those with the largest weight spread).")
-@click.option("--times", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Time steps shown (evenly spaced).")
+@click.option("--time-steps", "times", default=8, show_default=True, type=click.IntRange(min=1),
+              help="The operator's weight time steps shown (evenly spaced); not seconds, "
+                   "unlike --times of the clip figures.")
 @click.option("--overwrite", is_flag=True,
               help="Replace filter figures --out has (moved aside to NAME.old-N).")
 def filters(checkpoint: Path, out_dir: Path, channels: int, times: int,
@@ -228,7 +229,7 @@ def filters(checkpoint: Path, out_dir: Path, channels: int, times: int,
     \b
     Examples:
       vcorr visualize filters runs/corrnet/best.pt --out viz/
-      vcorr visualize filters runs/corrnet/best.pt --channels 8 --times 4 --out viz/
+      vcorr visualize filters runs/corrnet/best.pt --channels 8 --time-steps 4 --out viz/
     """
     from pipelines.visualize.filters import visualize_filters
 
