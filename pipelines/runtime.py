@@ -12,9 +12,10 @@ peak memory, and the speed options ``torch.compile`` and ``channels_last_3d`` (i
 
 ``channels_last_3d`` converts the 5-D (convolution) weights only: a convolution whose weight is
 channels-last writes a channels-last output, so the layout propagates from the first layer
-without converting the input. ``torch.compile`` works for every registered model; the custom
-autograd functions of the CP module are traced and the correlation operator must be opaque
-to the compiler (a registered custom op) for a graph without breaks (tests/test_compile.py).
+without converting the input. Under ``torch.compile`` the CP module's autograd functions are
+traced and its k-NN uses public ops only (:mod:`models.cp`); the correlation operator of
+CorrNet and DCF compiles as one node when it is a registered custom op
+(``torch.ops.vcorr.correlation``; tests/test_compile.py checks one model of each family).
 """
 from __future__ import annotations
 

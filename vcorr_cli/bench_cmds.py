@@ -338,19 +338,31 @@ def models(model_list: str, frames: int, size: int, batch: int, repeats: int, th
     mib = 1 << 20
     t = Table(title=f"training step on {r['device']}, batch {batch} x {frames}x{size}x{size}, "
                     f"amp {amp}, {r['threads']} thread(s), {repeats} runs; base = {r['baseline']}")
-    for name in ("model", "params M", "best ms", "median ms", "t/base", "vs eager",
-                 "warm-up s", "peak MiB", "m/base"):
-        t.add_column(name, justify="left" if name == "model" else "right")
+    extra = len(variants) > 1   # the variant, its speed-up against eager, the warm-up time
+    short = {"channels_last": "c-last", "compile+channels_last": "compile+c-last"}
+    t.add_column("model", no_wrap=True)
+    cols = ("variant", "best ms", "median ms", "t/base", "speed-up", "warm-up s",
+            "peak MiB") if extra else ("params M", "best ms", "median ms", "t/base",
+                                       "peak MiB", "m/base")
+    for name in cols:
+        t.add_column(name, justify="left" if name == "variant" else "right", no_wrap=True)
     for name in names:
         for v in variants:
             row = r["results"][name]["variants"][v]
-            t.add_row(name if v == "eager" else f"{name} [{v}]",
-                      f"{r['results'][name]['params'] / 1e6:.2f}",
-                      f"{row['step_best_s'] * 1e3:.0f}", f"{row['step_median_s'] * 1e3:.0f}",
-                      f"{row['time_ratio']:.2f}", f"{row['speedup_vs_first']:.2f}x",
-                      f"{row['warmup_s']:.1f}", f"{row['peak_bytes'] / mib:.0f}",
-                      f"{row['peak_memory_ratio']:.2f}")
+            timing = [f"{row['step_best_s'] * 1e3:.0f}", f"{row['step_median_s'] * 1e3:.0f}",
+                      f"{row['time_ratio']:.2f}"]
+            if extra:
+                cells = [short.get(v, v), *timing, f"{row['speedup_vs_first']:.2f}x",
+                         f"{row['warmup_s']:.1f}", f"{row['peak_bytes'] / mib:.0f}"]
+            else:
+                cells = [f"{r['results'][name]['params'] / 1e6:.2f}", *timing,
+                         f"{row['peak_bytes'] / mib:.0f}", f"{row['peak_memory_ratio']:.2f}"]
+            t.add_row(name, *cells)
     console.print(t)
+    for v in variants[1:]:
+        click.echo(f"{v} vs {variants[0]}: " + ", ".join(
+            f"{n} {r['results'][n]['variants'][v]['speedup_vs_first']:.2f}x (warm-up "
+            f"{r['results'][n]['variants'][v]['warmup_s']:.0f} s)" for n in names))
     click.echo(f"{names[0]} step = {r['time_ratio']:.2f}x {r['baseline']} (median "
                f"{r['time_ratio_median']:.2f}x; target <= {r['target_time_ratio']}x): "
                f"{'met' if r['targets_met'] else 'not met'}; peak memory "

@@ -272,12 +272,16 @@ def _run_gpu_bench(dev: torch.device, tiny: bool, data: str | Path | None,
     r["steps"] = []
     for pair in STEP_PAIRS:
         say(f"training steps {pair[0]} vs {pair[1]}")
-        if tiny:
-            res = bench_models(pair, frames=4, size=32, batch=2, repeats=1, threads=None,
-                               device=dev, amp=amp)
-        else:
-            res = bench_models(pair, frames=None, size=None, batch=8, repeats=repeats,
-                               threads=None, device=dev, amp=amp)
+        try:
+            if tiny:
+                res = bench_models(pair, frames=4, size=32, batch=2, repeats=1, threads=None,
+                                   device=dev, amp=amp)
+            else:
+                res = bench_models(pair, frames=None, size=None, batch=8, repeats=repeats,
+                                   threads=None, device=dev, amp=amp)
+        except torch.cuda.OutOfMemoryError:
+            res = {"models": list(pair), "status": "out of memory"}
+            torch.cuda.empty_cache()
         r["steps"].append(res)
     sections["steps"] = time.perf_counter() - t0
 
@@ -369,9 +373,10 @@ def gpu_markdown(r: dict | None = None) -> str:
     for i, pair in enumerate(STEP_PAIRS):
         res = r["steps"][i] if r else None
         for j, model in enumerate(pair):
-            row = res["results"][model] if res else None
+            row = res["results"][model] if res and "results" in res else None
             if row is None:
-                lines.append(f"| `{model}` | {NOT_MEASURED} | {NOT_MEASURED} | {NOT_MEASURED} |")
+                what = res["status"] if res else NOT_MEASURED
+                lines.append(f"| `{model}` | {what} | {what} | {what} |")
                 continue
             shape = "x".join(map(str, row["input_shape"][2:]))
             ratio = f"{row['time_ratio']:.2f}x" if j == 0 else "base"
