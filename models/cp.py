@@ -26,6 +26,10 @@ the (B, N, N) matrix and selects with an exact two-stage top-k on group minima; 
 (:func:`onednn_linear_available`; :data:`USE_ONEDNN` turns it off); the last ReLU and the max
 over the k pairs are one autograd function with the same gradient; the output BatchNorm runs on
 (B*N, C) rows. Results differ from the plain torch formulation only by float rounding.
+
+Mixed precision: under autocast the MLP and projections run in bfloat16/float16, but the k-NN
+always ranks in float32 (:func:`knn_other_frames`). Under ``torch.compile`` only public ops are
+used (no oneDNN calls), so the compiler sees and lowers every matmul itself.
 """
 from __future__ import annotations
 
@@ -49,9 +53,11 @@ _onednn_ok: bool | None = None
 
 def onednn_linear_available() -> bool:
     """Whether oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) is used: it exists,
-    agrees with ``F.linear`` on a small check, and :data:`USE_ONEDNN` is set."""
+    agrees with ``F.linear`` on a small check, and :data:`USE_ONEDNN` is set. False while
+    ``torch.compile`` traces: the compiler lowers the public ops itself (TorchInductor picks
+    oneDNN for CPU matmuls), and the availability check cannot be traced."""
     global _onednn_ok
-    if not USE_ONEDNN:
+    if not USE_ONEDNN or torch.compiler.is_compiling():
         return False
     if _onednn_ok is None:
         _onednn_ok = False
@@ -196,11 +202,29 @@ def _row_chunks(n: int, frame_size: int, rows: int) -> Iterator[tuple[int, int, 
             yield start, min((t + 1) * f, start + part), t, t + 1
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 @torch.no_grad()
 def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
                      chunk_rows: int | None = None,
                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """k nearest neighbours of every position among the positions of *other* frames.
+
+    Distances are always computed and ranked in at least float32, with autocast off:
+    bfloat16/float16 features (a model under mixed precision) are converted first. A bfloat16
+    distance ``|b|^2 - 2 a.b`` keeps 8 bits of magnitudes ~|f|^2, which is far coarser than the
+    gaps between near neighbours and would reorder them (tests/test_mixed_precision.py).
+    """
+    with torch.autocast(feat.device.type, enabled=False):
+        return _knn_other_frames(feat.float() if feat.dtype in _HALF else feat, k, frame_size,
+                                 chunk_rows=chunk_rows, chunk_elements=chunk_elements)
+
+
+def _knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
+                      chunk_rows: int | None = None,
+                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """:func:`knn_other_frames` on float32/float64 features, autocast off.
 
     ``feat`` is (B, C, N) with positions in (t, h, w) raster order, N = T * frame_size.
     Distance is plain squared L2, ranked via ``|b|^2 - 2 a.b`` (``|a|^2`` is the same for a whole
@@ -251,8 +275,12 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
             batch_step = max(1, min(b, chunk_elements // (rows * m)))
     else:
         whole, rows, batch_step = chunk_rows >= f, chunk_rows, b
+    if not whole and torch.compiler.is_compiling():
+        # torch.compile cannot trace baddbmm(out=) into the strided buffer below (a graph
+        # break per call): there, chunks of queries go against all keys (1/T more work).
+        whole, rows = True, chunk_rows or knn_chunk_rows(b, n, chunk_elements)
 
-    if whole:  # whole frames against all keys, own frame skipped at selection
+    if whole:  # queries (whole frames or parts of one) against all keys, own frame skipped
         for start, stop, t0, t1 in _row_chunks(n, f, rows):
             d = torch.baddbmm(sq, queries[:, start:stop], feat, alpha=-2.0)
             out[:, start:stop] = _select(d, k, f, g, offsets, (t0, t1))
@@ -280,7 +308,13 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
 @torch.no_grad()
 def knn_other_frames_dense(feat: torch.Tensor, k: int, frame_size: int) -> torch.Tensor:
     """Reference form of :func:`knn_other_frames` holding the whole (B, N, N) distance matrix
-    ``|a|^2 + |b|^2 - 2ab`` (the paper's formulation; memory O(B N^2)). Used by the benchmark."""
+    ``|a|^2 + |b|^2 - 2ab`` (the paper's formulation; memory O(B N^2)), in at least float32 as
+    :func:`knn_other_frames`. Used by the benchmark."""
+    with torch.autocast(feat.device.type, enabled=False):
+        return _knn_dense(feat.float() if feat.dtype in _HALF else feat, k, frame_size)
+
+
+def _knn_dense(feat: torch.Tensor, k: int, frame_size: int) -> torch.Tensor:
     b, c, n = feat.shape
     sq = feat.pow(2).sum(dim=1)
     dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * torch.bmm(feat.transpose(1, 2), feat)
@@ -467,8 +501,12 @@ class CPModule(nn.Module):
         k = min(self.k, n - h * w)
         pos = grid_positions(t, h, w, dtype=f.dtype, device=f.device)
         keys = flat.detach()
+        if keys.dtype in _HALF:   # mixed precision: neighbours are ranked in float32
+            keys = keys.float()
         if self.tie_break:
-            keys = torch.cat([keys, (pos * self.tie_break ** 0.5).expand(b, 3, n)], dim=1)
+            kpos = (pos if pos.dtype == keys.dtype
+                    else grid_positions(t, h, w, dtype=keys.dtype, device=keys.device))
+            keys = torch.cat([keys, (kpos * self.tie_break ** 0.5).expand(b, 3, n)], dim=1)
         idx = knn_other_frames(keys, k, h * w, chunk_rows=self.chunk_rows)
         if self.keep_knn:
             self.last_knn = idx

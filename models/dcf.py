@@ -80,12 +80,19 @@ def _halve(volume: torch.Tensor) -> torch.Tensor:
     return F.avg_pool3d(volume, (1, 2, 2), (1, 2, 2), ceil_mode=True)
 
 
+def _pass_key() -> int:
+    """The key of the pass in flight: the thread's id, or 0 inside ``torch.compile``."""
+    return 0 if torch.compiler.is_compiling() else threading.get_ident()
+
+
 class CorrelationPyramid:
     """The top-down hand-off of correlation volumes between the DCF blocks of one model.
 
     ``channels[k]`` is the volume width of level k. Not an ``nn.Module``: it holds no
     parameters and nothing that belongs in a state dict, only the volumes of the pass in flight,
-    keyed by thread so DataParallel replicas (threads sharing this object) do not mix.
+    keyed by thread so DataParallel replicas (threads sharing this object) do not mix. Under
+    ``torch.compile`` (which cannot trace ``threading.get_ident``) every pass has the same key:
+    a compiled model must not run in several threads at once.
     """
 
     def __init__(self, channels: Sequence[int]) -> None:
@@ -102,7 +109,7 @@ class CorrelationPyramid:
 
     def put(self, level: int, volume: torch.Tensor) -> None:
         """Store the level's volume; level 0 starts a new pass."""
-        key = threading.get_ident()
+        key = _pass_key()
         if level == 0:
             self._passes[key] = [None] * self.levels
         volumes = self._passes.get(key)
@@ -114,7 +121,7 @@ class CorrelationPyramid:
     def take(self, level: int, like: torch.Tensor) -> list[torch.Tensor]:
         """The shallower levels' volumes pooled to ``like``'s (T, H, W); the deepest level
         ends the pass."""
-        key = threading.get_ident()
+        key = _pass_key()
         volumes = self._passes[key]
         size = like.shape[2:]
         out = []

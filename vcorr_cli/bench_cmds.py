@@ -15,6 +15,10 @@ from pipelines.errors import UserError
 
 json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
                            help="Write the numbers to this JSON file.")
+device_option = click.option(
+    "--device", default="cpu", show_default=True,
+    help="cpu or cuda (cuda:N): where the benchmark runs; CUDA timings wait for the kernels "
+         "(torch.cuda.synchronize) and peak memory is torch.cuda.max_memory_allocated.")
 synthetic_option = click.option(
     "--synthetic", type=click.Path(file_okay=False), default=None,
     help="Generate and prepare Kinetics-like videos in this folder and use them.")
@@ -63,6 +67,7 @@ def bench() -> None:
       vcorr bench train data/k400_12 --model c2d_r18
       vcorr bench eval data/k400_12 --model c2d_r18 --clips 25 --crops 10
       vcorr bench predict /tmp/bench_videos --json bench_predict.json
+      vcorr bench gpu --out results/bench_gpu
     """
 
 
@@ -222,9 +227,10 @@ _THREADS_HELP = ("torch intra-op threads during the run (0: torch's default). 1 
 @click.option("--naive-repeats", default=1, show_default=True,
               help="Timed runs of the naive (B, N, N) k-NN.")
 @click.option("--threads", default=1, show_default=True, help=_THREADS_HELP)
+@device_option
 @json_option
 def knn(batch: int, channels: int, frames: int, size: int, k: int, repeats: int,
-        naive_repeats: int, threads: int, json_path: str | None) -> None:
+        naive_repeats: int, threads: int, device: str, json_path: str | None) -> None:
     """CP module k-NN: chunked vs the naive B*N^2 distance matrix vs the bare matmul floor
     (time, peak memory, same neighbours). Defaults: B=8, C=128, 8x28x28 positions, k=8.
 
@@ -246,10 +252,11 @@ def knn(batch: int, channels: int, frames: int, size: int, k: int, repeats: int,
     with console.status("benchmarking the k-NN") as status:
         r = bench_knn(batch=batch, channels=channels, frames=frames, size=size, k=k,
                       repeats=repeats, naive_repeats=naive_repeats, threads=threads,
-                      progress=lambda msg: status.update(msg))
+                      progress=lambda msg: status.update(msg), device=device)
     mib = 1 << 20
     t = Table(title=f"k-NN (k={k}, other frames only), B={batch} C={channels} "
-                    f"N={frames}x{size}x{size}={r['positions']}, {r['threads']} thread(s)")
+                    f"N={frames}x{size}x{size}={r['positions']}, {r['device']}, "
+                    f"{r['threads']} thread(s)")
     for name in ("method", "best ms", "median ms", "t/floor", "peak MiB", "m/naive matrix"):
         t.add_column(name, justify="left" if name == "method" else "right")
     floor = r["floor_best_s"]
@@ -291,11 +298,20 @@ def knn(batch: int, channels: int, frames: int, size: int, k: int, repeats: int,
 @click.option("--repeats", default=5, show_default=True,
               help="Timed steps per model (interleaved across models).")
 @click.option("--threads", default=1, show_default=True, help=_THREADS_HELP)
+@device_option
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off",
+              show_default=True, help="Autocast dtype of forward and loss (fp16: CUDA only).")
+@click.option("--compile", "with_compile", is_flag=True,
+              help="Also time every model under torch.compile (interleaved with eager; the "
+                   "first call, which compiles, is the warm-up).")
+@click.option("--channels-last", is_flag=True,
+              help="Also time every model with channels_last_3d weights and activations.")
 @json_option
 def models(model_list: str, frames: int, size: int, batch: int, repeats: int, threads: int,
+           device: str, amp: str, with_compile: bool, channels_last: bool,
            json_path: str | None) -> None:
     """Training step (forward, cross-entropy, backward) time and peak memory of registered
-    models on CPU; by default CPNet ResNet-18 vs its C2D baseline at 8x112x112.
+    models; by default CPNet ResNet-18 vs its C2D baseline at 8x112x112 on the CPU.
 
     \b
     Examples:
@@ -303,6 +319,8 @@ def models(model_list: str, frames: int, size: int, batch: int, repeats: int, th
       vcorr bench models --json bench_models.json
       vcorr bench correlation --json bench_correlation.json
       vcorr bench models --models cpnet_r18,nl_c2d_r18,c2d_r18 --batch 2 --repeats 3
+      vcorr bench models --compile --channels-last --repeats 5
+      vcorr bench models --device cuda --amp bf16 --batch 8 --size 224
     """
     from rich.console import Console
     from rich.table import Table
@@ -310,21 +328,42 @@ def models(model_list: str, frames: int, size: int, batch: int, repeats: int, th
     from pipelines.bench.models import bench_models, parse_model_list
 
     names = parse_model_list(model_list)
+    variants = ["eager"] + (["compile"] if with_compile else []) + (
+        ["channels_last"] if channels_last else []) + (
+        ["compile+channels_last"] if with_compile and channels_last else [])
     console = Console()
     with console.status("benchmarking models") as status:
         r = bench_models(names, frames=frames, size=size, batch=batch, repeats=repeats,
-                         threads=threads, progress=lambda msg: status.update(msg))
+                         threads=threads, progress=lambda msg: status.update(msg),
+                         device=device, amp=amp, variants=variants)
     mib = 1 << 20
-    t = Table(title=f"training step on CPU, batch {batch} x {frames}x{size}x{size}, "
-                    f"{r['threads']} thread(s), {repeats} runs; base = {r['baseline']}")
-    for name in ("model", "params M", "best ms", "median ms", "t/base", "peak MiB", "m/base"):
-        t.add_column(name, justify="left" if name == "model" else "right")
+    t = Table(title=f"training step on {r['device']}, batch {batch} x {frames}x{size}x{size}, "
+                    f"amp {amp}, {r['threads']} thread(s), {repeats} runs; base = {r['baseline']}")
+    extra = len(variants) > 1   # the variant, its speed-up against eager, the warm-up time
+    short = {"channels_last": "c-last", "compile+channels_last": "compile+c-last"}
+    t.add_column("model", no_wrap=True)
+    cols = ("variant", "best ms", "median ms", "t/base", "speed-up", "warm-up s",
+            "peak MiB") if extra else ("params M", "best ms", "median ms", "t/base",
+                                       "peak MiB", "m/base")
+    for name in cols:
+        t.add_column(name, justify="left" if name == "variant" else "right", no_wrap=True)
     for name in names:
-        row = r["results"][name]
-        t.add_row(name, f"{row['params'] / 1e6:.2f}", f"{row['step_best_s'] * 1e3:.0f}",
-                  f"{row['step_median_s'] * 1e3:.0f}", f"{row['time_ratio']:.2f}",
-                  f"{row['peak_bytes'] / mib:.0f}", f"{row['peak_memory_ratio']:.2f}")
+        for v in variants:
+            row = r["results"][name]["variants"][v]
+            timing = [f"{row['step_best_s'] * 1e3:.0f}", f"{row['step_median_s'] * 1e3:.0f}",
+                      f"{row['time_ratio']:.2f}"]
+            if extra:
+                cells = [short.get(v, v), *timing, f"{row['speedup_vs_first']:.2f}x",
+                         f"{row['warmup_s']:.1f}", f"{row['peak_bytes'] / mib:.0f}"]
+            else:
+                cells = [f"{r['results'][name]['params'] / 1e6:.2f}", *timing,
+                         f"{row['peak_bytes'] / mib:.0f}", f"{row['peak_memory_ratio']:.2f}"]
+            t.add_row(name, *cells)
     console.print(t)
+    for v in variants[1:]:
+        click.echo(f"{v} vs {variants[0]}: " + ", ".join(
+            f"{n} {r['results'][n]['variants'][v]['speedup_vs_first']:.2f}x (warm-up "
+            f"{r['results'][n]['variants'][v]['warmup_s']:.0f} s)" for n in names))
     click.echo(f"{names[0]} step = {r['time_ratio']:.2f}x {r['baseline']} (median "
                f"{r['time_ratio_median']:.2f}x; target <= {r['target_time_ratio']}x): "
                f"{'met' if r['targets_met'] else 'not met'}; peak memory "
@@ -345,10 +384,11 @@ def models(model_list: str, frames: int, size: int, batch: int, repeats: int, th
 @click.option("--repeats", default=5, show_default=True, help="Timed runs of our operator.")
 @click.option("--unfold-repeats", default=3, show_default=True,
               help="Timed runs of the unfold baseline.")
+@device_option
 @json_option
 def correlation(batch: int, channels: int, frames: int, size: int, kernel_size: int,
                 dilation: int, group_size: int, repeats: int, unfold_repeats: int,
-                json_path: str | None) -> None:
+                device: str, json_path: str | None) -> None:
     """Correlation operator vs the unfold formulation: forward+backward time, peak memory,
     error, and the distance from the arithmetic floor. Defaults: CorrNet-26 res2.
 
@@ -373,12 +413,12 @@ def correlation(batch: int, channels: int, frames: int, size: int, kernel_size: 
     cfg.validate()
     console = Console()
     with console.status("benchmarking") as status:
-        r = run_correlation_bench(cfg, progress=lambda msg: status.update(msg))
+        r = run_correlation_bench(cfg, progress=lambda msg: status.update(msg), device=device)
 
     mib = 1 << 20
     t = Table(title=f"correlation forward+backward, B={batch} C={channels} T={frames} "
                     f"{size}x{size} K={kernel_size} D={dilation} G={cfg.groups}, "
-                    f"{r['threads']} threads")
+                    f"{r['device']}, {r['threads']} threads")
     # Ratios: time / unfold's, peak memory / unfold's, time / floor's.
     for name in ("method", "best ms", "median ms", "peak MiB", "t/unfold", "m/unfold",
                  "t/floor"):
@@ -416,9 +456,12 @@ def correlation(batch: int, channels: int, frames: int, size: int, kernel_size: 
 @click.option("--batch", default=8, show_default=True, help="Clips per step.")
 @click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
 @click.option("--steps", default=12, show_default=True, help="Timed steps (after 2 warm-up).")
+@click.option("--device", default=None,
+              help="cpu or cuda (cuda:N) [default: CUDA when present].")
 @json_option
 def train(data: str | None, synthetic: str | None, model: str, frames: int, crop: int,
-          batch: int, workers: int, steps: int, json_path: str | None) -> None:
+          batch: int, workers: int, steps: int, device: str | None,
+          json_path: str | None) -> None:
     """Training clips/s and the share of step time spent waiting for data.
 
     DATA is a folder written by 'vcorr prepare' (frames at least CROP px on the short side).
@@ -432,10 +475,12 @@ def train(data: str | None, synthetic: str | None, model: str, frames: int, crop
     from rich.table import Table
 
     from pipelines.bench.train import bench_train
+    from pipelines.runtime import resolve_device
 
+    resolve_device(device)   # a CUDA request without CUDA: one line, before any data work
     data = _data_folder(data, synthetic)
     r = bench_train(data, model, frames=frames, crop=crop, batch=batch, workers=workers,
-                    steps=steps)
+                    steps=steps, device=device)
     t = Table(title=f"train {model}: {batch} x {frames}x{crop}x{crop} clips, {workers} "
                     f"worker(s), {r['torch_threads']} torch threads, {r['device']}")
     for col in ("clips/s", "step s (median)", "data wait share", "target"):
@@ -459,11 +504,14 @@ def train(data: str | None, synthetic: str | None, model: str, frames: int, crop
 @click.option("--max-views-per-batch", "max_views", default=50, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
 @click.option("--videos", default=16, show_default=True, help="Timed videos (after warm-up).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--device", default=None,
+              help="cpu or cuda (cuda:N) [default: CUDA when present].")
+@click.option("--compile", "with_compile", is_flag=True, help="torch.compile the model.")
 @json_option
 def eval_bench(data: str | None, synthetic: str | None, split: str | None, model: str,
                clips: int, crops: str, frames: int, crop: int, short_side: int, max_views: int,
-               workers: int, videos: int, device: str | None, json_path: str | None) -> None:
+               workers: int, videos: int, device: str | None, with_compile: bool,
+               json_path: str | None) -> None:
     """Multi-view evaluation videos/s and the share of time spent outside the model (waiting
     for data, building views, moving them) -- target <= 15% at 25 clips x 10 crops.
 
@@ -479,11 +527,13 @@ def eval_bench(data: str | None, synthetic: str | None, split: str | None, model
     from rich.table import Table
 
     from pipelines.bench.eval import bench_eval
+    from pipelines.runtime import resolve_device
 
+    resolve_device(device)   # a CUDA request without CUDA: one line, before any data work
     data = _data_folder(data, synthetic)
     r = bench_eval(data, model, split=split, clips=clips, crops=int(crops), frames=frames,
                    crop=crop, short_side=short_side or None, max_views=max_views,
-                   workers=workers, videos=videos, device=device)
+                   workers=workers, videos=videos, device=device, compile=with_compile)
     t = Table(title=f"eval {model}: {clips} clips x {crops} crops of {frames}x{crop}x{crop}, "
                     f"{r['videos']} videos, {workers} worker(s), {r['device']}")
     for col in ("videos/s", "views/s", "model s", "views s", "data wait s", "outside model",
@@ -513,7 +563,7 @@ def eval_bench(data: str | None, synthetic: str | None, split: str | None, model
 @click.option("--fps", default=30, show_default=True, help="Frame rate of the videos.")
 @click.option("--size", default="320x240", show_default=True, help="WxH of the videos.")
 @click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--device", default=None, help="cpu or cuda (cuda:N) [default: CUDA if present].")
 @json_option
 def predict_bench(video_dir: str, model: str, frames: int, crop: int, short_side: int,
                   clips: int, crops: str, every: int, videos: int, seconds: float, fps: int,
@@ -549,3 +599,58 @@ def predict_bench(video_dir: str, model: str, frames: int, crop: int, short_side
               "<= 25%" + (" met" if r["target_met"] else " MISSED"))
     Console().print(t)
     _save_json(r, json_path)
+
+
+@bench.command(name="gpu")
+@click.option("--device", default="cuda", show_default=True, help="The GPU (cuda or cuda:N).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench_gpu",
+              show_default=True, help="Folder for bench_gpu.json and bench_gpu.md.")
+@click.option("--overwrite", is_flag=True,
+              help="Move earlier results in --out aside (OUT.old-N) instead of stopping.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="A prepared folder for the eval figure [default: synthetic videos].")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs of each measurement (best kept; unfold: 3).")
+@click.option("--tiny", is_flag=True, hidden=True,
+              help="Toy sizes, any device: checks that the script runs (not a measurement).")
+def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: int,
+        tiny: bool) -> None:
+    """All GPU figures of the README in one run (a few minutes, 8 at most): correlation
+    forward+backward (Triton, the PyTorch loop, unfold; fp32 and bf16; CorrNet-26 res2 and
+    DCF X3D-S's largest stage), the CP k-NN, bf16 training steps of cpnet_r18 vs c2d_r18 and
+    corrnet_26 vs r2plus1d_26 at batch 8, and vcorr eval at 10x3 views. Writes
+    OUT/bench_gpu.json and OUT/bench_gpu.md (the README's tables, with the GPU's name).
+
+    \b
+    Examples:
+      vcorr bench gpu
+      vcorr bench gpu --device cuda:1 --out results/bench_gpu_h200 --overwrite
+      vcorr bench gpu --data data/k400_12
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pipelines.bench.gpu import gpu_markdown, run_gpu_bench
+    from pipelines.fileio import write_atomic
+    from pipelines.outputs import check_folder, move_aside
+    from pipelines.runtime import resolve_device
+
+    resolve_device(device)
+    out = Path(out_dir)
+    names = ("bench_gpu.json", "bench_gpu.md")
+    move_old = check_folder(out, names, overwrite=overwrite,
+                            what="the results of an earlier `vcorr bench gpu`")
+    console = Console()
+    with console.status("benchmarking the GPU") as status:
+        r = run_gpu_bench(device, tiny=tiny, data=data, repeats=repeats,
+                          progress=lambda msg: status.update(msg))
+    table = gpu_markdown(r)
+    if move_old:
+        move_aside(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "bench_gpu.json", json.dumps(r, indent=2) + "\n")
+    write_atomic(out / "bench_gpu.md", table)
+    click.echo(table)
+    click.echo(f"took {r['seconds']['total']:.0f} s; wrote {out / 'bench_gpu.json'} and "
+               f"{out / 'bench_gpu.md'}")

@@ -33,6 +33,9 @@ import click
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Force a device [default: CUDA when present].")
 @click.option("--no-amp", is_flag=True, help="No autocast on CUDA.")
+@click.option("--compile", "with_compile", is_flag=True,
+              help="Run the model under torch.compile (compiles at the first batch, and once "
+                   "more if the batch size changes).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>].")
 @click.option("--overwrite", is_flag=True,
@@ -42,7 +45,8 @@ import click
 def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops: str,
              full_frame: bool, crop_size: int | None, short_side: int | None, average: str,
              max_views_per_batch: int, workers: int, device: str | None, no_amp: bool,
-             out_dir: Path | None, overwrite: bool, no_progress: bool) -> None:
+             with_compile: bool, out_dir: Path | None, overwrite: bool,
+             no_progress: bool) -> None:
     """Evaluate a training checkpoint with multi-view testing (clips x crops per video).
 
     Clips have the training clip length, interval and sampler; the frames of a video are read
@@ -66,7 +70,8 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
 
     s = EvalSettings(clips=clips, crops=int(crops), crop_size=crop_size, short_side=short_side,
                      full_frame=full_frame, average=average,
-                     max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp)
+                     max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp,
+                     compile=with_compile)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
                             progress=not no_progress, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports

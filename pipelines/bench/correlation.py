@@ -24,9 +24,8 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,26 +71,49 @@ class CorrelationBenchConfig:
         return self.channels // self.group_size
 
 
-def unfold_correlation(x: Tensor, weight: Tensor, kernel_size: int, dilation: int,
-                       groups: int) -> Tensor:
-    """The baseline: materialise every frame's C*K*K neighbourhood with ``F.unfold``.
+def unfold_reference(x: Tensor, weight: Tensor | None, *, kernel_size: int, groups: int,
+                     offsets: Sequence[int], dilations: Sequence[int], clip_ends: str,
+                     scale: float) -> Tensor:
+    """The baseline: materialise every frame's C*K*K neighbourhood with ``F.unfold``, once per
+    temporal offset. Same definition and channel order as :func:`models.ops.correlation`
+    (partner frame ``t + tau``; outside the clip the frame itself, ``clip_ends="self"``, or a
+    zero frame, ``"zero"``; weight (C, T or 1, K, K); group sums times ``scale``), so outputs
+    compare element by element. Autograd keeps the unfolded tensors.
 
-    Same definition and channel order as :func:`models.ops.corrnet_correlation` (frame t
-    against frame t-1, frame 0 against itself; weight (C, T, K, K); mean over each group), so
-    its output can be compared element by element. Autograd keeps the unfolded tensors.
+    Shape:
+        (B, C, T, H, W) -> (B, len(offsets) * G * K * K, T, H, W).
     """
     b, c, t, h, w = x.shape
     kk, cg = kernel_size * kernel_size, c // groups
-    partners = x[:, :, [0] + list(range(t - 1))]  # frame 0 is its own partner
     queries = x.transpose(1, 2).reshape(b, t, groups, cg, 1, h * w)
-    cols = F.unfold(partners.transpose(1, 2).reshape(b * t, c, h, w), kernel_size,
-                    dilation=dilation, padding=(kernel_size // 2) * dilation)
-    cols = cols.view(b, t, groups, cg, kk, h * w)
-    # (C, T, K, K) -> (1, T, G, Cg, K*K, 1); shared-over-time weights broadcast over T.
-    wt = weight.reshape(c, weight.shape[1], kk).transpose(0, 1)
-    wt = wt.reshape(1, weight.shape[1], groups, cg, kk, 1)
-    out = (cols * queries * wt).mean(dim=3)  # (B, T, G, K*K, H*W)
-    return out.permute(0, 2, 3, 1, 4).reshape(b, groups * kk, t, h, w)
+    wt = None
+    if weight is not None:  # (C, T, K, K) -> (1, T, G, Cg, K*K, 1); T = 1 broadcasts
+        wt = weight.reshape(c, weight.shape[1], kk).transpose(0, 1)
+        wt = wt.reshape(1, weight.shape[1], groups, cg, kk, 1)
+    # Frame index t stands for a zero frame (clip_ends="zero").
+    padded = torch.cat([x, x.new_zeros(b, c, 1, h, w)], dim=2) if clip_ends == "zero" else x
+    outs = []
+    for tau, dil in zip(offsets, dilations):
+        idx = [s + tau if 0 <= s + tau < t else (s if clip_ends == "self" else t)
+               for s in range(t)]
+        partners = padded[:, :, idx]
+        cols = F.unfold(partners.transpose(1, 2).reshape(b * t, c, h, w), kernel_size,
+                        dilation=dil, padding=(kernel_size // 2) * dil)
+        prod = cols.view(b, t, groups, cg, kk, h * w) * queries
+        if wt is not None:
+            prod = prod * wt
+        outs.append(prod.sum(dim=3) * scale)                        # (B, T, G, K*K, H*W)
+    out = torch.stack(outs, dim=1)                                  # (B, P, T, G, K*K, H*W)
+    return out.permute(0, 1, 3, 4, 2, 5).reshape(b, len(outs) * groups * kk, t, h, w)
+
+
+def unfold_correlation(x: Tensor, weight: Tensor, kernel_size: int, dilation: int,
+                       groups: int) -> Tensor:
+    """:func:`unfold_reference` for CorrNet's operator (:func:`models.ops.corrnet_correlation`:
+    frame t against frame t-1, frame 0 against itself, the mean over each group)."""
+    return unfold_reference(x, weight, kernel_size=kernel_size, groups=groups, offsets=(-1,),
+                            dilations=(dilation,), clip_ends="self",
+                            scale=1.0 / (x.shape[1] // groups))
 
 
 @contextlib.contextmanager
@@ -124,41 +146,44 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def fma_rate(numel: int, repeats: int) -> float:
+def fma_rate(numel: int, repeats: int, device: torch.device | str = "cpu") -> float:
     """Elementwise multiply-adds per second of one fused ``out.addcmul_(a, b)`` on ``numel``."""
-    a, b = torch.rand(numel), torch.rand(numel)
-    out = torch.zeros(numel)
+    from pipelines.runtime import time_call
+
+    dev = torch.device(device)
+    a, b = torch.rand(numel, device=dev), torch.rand(numel, device=dev)
+    out = torch.zeros(numel, device=dev)
     out.addcmul_(a, b)  # warm-up: page in the buffers
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out.addcmul_(a, b)
-        best = min(best, time.perf_counter() - start)
+    best = min(time_call(lambda: out.addcmul_(a, b), dev) for _ in range(repeats))
     return numel / best
 
 
-def _timings(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, thread pool, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def _timings(fn: Callable[[], object], repeats: int,
+             device: torch.device | str = "cpu") -> list[float]:
+    from pipelines.runtime import time_call
+
+    dev = torch.device(device)
+    fn()  # warm-up: allocator, thread pool, lazy initialisation, kernel compilation
+    return [time_call(fn, dev) for _ in range(repeats)]
 
 
 def run_correlation_bench(cfg: CorrelationBenchConfig,
-                          progress: Callable[[str], None] | None = None) -> dict:
-    """Time and measure both implementations; returns the numbers as a flat dict."""
+                          progress: Callable[[str], None] | None = None,
+                          device: str | torch.device = "cpu") -> dict:
+    """Time and measure both implementations on ``device``; returns the numbers as a flat
+    dict. On CUDA, ``corrnet_correlation`` takes the operator's default for CUDA tensors."""
+    from pipelines.runtime import memory_method, peak_memory, resolve_device
+
     cfg.validate()
+    dev = resolve_device(device)
     say = progress or (lambda _msg: None)
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.batch, cfg.channels, cfg.frames, cfg.size, cfg.size)
     k, d, g = cfg.kernel_size, cfg.dilation, cfg.groups
-    x = torch.randn(shape, generator=gen).requires_grad_()
-    weight = (1 + 0.1 * torch.randn(cfg.channels, cfg.frames, k, k, generator=gen))
+    x = torch.randn(shape, generator=gen).to(dev).requires_grad_()
+    weight = (1 + 0.1 * torch.randn(cfg.channels, cfg.frames, k, k, generator=gen)).to(dev)
     weight.requires_grad_()
-    grad = torch.randn(cfg.batch, g * k * k, cfg.frames, cfg.size, cfg.size, generator=gen)
+    grad = torch.randn(cfg.batch, g * k * k, cfg.frames, cfg.size, cfg.size, generator=gen).to(dev)
 
     def step(op: Callable[..., Tensor]) -> Callable[[], tuple[Tensor, ...]]:
         def run() -> tuple[Tensor, ...]:
@@ -177,18 +202,18 @@ def run_correlation_bench(cfg: CorrelationBenchConfig,
     del ref, got
 
     say("timing ours")
-    t_ours = _timings(ours, cfg.repeats)
+    t_ours = _timings(ours, cfg.repeats, dev)
     say("timing unfold")
-    t_unfold = _timings(unfold, cfg.unfold_repeats)
+    t_unfold = _timings(unfold, cfg.unfold_repeats, dev)
     say("measuring peak memory")
-    mem_ours = peak_memory_bytes(ours)
-    mem_unfold = peak_memory_bytes(unfold)
+    mem_ours = peak_memory(ours, dev)
+    mem_unfold = peak_memory(unfold, dev)
 
     say("measuring multiply-add throughput")
     large = 1 << 24  # 3 x 64 MiB operands: far beyond any cache, like the big tensors
     small = 1 << 15  # 3 x 128 KiB: stays in L2
-    rate_large = fma_rate(large, 5)
-    rate_cache = max(fma_rate(small, 200), rate_large)
+    rate_large = fma_rate(large, 5, dev)
+    rate_cache = max(fma_rate(small, 200, dev), rate_large)
     macs_forward = cfg.batch * cfg.frames * cfg.size * cfg.size * cfg.channels * k * k
     macs = 4 * macs_forward  # forward, query grad, partner grad, weight grad
     best_ours, best_unfold = min(t_ours), min(t_unfold)
@@ -198,6 +223,7 @@ def run_correlation_bench(cfg: CorrelationBenchConfig,
     output_bytes = grad.numel() * grad.element_size()
     return {
         "config": asdict(cfg),
+        "device": str(dev),
         "threads": torch.get_num_threads(),
         "max_abs_error": max_abs_error,
         "max_abs_grad_error": grad_error,
@@ -214,7 +240,7 @@ def run_correlation_bench(cfg: CorrelationBenchConfig,
         "input_bytes": input_bytes,
         "output_bytes": output_bytes,
         "unfolded_bytes": input_bytes * k * k,
-        "memory_method": MEMORY_METHOD,
+        "memory_method": memory_method(dev),
         "multiply_adds": macs,
         "fma_per_s_large": rate_large,
         "fma_per_s_in_cache": rate_cache,

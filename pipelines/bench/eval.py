@@ -21,18 +21,23 @@ def bench_eval(data: str | Path, model: str = "c2d_r18", *, split: str | None = 
                clips: int = 25, crops: int = 10, frames: int = 8, interval: int = 1,
                crop: int = 112, short_side: int | None = 128, max_views: int = 50,
                workers: int = 2, videos: int = 16, warmup: int = 2,
-               device: str | None = None, amp: bool = True) -> dict[str, Any]:
-    """Time the evaluation of ``videos`` videos of ``data`` at ``clips`` x ``crops`` views."""
+               device: str | None = None, amp: bool = True,
+               compile: bool = False) -> dict[str, Any]:
+    """Time the evaluation of ``videos`` videos of ``data`` at ``clips`` x ``crops`` views
+    (``compile``: the model under ``torch.compile``; the warm-up videos compile it)."""
     import models
     from pipelines.data.inspect import read_classes, read_index
     from pipelines.evaluate.evaluate import EvalSettings, run_views
+    from pipelines.runtime import compile_model, resolve_device
 
     classes = read_classes(data)
     if split is None:
         splits = {r["split"] for r in read_index(data)}
         split = "val" if "val" in splits else sorted(splits)[0]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     net = models.create_model(model, num_classes=len(classes)).to(dev).eval()
+    if compile:
+        net = compile_model(net)
     s = EvalSettings(clips=clips, crops=crops, max_views_per_batch=max_views, workers=workers,
                      amp=amp)
     kw = dict(frames=frames, interval=interval, sampler="dense", crop_size=crop,
@@ -53,7 +58,8 @@ def bench_eval(data: str | Path, model: str = "c2d_r18", *, split: str | None = 
         "model": model, "device": str(dev), "torch_threads": torch.get_num_threads(),
         "clips": clips, "crops": crops, "views_per_video": r["views_per_video"],
         "frames": frames, "crop": crop, "short_side": short_side, "max_views_per_batch": max_views,
-        "workers": workers, "amp": amp and dev.type == "cuda", "videos": done,
+        "workers": workers, "amp": amp and dev.type == "cuda", "compile": compile,
+        "videos": done,
         "failed": len(r["failed"]), "seconds": total, "videos_per_s": done / total,
         "views_per_s": done * r["views_per_video"] / total,
         "data_wait_s": t["data"], "views_s": t["views"], "model_s": t["model"],

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from pipelines.bench.correlation import MEMORY_METHOD, peak_memory_bytes
 from pipelines.errors import UserError
 
 KNN_TIME_TARGET = 1.5          # chunked k-NN time / matmul floor
@@ -58,18 +56,24 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 
 
 def _time_interleaved(fns: dict[str, Callable[[], object]], repeats: int,
-                      say: Callable[[str], None]) -> dict[str, list[float]]:
-    """Wall times of every function, one warm-up each, then ``repeats`` interleaved rounds."""
+                      say: Callable[[str], None], device: torch.device | None = None,
+                      warmup: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Wall times of every function, one warm-up each, then ``repeats`` interleaved rounds.
+    On CUDA each call is timed up to the end of its kernels (:func:`pipelines.runtime.time_call`).
+    ``warmup``, if given, receives each warm-up call's time (compilation, for compiled models)."""
+    from pipelines.runtime import time_call
+
+    dev = device or torch.device("cpu")
     for name, fn in fns.items():
         say(f"warming up {name}")
-        fn()
+        seconds = time_call(fn, dev)
+        if warmup is not None:
+            warmup[name] = seconds
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(repeats):
         for name, fn in fns.items():
             say(f"timing {name} ({i + 1}/{repeats})")
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time_call(fn, dev))
     return times
 
 
@@ -109,9 +113,14 @@ def neighbour_agreement(feat: torch.Tensor, got: torch.Tensor, ref: torch.Tensor
 
 def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 28, k: int = 8,
               repeats: int = 3, naive_repeats: int = 1, threads: int | None = 1, seed: int = 0,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """Time and measure the chunked k-NN against the naive matrix and the matmul floor."""
+              progress: Callable[[str], None] | None = None,
+              device: str | torch.device = "cpu") -> dict:
+    """Time and measure the chunked k-NN against the naive matrix and the matmul floor on
+    ``device`` (CUDA: timed to the end of the kernels, peak memory from the CUDA allocator)."""
     from models import cp
+    from pipelines.runtime import memory_method, peak_memory, resolve_device, time_call
+
+    dev = resolve_device(device)
 
     for name, value in (("batch", batch), ("channels", channels), ("frames", frames),
                         ("size", size), ("k", k), ("repeats", repeats),
@@ -127,7 +136,7 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
     say = progress or (lambda _msg: None)
     with torch_threads(threads) as used_threads:
         gen = torch.Generator().manual_seed(seed)
-        feat = torch.randn(batch, channels, n, generator=gen)
+        feat = torch.randn(batch, channels, n, generator=gen).to(dev)
         keys_t = feat.transpose(1, 2).contiguous()
 
         def chunked() -> torch.Tensor:
@@ -142,32 +151,35 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
 
         say("checking the chunked result against the naive matrix")
         got = chunked()
-        naive_times = []
-        for _ in range(naive_repeats):
-            start = time.perf_counter()
-            ref = cp.knn_other_frames_dense(feat, k, frame_size)
-            naive_times.append(time.perf_counter() - start)
-        agreement = neighbour_agreement(feat, got, ref)
+        naive_out: list[torch.Tensor] = []
+
+        def naive() -> None:
+            naive_out[:] = [cp.knn_other_frames_dense(feat, k, frame_size)]
+
+        naive_times = [time_call(naive, dev) for _ in range(naive_repeats)]
+        ref = naive_out[0]
+        agreement = neighbour_agreement(feat.cpu(), got.cpu(), ref.cpu())
         blas = chunked_blas()
         blas_identical = bool(torch.equal(blas, got))
-        blas_same = neighbour_agreement(feat, blas, ref)["same"]
+        blas_same = neighbour_agreement(feat.cpu(), blas.cpu(), ref.cpu())["same"]
         del ref, got, blas
 
-        floor_out = torch.empty(batch, n, n)
+        floor_out = torch.empty(batch, n, n, device=dev)
 
         def floor() -> torch.Tensor:
             return torch.bmm(keys_t, feat, out=floor_out)
 
+        onednn = dev.type == "cpu" and cp.onednn_linear_available()
         fns = {"floor": floor, "chunked": chunked}
-        if cp.onednn_linear_available():
+        if onednn:
             fns["chunked_blas"] = chunked_blas
-        times = _time_interleaved(fns, repeats, say)
+        times = _time_interleaved(fns, repeats, say, dev)
         if "chunked_blas" not in times:
             times["chunked_blas"] = times["chunked"]
         say("measuring peak memory")
-        mem_chunked = peak_memory_bytes(chunked)
+        mem_chunked = peak_memory(chunked, dev)
         floor_out = torch.empty(0)        # leave room for the naive run's matrices
-        mem_naive = peak_memory_bytes(lambda: cp.knn_other_frames_dense(feat, k, frame_size))
+        mem_naive = peak_memory(lambda: cp.knn_other_frames_dense(feat, k, frame_size), dev)
 
     naive_matrix = batch * n * n * 4
     best = {name: min(v) for name, v in times.items()}
@@ -175,7 +187,7 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
     r = {
         "batch": batch, "channels": channels, "frames": frames, "size": size, "k": k,
         "positions": n, "frame_size": frame_size, "repeats": repeats, "threads": used_threads,
-        "onednn": cp.onednn_linear_available(),
+        "device": str(dev), "onednn": onednn,
         "same_neighbours": agreement["same"],
         "agreement": agreement,
         "chunked_blas_identical": blas_identical,
@@ -193,7 +205,7 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
         "naive_peak_bytes": mem_naive,
         "naive_matrix_bytes": naive_matrix,
         "peak_memory_ratio_vs_naive": mem_chunked / naive_matrix,
-        "memory_method": MEMORY_METHOD.replace("one forward+backward", "one k-NN call"),
+        "memory_method": memory_method(dev).replace("one forward+backward", "one k-NN call"),
         "targets": {"time_ratio_vs_matmul": KNN_TIME_TARGET,
                     "peak_memory_ratio_vs_naive": KNN_MEMORY_TARGET},
     }
@@ -219,57 +231,121 @@ def parse_model_list(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-def bench_models(models: Sequence[str] = ("cpnet_r18", "c2d_r18"), frames: int = 8,
-                 size: int = 112, batch: int = 4, repeats: int = 5, threads: int | None = 1,
-                 seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
-    """Training-step time and peak memory of each model; ratios against the last one."""
+VARIANTS = ("eager", "compile", "channels_last", "compile+channels_last")
+
+
+def _variant_label(name: str, variant: str) -> str:
+    return name if variant == "eager" else f"{name} [{variant}]"
+
+
+def bench_models(models: Sequence[str] = ("cpnet_r18", "c2d_r18"), frames: int | None = 8,
+                 size: int | None = 112, batch: int = 4, repeats: int = 5,
+                 threads: int | None = 1, seed: int = 0,
+                 progress: Callable[[str], None] | None = None, *,
+                 device: str | torch.device = "cpu", amp: str = "off",
+                 variants: Sequence[str] = ("eager",), compile_backend: str = "inductor") -> dict:
+    """Training-step time and peak memory of each model; ratios against the last one.
+
+    ``frames``/``size`` None: each model's registered clip size. A model with a per-clip-length
+    part (CorrNet's per-time-step weights, TRN's frame count) is built for ``frames``.
+    ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA only): forward and loss under autocast.
+    ``variants``: each model is also timed, interleaved with the others, as
+    ``"compile"`` (:func:`pipelines.runtime.compile_model` with ``compile_backend``; the
+    warm-up call, which compiles, is reported as ``warmup_s``), ``"channels_last"``
+    (:func:`pipelines.runtime.to_channels_last`) or both; ``"eager"`` is the plain model.
+    Results: ``results[name]`` is the first variant (eager by default) with its ratios against
+    the baseline; ``results[name]["variants"][v]`` every variant with ``speedup_vs_first``.
+
+    Raises:
+        UserError: bad sizes, an unknown model or variant, fp16 on the CPU, CUDA absent.
+    """
     from models import create_model, get_model_entry
+    from pipelines.runtime import (
+        compile_model,
+        memory_method,
+        peak_memory,
+        resolve_device,
+        to_channels_last,
+    )
 
     names = parse_model_list(models)
     for name, value in (("frames", frames), ("size", size), ("batch", batch),
                         ("repeats", repeats)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"--{name} must be >= 1, got {value}")
+    variants = list(dict.fromkeys(variants))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise UserError(f"unknown variant(s) {unknown}; expected some of {', '.join(VARIANTS)}")
+    if amp not in ("off", "bf16", "fp16"):
+        raise UserError(f"--amp must be off, bf16 or fp16, got {amp!r}")
+    dev = resolve_device(device)
+    if amp == "fp16" and dev.type != "cuda":
+        raise UserError("--amp fp16 needs --device cuda (use bf16 on the CPU)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     say = progress or (lambda _msg: None)
     with torch_threads(threads) as used_threads:
-        steps, params = {}, {}
+        steps, params, shapes = {}, {}, {}
         for i, name in enumerate(names):
-            say(f"building {name}")
-            torch.manual_seed(seed + i)
-            model = create_model(name)
-            model.train()
             entry = get_model_entry(name)
+            t = frames or entry.input_shape[1]
+            hw = size or entry.input_shape[2]
+            kw = {"num_frames": t} if "num_frames" in entry.defaults else {}
             gen = torch.Generator().manual_seed(seed)
-            clip = torch.randn(batch, entry.input_shape[0], frames, size, size, generator=gen)
-            labels = torch.randint(0, entry.num_classes, (batch,), generator=gen)
-            params[name] = sum(p.numel() for p in model.parameters())
+            clip = torch.randn(batch, entry.input_shape[0], t, hw, hw, generator=gen).to(dev)
+            labels = torch.randint(0, entry.num_classes, (batch,), generator=gen).to(dev)
+            shapes[name] = list(clip.shape)
+            for variant in variants:
+                say(f"building {_variant_label(name, variant)}")
+                torch.manual_seed(seed + i)
+                model = create_model(name, **kw).to(dev)
+                model.train()
+                params[name] = sum(p.numel() for p in model.parameters())
+                if "channels_last" in variant:
+                    to_channels_last(model)
+                net = compile_model(model, backend=compile_backend) if "compile" in variant else model
 
-            def step(model=model, clip=clip, labels=labels) -> None:
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(clip), labels).backward()
+                def step(model=model, net=net, clip=clip, labels=labels) -> None:
+                    model.zero_grad(set_to_none=True)
+                    with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                        loss = F.cross_entropy(net(clip).float(), labels)
+                    loss.backward()
 
-            steps[name] = step
-        times = _time_interleaved(steps, repeats, say)
+                steps[_variant_label(name, variant)] = step
+        warmup: dict[str, float] = {}
+        times = _time_interleaved(steps, repeats, say, dev, warmup)
         peaks = {}
-        for name, step in steps.items():
-            say(f"measuring peak memory of {name}")
-            peaks[name] = peak_memory_bytes(step)
+        for label, step in steps.items():
+            say(f"measuring peak memory of {label}")
+            peaks[label] = peak_memory(step, dev)
+
+    def row(label: str, base_label: str) -> dict:
+        return {"step_best_s": min(times[label]), "step_median_s": statistics.median(times[label]),
+                "warmup_s": warmup[label], "peak_bytes": peaks[label],
+                "time_ratio": min(times[label]) / min(times[base_label]),
+                "time_ratio_median": (statistics.median(times[label])
+                                      / statistics.median(times[base_label])),
+                "peak_memory_ratio": peaks[label] / peaks[base_label]}
 
     base = names[-1]
+    first = variants[0]
     rows = {}
     for name in names:
-        rows[name] = {
-            "params": params[name],
-            "step_best_s": min(times[name]), "step_median_s": statistics.median(times[name]),
-            "peak_bytes": peaks[name],
-            "time_ratio": min(times[name]) / min(times[base]),
-            "time_ratio_median": statistics.median(times[name]) / statistics.median(times[base]),
-            "peak_memory_ratio": peaks[name] / peaks[base],
-        }
+        per_variant = {}
+        for v in variants:
+            r = row(_variant_label(name, v), _variant_label(base, v))
+            r["speedup_vs_first"] = (min(times[_variant_label(name, first)])
+                                     / min(times[_variant_label(name, v)]))
+            per_variant[v] = r
+        rows[name] = {"params": params[name], "input_shape": shapes[name], **per_variant[first],
+                      "variants": per_variant}
     r = {"models": names, "baseline": base, "frames": frames, "size": size, "batch": batch,
-         "repeats": repeats, "threads": used_threads, "device": "cpu",
+         "repeats": repeats, "threads": used_threads, "device": str(dev), "amp": amp,
+         "variants": variants, "compile_backend": compile_backend if any(
+             "compile" in v for v in variants) else None,
+         "torch": torch.__version__,
          "step": "model.train(); forward, cross-entropy, backward",
-         "memory_method": MEMORY_METHOD.replace("one forward+backward", "one training step"),
+         "memory_method": memory_method(dev).replace("one forward+backward", "one training step"),
          "results": rows,
          "time_ratio": rows[names[0]]["time_ratio"],
          "time_ratio_median": rows[names[0]]["time_ratio_median"],

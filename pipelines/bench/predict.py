@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 TARGET_OUTSIDE = 0.25
 
 
@@ -34,9 +32,10 @@ def bench_predict(folder: str | Path, model: str = "c2d_r18", *, frames: int = 8
     from pipelines.predict.loader import ClipSpec
     from pipelines.predict.plan import Sampling
     from pipelines.predict.predict import Inference, run_raw_videos
+    from pipelines.runtime import resolve_device
 
+    dev = resolve_device(device)  # before generating videos: a bad --device fails at once
     paths = make_synthetic_videos(folder, videos + warmup, seconds, fps, size)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = models.create_model(model, num_classes=400).to(dev).eval()
     spec = ClipSpec(Sampling(every=every, source="bench"), "dense", frames, 1, clips,
                     short_side or None)

@@ -51,6 +51,7 @@ class EvalSettings:
     max_views_per_batch: int = 64
     workers: int = 2
     amp: bool = True                  # autocast on CUDA
+    compile: bool = False             # torch.compile the model (pipelines.runtime)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -288,6 +289,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     dev = env.device
     try:
         model.to(dev)
+        if s.compile:
+            from pipelines.runtime import compile_model
+            model = compile_model(model)
         r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
                       crop_size=crop_size, short_side=short_side,
                       normalize=bool(cfg["data"]["normalize"]), mean=cfg["data"]["mean"],

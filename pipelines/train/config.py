@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
         "val_batch_size": 0,           # 0: same as the training micro-batch
         "sync_bn": False,              # SyncBatchNorm under DDP
         "max_steps_per_epoch": 0,      # 0: the whole epoch (small values for smoke tests)
+        "compile": False,              # torch.compile the model for the training steps
+        "channels_last": False,        # convolution weights (and so activations) channels_last_3d
     },
     # A list of {frames, epochs, freeze_bn, lr}: progressive training (e.g. 8 -> 16 -> 32 frames
     # with BN frozen after the first phase). Empty: one phase of data.frames x optim.epochs.

@@ -34,6 +34,9 @@ def setup_distributed(device: str | None = None) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None:   # "cuda" without CUDA: one clear line (UserError), not a traceback
+        from pipelines.runtime import resolve_device
+        device = resolve_device(device).type
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda:
         torch.cuda.set_device(local)

@@ -33,9 +33,11 @@ RUN_PATTERNS = ("last.pt", "best.pt", "summary.json", "metrics.jsonl", "config.t
 # Keys that do not change what is trained: where the data is and what its splits are called
 # (the training videos are checked against the checkpoint's fingerprint), loader workers
 # (a clip depends only on seed, epoch and index), and when to validate and log (validation
-# runs without gradients, in eval mode, on its own loader and RNG).
+# runs without gradients, in eval mode, on its own loader and RNG), and how the same model is
+# run (torch.compile, the channels-last layout: the same math, other float rounding).
 SAFE_ON_RESUME = ("data.root", "data.train_split", "data.val_split", "data.workers",
-                  "train.val_every", "train.log_every", "train.val_batch_size")
+                  "train.val_every", "train.log_every", "train.val_batch_size",
+                  "train.compile", "train.channels_last")
 
 
 # --- the run folder ----------------------------------------------------------------------------

@@ -455,10 +455,16 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             report.save(out / "init_report.json")
     if env.distributed and cfg["train"]["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg["train"]["channels_last"]:
+        from pipelines.runtime import to_channels_last
+        to_channels_last(model)
     net: nn.Module = model
     if env.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    if cfg["train"]["compile"]:   # training steps only; validation and checkpoints use `model`
+        from pipelines.runtime import compile_model
+        net = compile_model(net)
     optimizer = build_optimizer(cfg, model)
     amp = cfg["precision"]["amp"]
     if amp == "fp16" and env.device.type != "cuda":
