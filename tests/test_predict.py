@@ -233,6 +233,50 @@ def test_broken_files_are_reported_and_the_others_predicted(tmp_path: Path,
     assert len(read_rows(tmp_path / "none" / "predictions.csv")) == 2
 
 
+def test_a_stream_that_ends_early_is_predicted_from_the_frames_it_holds(
+        tmp_path: Path, toy_ckpt: Path) -> None:
+    """A truncated file whose header (moov first) announces all its frames: the clips planned
+    over the announced frames reach past the end, so the video is planned again over the
+    frames that decode. Reference: the same prediction on a clean file of just those frames."""
+    import imageio_ffmpeg
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 60, (96, 32, 32, 3), dtype=np.uint8)  # noise: big frames
+    for k in range(96):  # the square moves right 8 px per frame, wrapping
+        x = (3 + 8 * k) % 30
+        frames[k, 20:22, x:x + 2] = 255
+    plain = tmp_path / "plain.mp4"
+    write_video(plain, frames, fps=8.0, lossless=True)
+    full = tmp_path / "full.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(plain), "-c",
+                    "copy", "-movflags", "+faststart", str(full)], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[:int(full.stat().st_size * 0.6)])
+    info = probe(cut)  # the header announces every frame; the container holds a partial last one
+    assert info.header_frames == 96 and info.num_frames < 96
+    held = []
+    reader = VideoReader(cut)
+    reader.decode(lambda chunk: held.extend(chunk.numbers))
+    assert 20 < len(held) < info.num_frames and held == list(range(len(held)))
+    prefix = tmp_path / "prefix.mp4"
+    write_video(prefix, frames[:len(held)], fps=8.0, lossless=True)
+    out = {}
+    for name, path in (("cut", cut), ("prefix", prefix)):
+        out[name] = tmp_path / f"out_{name}"
+        r = run("predict", toy_ckpt, path, "--clips", "4", "--crops", "1", "--window", "2",
+                "--workers", "1", "--out", out[name], "--no-progress")
+        assert r.exit_code == 0, r.output + repr(r.exception)
+    got = json.loads((out["cut"] / "predictions.json").read_text())["videos"][0]
+    ref = json.loads((out["prefix"] / "predictions.json").read_text())["videos"][0]
+    assert not got.get("error") and got["top"] and "decoded" in got["warning"]
+    assert [t["class"] for t in got["top"]] == [t["class"] for t in ref["top"]]
+    np.testing.assert_allclose([t["prob"] for t in got["top"]],
+                               [t["prob"] for t in ref["top"]], atol=1e-5)
+    got_rows = read_rows(out["cut"] / "cut.timeline.csv")
+    ref_rows = read_rows(out["prefix"] / "prefix.timeline.csv")
+    assert len(got_rows) == len(ref_rows) >= 2
+
+
 # --- extract -----------------------------------------------------------------------------------
 
 def reference_features(model, path: Path, clips: int, stages: list[str], frames: int = 3,

@@ -67,22 +67,26 @@ def video_items(index: int, path: str | Path, spec: ClipSpec,
     docstring). Never raises for a bad video: the closing item carries the reason.
 
     Items: ``{"video", "key", "start", "end", "clips"}`` per group (start and end in seconds);
-    closing: ``{"video", "done": True, "groups": emitted, "error": "" or reason, "info"}``.
+    ``{"video", "reset": True}`` when the groups emitted so far are void (below); closing:
+    ``{"video", "done": True, "groups": emitted since the last reset, "error": "" or reason,
+    "info"}``.
+
+    A stream that ends early (a truncated or damaged file whose header announces more frames
+    than decode) is planned again over the frames that did decode and read a second time, so
+    its clips cover what the file holds, as ``prepare`` stores such a file; the closing item's
+    ``info["warning"]`` says what was missing.
 
     Shape: ``clips`` uint8 (N, C, T, H, W), N clips of the group.
     """
     emitted = 0
     info_out: dict[str, Any] = {}
-    try:
-        reader = VideoReader(path, folder_fps=spec.sampling.folder_fps)
-        info = reader.info
-        info_out = {"duration": round(info.duration, 6), "frames": info.num_frames,
-                    "fps": round(info.fps, 6), "variable_rate": info.variable_rate,
-                    "height": info.height, "width": info.width}
-        numbers, times = sampled_frames(info, spec.sampling)
-        if not len(numbers):
-            raise VideoError(NO_FRAME, "no frame at the training data's rate")
-        groups = plan_groups(numbers, times, info.duration, sampler=spec.sampler,
+
+    def decode(reader: VideoReader, numbers: np.ndarray, times: np.ndarray,
+               duration: float) -> tuple[list[Group], Any, dict[int, torch.Tensor]]:
+        """Plan the groups over (numbers, times), decode, emit each group once complete;
+        return the groups left incomplete, the decode report and the frames still kept."""
+        nonlocal emitted
+        groups = plan_groups(numbers, times, duration, sampler=spec.sampler,
                              frames=spec.frames, interval=spec.interval, clips=spec.clips,
                              window=spec.window, stride=spec.stride)
         # Groups in the order their last frame is decoded; how many groups use each frame.
@@ -112,7 +116,32 @@ def video_items(index: int, path: str | Path, spec: ClipSpec,
                         del kept[n]
 
         report = reader.decode(on_chunk, indices=sorted(uses))
-        info_out.update(decoder=report.decoder, warning=report.problem() or "")
+        return todo, report, kept
+
+    try:
+        reader = VideoReader(path, folder_fps=spec.sampling.folder_fps)
+        info = reader.info
+        info_out = {"duration": round(info.duration, 6), "frames": info.num_frames,
+                    "fps": round(info.fps, 6), "variable_rate": info.variable_rate,
+                    "height": info.height, "width": info.width}
+        numbers, times = sampled_frames(info, spec.sampling)
+        if not len(numbers):
+            raise VideoError(NO_FRAME, "no frame at the training data's rate")
+        todo, report, kept = decode(reader, numbers, times, info.duration)
+        warning = report.problem() or ""
+        if todo and 0 < report.frames_decoded < report.frames_expected:
+            # The stream ended early: plan again over the frames it holds (those before the
+            # first frame that did not decode, by number and by time).
+            keep = (numbers < report.frames_decoded) & (times < report.stream_end)
+            if keep.any():
+                if emitted:
+                    emit({"video": index, "reset": True})
+                    emitted = 0
+                info_out["duration_decoded"] = round(report.stream_end, 6)
+                todo, report, kept = decode(
+                    VideoReader(path, folder_fps=spec.sampling.folder_fps), numbers[keep],
+                    times[keep], report.stream_end)
+        info_out.update(decoder=report.decoder, warning=warning)
         if todo:
             missing = min(n for c in todo[0].clips for n in c if n not in kept)
             raise VideoError(NO_FRAME, f"frame {missing} of {info.num_frames} did not decode "

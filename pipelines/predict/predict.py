@@ -156,7 +156,7 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     reduce = reduce or (lambda out, flips: average_views(out, flips, inf.swap_map, "probs"))
     videos: dict[int, dict[str, Any]] = {
         i: {"groups": {}, "starts": {}, "ends": {}, "info": {}, "error": "", "closed": False,
-            "emitted": 0, "counted": False} for i in range(len(paths))}
+            "emitted": 0, "counted": False, "gen": 0} for i in range(len(paths))}
     bar = None
     if progress:
         from pipelines.progress import make_progress
@@ -173,9 +173,10 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
             if bar is not None:
                 bar.update(1)
 
-    def on_done(key: tuple[int, int], result: torch.Tensor) -> None:
-        i, g = key
-        if not videos[i]["error"]:
+    def on_done(key: tuple[int, int, int], result: torch.Tensor) -> None:
+        i, g, gen = key
+        # A result of groups voided by a reset (a stream that ended early) is dropped.
+        if not videos[i]["error"] and gen == videos[i]["gen"]:
             videos[i]["groups"][g] = result.cpu()
             finish(i)
 
@@ -204,11 +205,14 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
                     v["error"] = item["error"]
                 finish(item["video"])
                 continue
+            if item.get("reset"):  # the video is planned again over the frames it holds
+                v.update(gen=v["gen"] + 1, groups={}, starts={}, ends={})
+                continue
             if v["error"]:
                 continue
             v["starts"][item["key"]], v["ends"][item["key"]] = item["start"], item["end"]
             try:
-                batcher.add((item["video"], item["key"]), item["clips"])
+                batcher.add((item["video"], item["key"], v["gen"]), item["clips"])
             except ValueError as exc:  # the crop does not fit the frames
                 v["error"] = f"{exc}"
         batcher.flush()
