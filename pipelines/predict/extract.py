@@ -10,12 +10,13 @@ the map every classification head starts from. Maps are averaged over (T, H, W) 
 (``per_clip``: one per clip, in time order). Flipped views (10 crops) are averaged as they are.
 The model runs in float32 (no autocast on CUDA): the features are the float32 model's.
 
-Resumable and safe to kill: each video's array is written under ``_partial/<id>`` with its
-attributes, then moved (an HDF5 link move) to ``<id>`` and the file flushed, so a dataset at
-``<id>`` is always complete; a rerun deletes what ``_partial`` holds and skips every ``<id>``
-present. A rerun with other settings (checkpoint, layer, views, ...) is refused. (HDF5 itself
-is not journaled: a kill in the milliseconds of a write may still damage the file's
-metadata; it is then reported when opened.)
+Resumable and safe to kill: each video's array is written as an anonymous dataset (no name,
+so nothing a reader iterating the file sees) with its attributes and flushed, then linked at
+``<id>`` and the file flushed again, so a dataset at ``<id>`` is always complete and the file's
+only names are video ids; a kill before the link leaves unreachable bytes, never a name; a
+rerun skips every ``<id>`` present. A rerun with other settings (checkpoint, layer, views,
+...) is refused. (HDF5 itself is not journaled: a kill in the milliseconds of a write may
+still damage the file's metadata; it is then reported when opened.)
 """
 from __future__ import annotations
 
@@ -34,8 +35,6 @@ from pipelines.evaluate.batcher import ViewBatcher
 from pipelines.evaluate.views import CROP_CHOICES
 from pipelines.predict.plan import WHOLE
 from pipelines.train.interrupts import fault_point
-
-PARTIAL = "_partial"
 
 
 class _Stop(Exception):
@@ -118,32 +117,28 @@ class FeatureFile:
             self.f.attrs["settings"] = want
             for k, v in settings.items():
                 self.f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) or v is None else v
-        if PARTIAL in self.f:  # left by a killed run: never moved, so never complete
-            del self.f[PARTIAL]
         self.f.flush()
 
     def done(self) -> set[str]:
         """Ids of the complete datasets."""
-        return {k for k in self.f if k != PARTIAL}
+        return set(self.f)
 
     def source(self, vid: str) -> str:
         """The ``source`` attribute of dataset ``vid``."""
         return str(self.f[vid].attrs.get("source", ""))
 
     def write(self, vid: str, data: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Write under ``_partial/<vid>`` with ``attrs``, then move to ``<vid>`` and flush."""
-        tmp = f"{PARTIAL}/{vid}"
-        ds = self.f.create_dataset(tmp, data=data)
+        """Write an anonymous dataset with ``attrs``, flush, then link it at ``<vid>`` and
+        flush."""
+        ds = self.f.create_dataset(None, data=data)
         for k, v in attrs.items():
             ds.attrs[k] = v
         self.f.flush()
         fault_point("extract")
-        self.f.move(tmp, vid)
+        self.f[vid] = ds
         self.f.flush()
 
     def close(self) -> None:
-        if PARTIAL in self.f and not len(self.f[PARTIAL]):
-            del self.f[PARTIAL]
         self.f.close()
 
 
