@@ -216,6 +216,9 @@ def knn_other_frames(feat: torch.Tensor, k: int, frame_size: int, *,
     distance ``|b|^2 - 2 a.b`` keeps 8 bits of magnitudes ~|f|^2, which is far coarser than the
     gaps between near neighbours and would reorder them (tests/test_mixed_precision.py).
     """
+    if feat.device.type not in ("cpu", "cuda"):  # meta (counting GMACs): no autocast there
+        return _knn_other_frames(feat, k, frame_size, chunk_rows=chunk_rows,
+                                 chunk_elements=chunk_elements)
     with torch.autocast(feat.device.type, enabled=False):
         return _knn_other_frames(feat.float() if feat.dtype in _HALF else feat, k, frame_size,
                                  chunk_rows=chunk_rows, chunk_elements=chunk_elements)

@@ -67,14 +67,15 @@ def check_folder(folder: str | Path, patterns: Sequence[str], *, overwrite: bool
     return True
 
 
-def check_files(paths: Sequence[str | Path], *, overwrite: bool) -> list[Path]:
+def check_files(paths: Sequence[str | Path], *, overwrite: bool,
+                option: str = "--out") -> list[Path]:
     """Apply the rule to files that are one result (a figure and its animation): if any of
     them exists, raise :class:`UserError` unless ``overwrite``. Returns the existing ones (to
     pass to :func:`move_aside` when the new result is ready)."""
     existing = [Path(p) for p in paths if os.path.lexists(p)]
     if existing and not overwrite:
         names = ", ".join(str(p) for p in existing)
-        raise UserError(f"{names}: already there from an earlier run; give another --out, or "
+        raise UserError(f"{names}: already there from an earlier run; give another {option}, or "
                         f"--overwrite to move {'it' if len(existing) == 1 else 'them'} aside to "
                         f"{', '.join(aside_name(p).name for p in existing)}")
     return existing

@@ -140,7 +140,7 @@ def compare_runs(folders: Sequence[str | Path], plot: str | Path | None = None, 
 
     if not folders:
         raise UserError("give one or more run folders (written by `vcorr train --out`)")
-    old = check_files([plot], overwrite=overwrite) if plot is not None else []
+    old = check_files([plot], overwrite=overwrite, option="--plot") if plot is not None else []
     rows = [run_row(f) for f in folders]
     if plot is not None:
         for path in old:

@@ -36,7 +36,8 @@ def toy(out: str, **kw) -> None:
       vcorr toy data/toy
       vcorr toy data/toy_long --frames 8 --wrap --videos 500
       vcorr prepare --format list --annotations data/toy/annotations.csv \\
-          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0
+          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0 \\
+          --codec raw
     """
     from pipelines.data.toy import ToyOptions, make_toy
 
@@ -101,7 +102,8 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
     \b
     Examples:
       vcorr prepare --format list --annotations data/toy/annotations.csv \\
-          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0
+          --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0 \\
+          --codec raw
       vcorr prepare --format kinetics --annotations kinetics400/train.csv \\
           --annotations kinetics400/validate.csv --root kinetics400/videos \\
           --out data/k400_12 --every 12 --workers 16

@@ -56,7 +56,8 @@ def cli() -> None:
       vcorr demo                   # everything below on the toy dataset, with a report
       vcorr toy data/toy
       vcorr prepare --format list --annotations data/toy/annotations.csv \\
-                    --root data/toy --out data/toy_h5 --short-side 0 --codec raw
+                    --labels data/toy/classes.txt --root data/toy --out data/toy_h5 \\
+                    --short-side 0 --codec raw
       vcorr inspect data/toy_h5 --verify
     """
 

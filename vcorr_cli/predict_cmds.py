@@ -16,7 +16,7 @@ _fps = click.option("--fps", type=click.FloatRange(min=0, min_open=True), defaul
 _every = click.option("--every", type=click.IntRange(min=1), default=None,
                       help="The training data kept every N-th frame (prepare's --every).")
 _clips = click.option("--clips", default=10, show_default=True, type=click.IntRange(min=1),
-                      help="Clips per video (and per window), evenly spaced.")
+                      help="Clips per video (predict: and per --window), evenly spaced.")
 _crops = click.option("--crops", default="3", show_default=True,
                       type=click.Choice(["1", "3", "6", "10"]),
                       help="Spatial crops per clip, as in `vcorr eval`.")

@@ -103,7 +103,7 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
         best = summary["best_val_top1"]
         click.echo(f"done: {out_dir} (best val top-1 "
                    f"{'-' if best is None else f'{100 * best:.1f}%'}, "
-                   f"{summary['seconds']:.0f} s)")
+                   f"{summary.get('run_seconds', summary['seconds']):.0f} s in all)")
 
 
 def _toml_string(text: str) -> str:

@@ -28,7 +28,7 @@ def _clip_options(f: Callable) -> Callable:
         click.option("--id", "video_id", help="Video id in --data."),
         click.option("--frames", type=click.IntRange(min=2), default=None,
                      help="Clip length [default: the checkpoint's evaluation clip, or the "
-                          "model's default, or 8 with --pixels]."),
+                          "model's default; correlation --pixels: 8]."),
         click.option("--interval", type=click.IntRange(min=1), default=None,
                      help="Frame interval [default: the checkpoint's, else 1]."),
         click.option("--short-side", type=click.IntRange(min=1), default=None,
