@@ -46,7 +46,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "BACKENDS",
@@ -346,30 +345,73 @@ def _triton_args(cfg: _Config) -> dict:
             "dilations": cfg.dilations, "clip_ends": cfg.clip_ends, "scale": cfg.scale}
 
 
-class _CorrelationFunction(torch.autograd.Function):
-    """Autograd wrapper: saves only the inputs and recomputes products in backward."""
+# The operator is registered as two custom ops (torch.library), forward and backward, so that
+# torch.compile keeps it as one opaque node of the graph: its Python loops over blocks are
+# not traced, and neither forward nor backward breaks the graph. The ops take the fields of
+# _Config as plain arguments (a custom op's schema has no dataclasses).
+def _cfg(kernel_size: int, groups: int, offsets: list[int], dilations: list[int],
+         clip_ends: str, scale: float, block_elements: int | None, backend: str) -> _Config:
+    return _Config(kernel_size, groups, tuple(offsets), tuple(dilations), clip_ends, scale,
+                   block_elements, backend)
 
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, cfg: _Config) -> Tensor:  # type: ignore[override]
-        ctx.cfg = cfg
-        ctx.save_for_backward(x, weight)
-        if cfg.backend == "triton":
-            return _triton().forward(x, weight, **_triton_args(cfg))
-        return _forward(x, weight, cfg)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
-        need_w = weight is not None and ctx.needs_input_grad[1]
-        if ctx.cfg.backend == "triton":
-            grad_x, grad_w = _triton().backward(x, weight, grad_out, need_x=need_x,
-                                                need_w=need_w, **_triton_args(ctx.cfg))
-        else:
-            grad_x, grad_w = _backward(x, weight, grad_out.contiguous(), ctx.cfg, need_x,
-                                       need_w)
-        return grad_x, grad_w, None
+@torch.library.custom_op("vcorr::correlation", mutates_args=())
+def _correlation_op(x: Tensor, weight: Tensor | None, kernel_size: int, groups: int,
+                    offsets: list[int], dilations: list[int], clip_ends: str, scale: float,
+                    block_elements: int | None, backend: str) -> Tensor:
+    cfg = _cfg(kernel_size, groups, offsets, dilations, clip_ends, scale, block_elements, backend)
+    if backend == "triton":
+        return _triton().forward(x, weight, **_triton_args(cfg))
+    return _forward(x, weight, cfg)
+
+
+@_correlation_op.register_fake
+def _(x, weight, kernel_size, groups, offsets, dilations, clip_ends, scale, block_elements,
+      backend):
+    b, _c, t, h, w = x.shape
+    return x.new_empty(b, len(offsets) * groups * kernel_size * kernel_size, t, h, w)
+
+
+@torch.library.custom_op("vcorr::correlation_backward", mutates_args=())
+def _correlation_backward_op(x: Tensor, weight: Tensor | None, grad_out: Tensor,
+                             kernel_size: int, groups: int, offsets: list[int],
+                             dilations: list[int], clip_ends: str, scale: float,
+                             block_elements: int | None, backend: str, need_x: bool,
+                             need_w: bool) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_weight); an empty tensor for a gradient not asked for."""
+    cfg = _cfg(kernel_size, groups, offsets, dilations, clip_ends, scale, block_elements, backend)
+    if backend == "triton":
+        grad_x, grad_w = _triton().backward(x, weight, grad_out, need_x=need_x, need_w=need_w,
+                                            **_triton_args(cfg))
+    else:
+        grad_x, grad_w = _backward(x, weight, grad_out.contiguous(), cfg, need_x, need_w)
+    return (x.new_empty(0) if grad_x is None else grad_x,
+            x.new_empty(0) if grad_w is None else grad_w)
+
+
+@_correlation_backward_op.register_fake
+def _(x, weight, grad_out, kernel_size, groups, offsets, dilations, clip_ends, scale,
+      block_elements, backend, need_x, need_w):
+    return (torch.empty_like(x) if need_x else x.new_empty(0),
+            torch.empty_like(weight) if need_w and weight is not None else x.new_empty(0))
+
+
+def _correlation_setup(ctx, inputs, output) -> None:
+    x, weight, *args = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = args
+
+
+def _correlation_grad(ctx, grad_out: Tensor):
+    """Saves only the inputs and recomputes the products (first-order gradients only)."""
+    x, weight = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_w = weight is not None and ctx.needs_input_grad[1]
+    grad_x, grad_w = _correlation_backward_op(x, weight, grad_out, *ctx.args, need_x, need_w)
+    return (grad_x if need_x else None, grad_w if need_w else None) + (None,) * len(ctx.args)
+
+
+_correlation_op.register_autograd(_correlation_grad, setup_context=_correlation_setup)
 
 
 def correlation(
@@ -443,9 +485,9 @@ def correlation(
                 f"{kernel_size}) for this input, got {tuple(weight.shape)}")
     if scale is None:
         scale = 1.0 / (channels // groups)
-    cfg = _Config(kernel_size, groups, offsets, dilations, clip_ends, float(scale),
-                  block_elements, _pick_backend(backend, x, weight))
-    return _CorrelationFunction.apply(x, weight, cfg)
+    return _correlation_op(x, weight, kernel_size, groups, list(offsets), list(dilations),
+                           clip_ends, float(scale), block_elements,
+                           _pick_backend(backend, x, weight))
 
 
 def corrnet_correlation(
