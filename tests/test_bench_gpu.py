@@ -115,12 +115,12 @@ def test_resolve_device() -> None:
 
 
 @pytest.mark.parametrize("kw, weighted", [
-    (dict(kernel_size=3, groups=2, offsets=(-1,), dilations=(2,), clip_ends="self",
-          scale=0.25), True),                                        # CorrNet
-    (dict(kernel_size=5, groups=1, offsets=(-2, -1, 1, 2), dilations=(2, 1, 1, 2),
-          clip_ends="zero", scale=1 / math.sqrt(8)), False),          # DCF long-term
-    (dict(kernel_size=3, groups=4, offsets=(2, -3), dilations=(1, 3), clip_ends="self",
-          scale=0.5), True),                                          # borders, shared weight
+    ({"kernel_size": 3, "groups": 2, "offsets": (-1,), "dilations": (2,), "clip_ends": "self",
+      "scale": 0.25}, True),                                           # CorrNet
+    ({"kernel_size": 5, "groups": 1, "offsets": (-2, -1, 1, 2), "dilations": (2, 1, 1, 2),
+      "clip_ends": "zero", "scale": 1 / math.sqrt(8)}, False),          # DCF long-term
+    ({"kernel_size": 3, "groups": 4, "offsets": (2, -3), "dilations": (1, 3),
+      "clip_ends": "self", "scale": 0.5}, True),                       # borders, shared weight
 ])
 def test_unfold_baseline_equals_the_operator(kw: dict, weighted: bool) -> None:
     """The unfold formulation timed against the kernels computes the same function (float64,

@@ -106,7 +106,7 @@ def test_train_compile_and_channels_last_train_and_save_plain_checkpoints(
     """Two steps of `vcorr train` on the toy set with the option: the run finishes, the loss is
     finite, and the checkpoint has the plain model's keys (no ``_orig_mod.``) and loads into a
     fresh model. (The compiled run uses aot_eager here: the C++ compiler is the test above's.)"""
-    import pipelines.runtime as runtime
+    from pipelines import runtime
     from pipelines.train import train
     from pipelines.train.config import load_config
 
