@@ -122,3 +122,14 @@ def test_config_header(path: Path) -> None:
     assert f"vcorr train examples/configs/{path.name} --data data/" in joined, (
         f"{path.name}: the header lacks its own `vcorr train ... --data` command")
     assert "vcorr prepare" in joined, f"{path.name}: the header does not say how the data is made"
+
+
+@pytest.mark.parametrize("line", ["mean = [0.5, 0.5]", "std = [0.2, 0.0, 0.2]",
+                                  "mean = [0.5, true, 0.5]"])
+def test_bad_mean_or_std_is_one_line_naming_the_file(tmp_path: Path, line: str) -> None:
+    from pipelines.errors import UserError
+
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[model]\nname = "toy_c2d"\n[data]\n{line}\n')
+    with pytest.raises(UserError, match=rf"^{path}: data\.(mean|std) must be 3 numbers"):
+        load_config(path)

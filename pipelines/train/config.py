@@ -188,7 +188,7 @@ def _check_values(cfg: dict, src: _Sources) -> None:
         v = d[key]
         if (len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
                 or (key == "std" and min(v) <= 0)):
-            raise UserError(f"{source}: data.{key} must be 3 numbers (R, G, B){', positive' if key == 'std' else ''}, "
+            raise UserError(f"{src('data.' + key)}: data.{key} must be 3 numbers (R, G, B){', positive' if key == 'std' else ''}, "
                             f"got {v!r}")
         d[key] = [float(x) for x in v]
 
