@@ -138,9 +138,8 @@ def video_items(index: int, path: str | Path, spec: ClipSpec,
                     emit({"video": index, "reset": True})
                     emitted = 0
                 info_out["duration_decoded"] = round(report.stream_end, 6)
-                todo, report, kept = decode(
-                    VideoReader(path, folder_fps=spec.sampling.folder_fps), numbers[keep],
-                    times[keep], report.stream_end)
+                todo, report, kept = decode(reader, numbers[keep], times[keep],
+                                            report.stream_end)
         info_out.update(decoder=report.decoder, warning=warning)
         if todo:
             missing = min(n for c in todo[0].clips for n in c if n not in kept)
