@@ -547,7 +547,6 @@ def eval_bench(data: str | None, synthetic: str | None, split: str | None, model
     _save_json(r, json_path)
 
 
-
 @bench.command(name="predict")
 @click.argument("video_dir", type=click.Path(file_okay=False))
 @click.option("--model", default="c2d_r18", show_default=True, help="Registered model name.")
