@@ -34,6 +34,7 @@ from pipelines.errors import UserError
 from pipelines.evaluate.batcher import ViewBatcher
 from pipelines.evaluate.views import CROP_CHOICES
 from pipelines.predict.plan import WHOLE
+from pipelines.runtime import resolve_device
 from pipelines.train.interrupts import fault_point
 
 
@@ -171,7 +172,7 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
     t_start = time.perf_counter()
     videos = collect_inputs(inputs) if inputs else []
     inf = load_inference(checkpoint, clips=clips, fps=fps, every=every)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)  # CUDA asked for where there is none: one line
     inf.model.to(dev)
     tap = FeatureTap(inf.model, layer, keep_spatial)
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "model_name": inf.model_name,

@@ -41,6 +41,7 @@ from pipelines.outputs import check_folder, move_aside
 from pipelines.predict.inputs import collect_inputs
 from pipelines.predict.loader import ClipSpec, RawVideos
 from pipelines.predict.plan import WHOLE, resolve_sampling, training_data_meta
+from pipelines.runtime import resolve_device
 
 PREDICT_OUTPUTS = ("predictions.csv", "predictions.json", "*.timeline.csv", "*.timeline.png",
                    "*.render.mp4")
@@ -270,7 +271,7 @@ def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
                             what="the results of an earlier `vcorr predict`")
     inf = load_inference(checkpoint, clips=s.clips, fps=s.fps, every=s.every, window=s.window,
                          stride=s.stride)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)  # CUDA asked for where there is none: one line
     inf.model.to(dev)
     r = run_raw_videos(inf, [v.path for v in videos], crops=s.crops,
                        max_views=s.max_views_per_batch, workers=s.workers, device=dev,
