@@ -8,10 +8,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vcorr_cli", "vcorr_cli.*", "pipelines", "pipelines.*",
-                                    "models", "models.*"]),
+    # One import name, ``vcorr``, for the three top-level folders: vcorr.cli (vcorr_cli/),
+    # vcorr.models (models/), vcorr.pipelines (pipelines/). The root's __init__.py / __main__.py
+    # are the package itself (``python -m vcorr``). Nothing is installed as a top-level
+    # ``models`` or ``pipelines``, so vcorr runs beside a project that has its own.
+    packages=["vcorr", "vcorr.cli"] + ["vcorr." + p for p in find_packages(
+        include=["models", "models.*", "pipelines", "pipelines.*"])],
+    package_dir={"vcorr": ".", "vcorr.cli": "vcorr_cli"},
     # The Kinetics-400 class list of the torchvision / PyTorchVideo checkpoints (pipelines.weights).
-    package_data={"pipelines.weights": ["kinetics400_classes.txt"]},
+    package_data={"vcorr.pipelines.weights": ["kinetics400_classes.txt"]},
     install_requires=[
         # torch and torchvision unpinned so pip resolves a matching pair.
         "torch",
@@ -30,5 +35,5 @@ setup(
     # PyTorchVideo: test-only reference for the imported Kinetics layouts (tests/test_weights.py).
     # tb: TensorBoard event files in RUN_DIR/tb while training (pipelines.train.monitor).
     extras_require={"test": ["pytest>=7", "pytorchvideo==0.1.5"], "tb": ["tensorboard"]},
-    entry_points={"console_scripts": ["vcorr = vcorr_cli.main:main"]},
+    entry_points={"console_scripts": ["vcorr = vcorr.cli.main:main"]},
 )

@@ -4,20 +4,20 @@ Use the registry: ``create_model(name, num_classes=..., **overrides)``, ``list_m
 ``get_model_entry(name)`` (paper, default input, paper parameter count). Tensor layout is
 (B, C, T, H, W) everywhere. Models take plain constructor arguments, never configs.
 """
-from models import zoo as _zoo  # noqa: F401  (registers the variants)
-from models import zoo_corr as _zoo_corr  # noqa: F401  (CorrNet / DCF / X3D variants)
-from models import zoo_sources as _zoo_sources  # noqa: F401  (torchvision / PyTorchVideo layouts)
-from models.cp import CPModule, knn_other_frames, knn_other_frames_dense
-from models.heads import ClassifierHead, TRNHead
-from models.layers import (Conv2Plus1d, StemSpec, conv_2d, conv_2plus1d, conv_3d,
+from vcorr.models import zoo as _zoo  # noqa: F401  (registers the variants)
+from vcorr.models import zoo_corr as _zoo_corr  # noqa: F401  (CorrNet / DCF / X3D variants)
+from vcorr.models import zoo_sources as _zoo_sources  # noqa: F401  (torchvision / PyTorchVideo layouts)
+from vcorr.models.cp import CPModule, knn_other_frames, knn_other_frames_dense
+from vcorr.models.heads import ClassifierHead, TRNHead
+from vcorr.models.layers import (Conv2Plus1d, StemSpec, conv_2d, conv_2plus1d, conv_3d,
                            r2plus1d_mid_width)
-from models.nonlocal_block import NonLocalBlock
-from models.artnet import SmartConv, smart_block, smart_conv
-from models.registry import (ModelEntry, UnknownModelError, create_model, get_model_entry,
+from vcorr.models.nonlocal_block import NonLocalBlock
+from vcorr.models.artnet import SmartConv, smart_block, smart_conv
+from vcorr.models.registry import (ModelEntry, UnknownModelError, create_model, get_model_entry,
                              list_models, register_model)
-from models.resnet import (DEPTHS, BasicBlock, Bottleneck, PlainBlock, StageSpec, VideoResNet,
+from vcorr.models.resnet import (DEPTHS, BasicBlock, Bottleneck, PlainBlock, StageSpec, VideoResNet,
                            build_stage)
-from models.zoo import place, video_resnet
+from vcorr.models.zoo import place, video_resnet
 
 __all__ = [
     "BasicBlock", "Bottleneck", "CPModule", "ClassifierHead", "Conv2Plus1d", "DEPTHS",

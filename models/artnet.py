@@ -16,8 +16,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from models.layers import ConvFactory, StrideLike, as_triple, conv_2d, conv_3d
-from models.resnet import BasicBlock
+from vcorr.models.layers import ConvFactory, StrideLike, as_triple, conv_2d, conv_3d
+from vcorr.models.resnet import BasicBlock
 
 
 class SmartConv(nn.Module):

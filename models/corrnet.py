@@ -1,11 +1,11 @@
 """Correlation networks (Wang, Tran, Torresani, Feiszli, "Video Modeling with Correlation Networks",
-CVPR 2020) and their R2D / R(2+1)D baselines, all on :class:`models.resnet.VideoResNet`.
+CVPR 2020) and their R2D / R(2+1)D baselines, all on :class:`vcorr.models.resnet.VideoResNet`.
 
 * Backbone (Table 2): bottleneck ResNet, conv1 1x7x7 stride (1, 2, 2) *without* max-pool, res2
   strided spatially (112 -> 56 px), res3-res5 stride 2, temporal stride 2 in res4 and res5. The
   block's middle conv is the (2+1)D pair "3x1x1, w" then "1x3x3, w" at the block width
-  (:func:`models.layers.conv_temporal_spatial`). R2D drops the temporal convs and strides in
-  time with a 3x1x1 max-pool (Sec. 6.1, :func:`models.layers.conv_2d_tpool`).
+  (:func:`vcorr.models.layers.conv_temporal_spatial`). R2D drops the temporal convs and strides in
+  time with a 3x1x1 max-pool (Sec. 6.1, :func:`vcorr.models.layers.conv_2d_tpool`).
   Table 3's FLOPs pin both readings: at 16x224x224 this layout counts 27.48 (R2D-26) and 35.95
   (R(2+1)D-26) GMACs against the printed 27.5 and 36.0, while a max-pooled stem gives 26.86 and
   the R(2+1)D paper's parameter-matched mid width 50.94 (``conv="2plus1d_matched"``).
@@ -14,8 +14,8 @@ CVPR 2020) and their R2D / R(2+1)D baselines, all on :class:`models.resnet.Video
   res2, res3, res4, plus one in the middle of res4 for CorrNet-101 (Sec. 6.3). CorrNet narrows
   conv1 to 32 filters and has no temporal convs in res2 (Sec. 6.1).
 
-The correlation operator is :class:`models.ops.LearnableCorrelation`; :class:`CorrNetCorrelation`
-only adds its multiply-add count for :func:`pipelines.model_info.count_gmacs`.
+The correlation operator is :class:`vcorr.models.ops.LearnableCorrelation`; :class:`CorrNetCorrelation`
+only adds its multiply-add count for :func:`vcorr.pipelines.model_info.count_gmacs`.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from models.layers import (ConvFactory, StemSpec, conv_2d, conv_2d_tpool, conv_2plus1d,
+from vcorr.models.layers import (ConvFactory, StemSpec, conv_2d, conv_2d_tpool, conv_2plus1d,
                            conv_temporal_spatial, zero_init_bn)
-from models.ops import LearnableCorrelation
-from models.resnet import (DEPTHS, STAGE_NAMES, HeadFactory, PluginFactory, StageSpec,
+from vcorr.models.ops import LearnableCorrelation
+from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, HeadFactory, PluginFactory, StageSpec,
                            VideoResNet)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
@@ -54,7 +54,7 @@ def correlation_macs(shape: Sequence[int], kernel_size: int, num_offsets: int = 
 
 
 class CorrNetCorrelation(LearnableCorrelation):
-    """:class:`models.ops.LearnableCorrelation` that states its multiply-adds (``macs``).
+    """:class:`vcorr.models.ops.LearnableCorrelation` that states its multiply-adds (``macs``).
 
     Shape: (B, C, T, H, W) -> (B, G*K*K, T, H, W).
     """
@@ -170,7 +170,7 @@ def resnet_backbone(depth: int, *, num_classes: int, conv: Any, stem: StemSpec,
                     temporal_strides: Sequence[int] = (1, 1, 1, 1),
                     after: Placement | None = None, head: HeadFactory | None = None,
                     dropout: float = 0.5, in_channels: int = 3) -> VideoResNet:
-    """Bottleneck/basic ResNet-``depth`` with res2..res5 as data (what :func:`models.zoo.video_resnet`
+    """Bottleneck/basic ResNet-``depth`` with res2..res5 as data (what :func:`vcorr.models.zoo.video_resnet`
     does, plus a free stem and res2 stride, which CorrNet's Table 2 needs).
 
     ``conv``: one middle-conv factory, or one per stage. ``after``: plug-ins per stage name.

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import zero_init_bn
+from vcorr.models.layers import zero_init_bn
 
 # --- oneDNN fp32 matmul -------------------------------------------------------------------
 # torch.matmul/bmm/F.linear in float32 on CPU go to the BLAS (MKL); on some CPUs (AMD EPYC with

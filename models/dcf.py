@@ -19,7 +19,7 @@ spatial size (pooling is cached, so each volume is pooled once per step, as Algo
 and the deepest level closes it, so no activations outlive the pass.
 
 The R(2+1)D backbone (appendix Table 6) is ResNet-50/101 whose middle conv is a channel-wise
-3x1x1 temporal conv then the 1x3x3 conv (:func:`models.layers.conv_temporal_spatial` with
+3x1x1 temporal conv then the 1x3x3 conv (:func:`vcorr.models.layers.conv_temporal_spatial` with
 ``depthwise=True``), with no temporal downsampling; the stem keeps its max-pool.
 """
 from __future__ import annotations
@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.corrnet import correlation_macs, resnet_backbone
-from models.layers import StemSpec, conv_2d, conv_temporal_spatial, zero_init_bn
-from models.ops import correlation, dcf_offsets
-from models.resnet import STAGE_NAMES, PluginFactory, VideoResNet
-from models.x3d import x3d
+from vcorr.models.corrnet import correlation_macs, resnet_backbone
+from vcorr.models.layers import StemSpec, conv_2d, conv_temporal_spatial, zero_init_bn
+from vcorr.models.ops import correlation, dcf_offsets
+from vcorr.models.resnet import STAGE_NAMES, PluginFactory, VideoResNet
+from vcorr.models.x3d import x3d
 
 DCF_STAGES = ("res2", "res3", "res4")                       # Sec. 3.3: stage2, stage3, stage4
 PLACES = ("stem",) + STAGE_NAMES                            # "stem" = DCF's stage1 (Table 2)
@@ -50,7 +50,7 @@ class DCFCorrelation(nn.Module):
     Frame t is matched with frames t + tau for each ``offsets`` entry on a K x K grid whose
     dilation grows with |tau|; dot products are scaled by 1/sqrt(C); partners outside the clip
     are zero frames. ``offsets=dcf_offsets(L)`` (-L..-1, +1..+L, "long-term") equals
-    :class:`models.ops.DenseCorrelation`; ``offsets=(1,)`` is the "basic" single-pair
+    :class:`vcorr.models.ops.DenseCorrelation`; ``offsets=(1,)`` is the "basic" single-pair
     correlation of Table 1.
 
     Shape: (B, C, T, H, W) -> (B, len(offsets)*K*K, T, H, W).
@@ -246,7 +246,7 @@ def dcf_x3d(*, num_classes: int, dcf_stages: Sequence[str] = DCF_STAGES, reducti
             long_term: bool = True, pyramid: bool = True, dropout: float = 0.5,
             stem_t: int = 3, shortcut_norm: str = "always", in_channels: int = 3) -> VideoResNet:
     """DCF on X3D (Sec. 3.3, Tables 1-4); switches as :func:`dcf_plugins`. ``stem_t`` and
-    ``shortcut_norm`` as :func:`models.x3d.x3d` (``stem_t=5`` takes a PyTorchVideo X3D backbone).
+    ``shortcut_norm`` as :func:`vcorr.models.x3d.x3d` (``stem_t=5`` takes a PyTorchVideo X3D backbone).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes)."""
     plugins = dcf_plugins(dcf_stages, reduction=reduction, kernel_size=kernel_size,
                           temporal_ranges=temporal_ranges, long_term=long_term, pyramid=pyramid)

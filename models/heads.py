@@ -5,7 +5,7 @@
   (:func:`window_mean`).
 
 Every head names its classifier, the submodules that depend on the class list, in
-``classifier`` (what a new dataset replaces; see :mod:`pipelines.weights`).
+``classifier`` (what a new dataset replaces; see :mod:`vcorr.pipelines.weights`).
 * :class:`TRNHead`: the multi-scale Temporal Relation Network head (Zhou et al. 2018, Sec. 3.2)
   over per-frame features; deterministic in eval mode (unlike the reference implementation).
 """

@@ -1,4 +1,4 @@
-"""Convolution factories and the stem shared by every video ResNet in :mod:`models`.
+"""Convolution factories and the stem shared by every video ResNet in :mod:`vcorr.models`.
 
 A *conv factory* is any callable ``(in_channels, out_channels, stride) -> nn.Module`` that maps
 ``(B, C_in, T, H, W)`` to ``(B, C_out, T', H', W')`` with "same" padding, so a stride of

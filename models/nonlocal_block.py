@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import zero_init_bn
+from vcorr.models.layers import zero_init_bn
 
 
 class NonLocalBlock(nn.Module):

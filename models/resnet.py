@@ -1,11 +1,11 @@
-"""One generic video ResNet (He et al. 2016) that every architecture in :mod:`models` is built on.
+"""One generic video ResNet (He et al. 2016) that every architecture in :mod:`vcorr.models` is built on.
 
 A network is ``stem -> stages -> head``; each stage is described by a :class:`StageSpec` (number
 of blocks, width, spatial and temporal stride of its first block, a *block factory*, a *conv
 factory* and the plug-ins to insert). Papers differ only in these data:
 
-* C2D / C3D / R(2+1)D: the conv factory (1xkxk, txkxk, (2+1)D; :mod:`models.layers`).
-* ARTNet: a block factory whose second conv is a SMART unit (:mod:`models.artnet`).
+* C2D / C3D / R(2+1)D: the conv factory (1xkxk, txkxk, (2+1)D; :mod:`vcorr.models.layers`).
+* ARTNet: a block factory whose second conv is a SMART unit (:mod:`vcorr.models.artnet`).
 * Non-local nets: ``after=[(block_index, factory)]``: a module applied to the block's output.
 * CPNet: ``post_add=[(block_index, factory)]``: a module applied *inside* the block to the sum
   ``residual + shortcut``, before the block's final ReLU (CPNet supp. Sec. B, Fig. 1).
@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from models.layers import (ConvFactory, StemSpec, Stem, StrideLike, Triple, as_triple, conv_2d,
+from vcorr.models.layers import (ConvFactory, StemSpec, Stem, StrideLike, Triple, as_triple, conv_2d,
                            conv_temporal)
 
 PluginFactory = Callable[[int], nn.Module]
@@ -229,7 +229,7 @@ class VideoResNet(nn.Module):
                  stem: StemSpec = StemSpec(), in_channels: int = 3,
                  head: HeadFactory | None = None, dropout: float = 0.5) -> None:
         super().__init__()
-        from models.heads import ClassifierHead  # local: heads import nothing from here
+        from vcorr.models.heads import ClassifierHead  # local: heads import nothing from here
 
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")

@@ -1,5 +1,5 @@
 """X3D (Feichtenhofer, "X3D: Expanding Architectures for Efficient Video Recognition", CVPR 2020),
-the second backbone of the DCF paper (DCF appendix A, Table 7), on :class:`models.resnet.VideoResNet`.
+the second backbone of the DCF paper (DCF appendix A, Table 7), on :class:`vcorr.models.resnet.VideoResNet`.
 
 X3D-S and X3D-M are the same network (width 2.0x, depth 2.2x of X2D: blocks [1, 2, 5, 3] ->
 [3, 5, 11, 7], stage widths 24, 48, 96, 192, bottleneck expansion 2.25) run on different clips:
@@ -13,7 +13,7 @@ X3D-S and X3D-M are the same network (width 2.0x, depth 2.2x of X2D: blocks [1, 
 * Head (:class:`X3DHead`): conv5 1x1x1 192 -> 432 + BN + ReLU, global average pool, fc 432 ->
   2048 (no BN) + ReLU, dropout, fc -> classes.
 
-Stages are named res2..res5 like every backbone in :mod:`models` (= DCF's stage2..stage5).
+Stages are named res2..res5 like every backbone in :mod:`vcorr.models` (= DCF's stage2..stage5).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from models.heads import window_mean
-from models.layers import (ConvFactory, StemSpec, StrideLike, conv_2d, conv_depthwise,
+from vcorr.models.heads import window_mean
+from vcorr.models.layers import (ConvFactory, StemSpec, StrideLike, conv_2d, conv_depthwise,
                            conv_temporal, zero_init_bn)
-from models.resnet import STAGE_NAMES, PluginFactory, StageSpec, VideoResNet, _shortcut
+from vcorr.models.resnet import STAGE_NAMES, PluginFactory, StageSpec, VideoResNet, _shortcut
 
 X3D_WIDTHS = (24, 48, 96, 192)   # 12 * 2.0 * (1, 2, 4, 8)
 X3D_DEPTHS = (3, 5, 11, 7)       # ceil(2.2 * (1, 2, 5, 3))
@@ -112,7 +112,7 @@ class X3DHead(nn.Module):
     + ReLU -> dropout -> fc (X3D Table 1 "conv5, pool5, fc1, fc2").
 
     ``pool_kernel``: PyTorchVideo's form, an average pool with a fixed kernel (stride 1), fc1 +
-    ReLU on every window, then the windows' mean (:func:`models.heads.window_mean`); equal to
+    ReLU on every window, then the windows' mean (:func:`vcorr.models.heads.window_mean`); equal to
     the global form when the map is no larger than the kernel.
     Shape: (B, C, T, H, W) -> (B, num_classes).
     """

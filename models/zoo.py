@@ -1,4 +1,4 @@
-"""Family builders (a few lines each, all on :class:`models.resnet.VideoResNet`) and the
+"""Family builders (a few lines each, all on :class:`vcorr.models.resnet.VideoResNet`) and the
 registered variants of the CPNet paper's comparison (CPNet main paper Tables 2-5, supp. Tables
 1-3, poster toy experiment).
 
@@ -10,13 +10,13 @@ from functools import partial
 from typing import Any, Mapping, Sequence
 
 
-from models.artnet import smart_block, smart_conv
-from models.cp import CPModule
-from models.heads import ClassifierHead, TRNHead
-from models.layers import ConvFactory, StemSpec, conv_2d, conv_3d, resolve_conv
-from models.nonlocal_block import NonLocalBlock
-from models.registry import register_model
-from models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory,
+from vcorr.models.artnet import smart_block, smart_conv
+from vcorr.models.cp import CPModule
+from vcorr.models.heads import ClassifierHead, TRNHead
+from vcorr.models.layers import ConvFactory, StemSpec, conv_2d, conv_3d, resolve_conv
+from vcorr.models.nonlocal_block import NonLocalBlock
+from vcorr.models.registry import register_model
+from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory,
                            PlainBlock, PluginFactory, StageSpec, VideoResNet)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
@@ -53,9 +53,9 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
     block factory (or one per stage) replacing the depth's default. ``stem_conv``: "2d" (1x7x7),
     "3d" (``stem_t`` x7x7) or a factory. ``strides``: spatial stride of each stage's first block.
     ``conv_a_t``: per stage, the cycle of temporal kernels of the blocks' first conv (bottleneck
-    blocks; :class:`models.resnet.Bottleneck`). ``stage_pools``: a max-pool after a stage
-    (:class:`models.resnet.StageSpec` ``pool``). ``head_pool``: the classifier's windowed
-    pooling kernel (:class:`models.heads.ClassifierHead`). ``post_add``/``after``: plug-ins per
+    blocks; :class:`vcorr.models.resnet.Bottleneck`). ``stage_pools``: a max-pool after a stage
+    (:class:`vcorr.models.resnet.StageSpec` ``pool``). ``head_pool``: the classifier's windowed
+    pooling kernel (:class:`vcorr.models.heads.ClassifierHead`). ``post_add``/``after``: plug-ins per
     stage name.
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """

@@ -1,5 +1,5 @@
 """Registered variants of the CorrNet paper (Tables 3, 4, 6) and the DCF paper (Tables 1-4,
-appendix Tables 6-7). Builders: :mod:`models.corrnet`, :mod:`models.dcf`, :mod:`models.x3d`.
+appendix Tables 6-7). Builders: :mod:`vcorr.models.corrnet`, :mod:`vcorr.models.dcf`, :mod:`vcorr.models.x3d`.
 
 CorrNet models default to Kinetics-400 and 32-frame clips (Sec. 6.2: "we use L = 32 frames in
 all the following experiments"); pass ``num_frames=16`` (CorrNet, per-time-step weights) and a
@@ -8,10 +8,10 @@ classes) at the clip sizes of DCF Table 3/4.
 """
 from __future__ import annotations
 
-from models.corrnet import corrnet, r2d, r2plus1d
-from models.dcf import dcf_r2plus1d, dcf_x3d, r2plus1d_dw
-from models.registry import register_model
-from models.x3d import x3d
+from vcorr.models.corrnet import corrnet, r2d, r2plus1d
+from vcorr.models.dcf import dcf_r2plus1d, dcf_x3d, r2plus1d_dw
+from vcorr.models.registry import register_model
+from vcorr.models.x3d import x3d
 
 K400_32 = dict(input_shape=(3, 32, 224, 224), num_classes=400)
 SSV1 = 174

@@ -1,8 +1,8 @@
 """Exact layouts of the Kinetics-400 video models that torchvision and PyTorchVideo publish
 weights for, as registered variants of the generic video ResNet and X3D builders, so that their
-checkpoints load tensor for tensor (:mod:`pipelines.weights` converts the names).
+checkpoints load tensor for tensor (:mod:`vcorr.pipelines.weights` converts the names).
 
-Every entry is data on :func:`models.zoo.video_resnet` or :func:`models.x3d.x3d`; the layouts
+Every entry is data on :func:`vcorr.models.zoo.video_resnet` or :func:`vcorr.models.x3d.x3d`; the layouts
 follow the libraries' model builders (torchvision 0.29 ``torchvision.models.video.resnet``,
 PyTorchVideo 0.1.5 ``pytorchvideo.models.hub``), the parameter counts match theirs.
 
@@ -21,7 +21,7 @@ PyTorchVideo 0.1.5 ``pytorchvideo.models.hub``), the parameter counts match thei
   shortcut; XS, S and M share one network, L is deeper (depth factor 5: 5, 10, 25, 15 blocks).
 
 PyTorchVideo's heads average-pool with a fixed kernel (stride 1), project every window and
-average (``head_pool``; :func:`models.heads.window_mean`); their X3D and R(2+1)D hub models
+average (``head_pool``; :func:`vcorr.models.heads.window_mean`); their X3D and R(2+1)D hub models
 then apply a softmax per window, ours return logits.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from functools import partial
 
 from torch import nn
 
-from models.layers import StrideLike, conv_2plus1d, conv_depthwise, conv_temporal_spatial, r2plus1d_mid_width
-from models.registry import register_model
-from models.resnet import BasicBlock
-from models.x3d import x3d
-from models.zoo import video_resnet
+from vcorr.models.layers import StrideLike, conv_2plus1d, conv_depthwise, conv_temporal_spatial, r2plus1d_mid_width
+from vcorr.models.registry import register_model
+from vcorr.models.resnet import BasicBlock
+from vcorr.models.x3d import x3d
+from vcorr.models.zoo import video_resnet
 
 
 def shared_mid_block(in_channels: int, width: int, stride: StrideLike = 1, *,

@@ -1,7 +1,7 @@
 """vcorr pipelines: data preparation and loading, training, evaluation, analysis, visualisation.
 
-Only this package and ``vcorr_cli`` read configuration files; models receive plain arguments.
+Only this package and ``vcorr.cli`` read configuration files; models receive plain arguments.
 """
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 __all__ = ["UserError"]

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.fileio import write_atomic
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.fileio import write_atomic
 
 # (key, label, registered model) in the order of the poster's table; configs are
 # examples/configs/toy_<key>.toml.
@@ -168,7 +168,7 @@ def machine() -> dict[str, Any]:
 
 def report_md(out: Path, r: dict[str, Any]) -> str:
     """The demo's report: the toy table, the figures, how each number was made."""
-    from pipelines.data.toy import ToyOptions
+    from vcorr.pipelines.data.toy import ToyOptions
 
     p = r["plan"]
     views = f"{p['clips']} clips x {p['crops']} crops"

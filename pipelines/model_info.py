@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from pipelines.errors import UserError
+from vcorr import models
+from vcorr.pipelines.errors import UserError
 
 MIB = 2 ** 20  # the CPNet paper's "M" (parameters / 2^20)
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 
 def aside_name(path: str | Path) -> Path:

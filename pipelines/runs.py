@@ -5,7 +5,7 @@ A run folder is what ``vcorr train --out`` writes: ``config.toml`` and ``metrics
 and ``tb/``. A row of the comparison comes from the config (model, data, clip length, crop),
 ``metrics.jsonl`` (validation results, wall time, throughput, peak memory) and the checkpoint's
 class list and position (read memory-mapped: its tensors are not loaded). Parameters and
-GMACs are counted like ``vcorr models`` (:mod:`pipelines.model_info`), for the run's model,
+GMACs are counted like ``vcorr models`` (:mod:`vcorr.pipelines.model_info`), for the run's model,
 classes and evaluation clip (3 x last phase's frames x crop x crop), on the ``meta`` device.
 """
 from __future__ import annotations
@@ -15,15 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.train.curves import plot_val_overlay, read_records
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.train.curves import plot_val_overlay, read_records
 
 
 def _checkpoint_info(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(classes and position of ``last.pt``, or None; a note if it exists but does not load)."""
     import torch
 
-    from pipelines.train.checkpoint import FORMAT
+    from vcorr.pipelines.train.checkpoint import FORMAT
 
     if not path.is_file():
         return None, None
@@ -40,9 +40,9 @@ def _model_size(cfg: dict, num_classes: int) -> tuple[int, float]:
     """(parameters, GMACs of one evaluation clip) of the run's model, built on ``meta``."""
     import torch
 
-    from pipelines.model_info import count_gmacs
-    from pipelines.train.config import phases
-    from pipelines.train.trainer import build_model
+    from vcorr.pipelines.model_info import count_gmacs
+    from vcorr.pipelines.train.config import phases
+    from vcorr.pipelines.train.trainer import build_model
 
     plan = phases(cfg)
     crop = cfg["data"]["crop"]
@@ -64,8 +64,8 @@ def run_row(folder: str | Path) -> dict[str, Any]:
     Raises:
         UserError: ``folder`` is not a run folder, or its config does not load.
     """
-    from pipelines.train.config import load_config, phases
-    from pipelines.train.preflight import run_epochs
+    from vcorr.pipelines.train.config import load_config, phases
+    from vcorr.pipelines.train.preflight import run_epochs
 
     folder = Path(folder)
     missing = [n for n in ("config.toml", "metrics.jsonl") if not (folder / n).is_file()]
@@ -85,7 +85,7 @@ def run_row(folder: str | Path) -> dict[str, Any]:
     classes = info["classes"] if info else None
     if not classes:
         try:
-            from pipelines.data.inspect import read_classes
+            from vcorr.pipelines.data.inspect import read_classes
             classes = read_classes(cfg["data"]["root"])
         except UserError:
             notes.append("no class list (no last.pt, data folder not found): params and "
@@ -130,13 +130,13 @@ def compare_runs(folders: Sequence[str | Path], plot: str | Path | None = None, 
                  overwrite: bool = False) -> list[dict[str, Any]]:
     """Rows of :func:`run_row` for ``folders`` (all checked before anything is written), and
     with ``plot`` a PNG of their validation curves overlaid (val top-1 and loss against
-    epochs, :func:`pipelines.train.curves.plot_val_overlay`). An existing ``plot`` is
-    refused, or with ``overwrite`` moved aside (:mod:`pipelines.outputs`).
+    epochs, :func:`vcorr.pipelines.train.curves.plot_val_overlay`). An existing ``plot`` is
+    refused, or with ``overwrite`` moved aside (:mod:`vcorr.pipelines.outputs`).
 
     Raises:
         UserError: a folder is not a run folder (the first one, by name), or ``plot`` exists.
     """
-    from pipelines.outputs import check_files, move_aside
+    from vcorr.pipelines.outputs import check_files, move_aside
 
     if not folders:
         raise UserError("give one or more run folders (written by `vcorr train --out`)")

@@ -13,7 +13,7 @@ peak memory, and the speed options ``torch.compile`` and ``channels_last_3d`` (i
 ``channels_last_3d`` converts the 5-D (convolution) weights only: a convolution whose weight is
 channels-last writes a channels-last output, so the layout propagates from the first layer
 without converting the input. Under ``torch.compile`` the CP module's autograd functions are
-traced and its k-NN uses public ops only (:mod:`models.cp`); the correlation operator of
+traced and its k-NN uses public ops only (:mod:`vcorr.models.cp`); the correlation operator of
 CorrNet and DCF compiles as one node when it is a registered custom op
 (``torch.ops.vcorr.correlation``; tests/test_compile.py checks one model of each family).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 DEVICE_HELP = "Device to run on: cpu or cuda (cuda:N for one GPU)."
 
@@ -80,7 +80,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     """Peak bytes held by tensors during one ``fn()`` above what was held at its start.
 
     CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the running
-    sum of the profiler's allocation events (:func:`pipelines.bench.correlation.peak_memory_bytes`).
+    sum of the profiler's allocation events (:func:`vcorr.pipelines.bench.correlation.peak_memory_bytes`).
     """
     if device.type == "cuda":
         synchronize(device)
@@ -89,7 +89,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
         fn()
         synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    from pipelines.bench.correlation import peak_memory_bytes
+    from vcorr.pipelines.bench.correlation import peak_memory_bytes
 
     return peak_memory_bytes(fn)
 
@@ -99,7 +99,7 @@ def memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return ("torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus the "
                 "memory allocated at the start of the call")
-    from pipelines.bench.correlation import MEMORY_METHOD
+    from vcorr.pipelines.bench.correlation import MEMORY_METHOD
 
     return MEMORY_METHOD
 

@@ -68,7 +68,7 @@ def write_frame_folder(folder: Path, frames: np.ndarray, quality: int = 95) -> N
 def decode_source(path: str | Path) -> tuple[np.ndarray, float]:
     """All frames of a video (through the decoding layer, as the pipeline reads it) and its
     frame rate."""
-    from pipelines.data.decode import VideoReader
+    from vcorr.pipelines.data.decode import VideoReader
 
     v = VideoReader(path)
     return v.read(range(v.info.num_frames)), v.info.fps
@@ -81,8 +81,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def stored_frames(out: str | Path, row: dict) -> np.ndarray:
     """All stored frames of one index row, decoded: (N, H, W, 3) uint8."""
-    from pipelines.data.dataset import decode_frames
-    from pipelines.data.shards import ShardReader
+    from vcorr.pipelines.data.dataset import decode_frames
+    from vcorr.pipelines.data.shards import ShardReader
 
     reader = ShardReader(Path(out) / "shards")
     try:
@@ -93,8 +93,8 @@ def stored_frames(out: str | Path, row: dict) -> np.ndarray:
 
 
 def run_prepare(out, fmt: str, annotations, root, labels=None, **kw):
-    """``pipelines.data.prepare.prepare`` with the test defaults (no progress bar)."""
-    from pipelines.data.prepare import PrepareOptions, prepare
+    """``vcorr.pipelines.data.prepare.prepare`` with the test defaults (no progress bar)."""
+    from vcorr.pipelines.data.prepare import PrepareOptions, prepare
 
     if isinstance(annotations, (str, Path)):
         annotations = [annotations]
@@ -122,7 +122,7 @@ def dh() -> type[DataHelpers]:
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float, **kw) -> Path:
-    from pipelines.data.video_io import write_video
+    from vcorr.pipelines.data.video_io import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, frames, fps=fps, **kw)
@@ -164,7 +164,7 @@ def list_dataset(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory) -> dict:
     """``vcorr toy`` output: 16 videos of 3 frames, 4 of them val."""
-    from pipelines.data.toy import ToyOptions, make_toy
+    from vcorr.pipelines.data.toy import ToyOptions, make_toy
 
     out = tmp_path_factory.mktemp("toy")
     opt = ToyOptions(videos=16, val_fraction=0.25, seed=3)
@@ -388,7 +388,7 @@ def diving48_dataset(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def ffmpeg_testsrc(tmp_path_factory) -> Path:
     """A clip made by the ffmpeg binary itself (lavfi testsrc2), 64x48, 20 frames at 10 fps."""
-    from pipelines.data.video_io import ffmpeg_exe
+    from vcorr.pipelines.data.video_io import ffmpeg_exe
 
     path = tmp_path_factory.mktemp("lavfi") / "testsrc.mp4"
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
@@ -403,7 +403,7 @@ def ffmpeg_testsrc(tmp_path_factory) -> Path:
 def toy_train_prepared(tmp_path_factory) -> Path:
     """A toy dataset prepared for training tests (``tests/test_train.py``): 32 videos of 3
     frames at 32x32 (24 train, 8 val), all four classes, JPEG, stored at the original size."""
-    from pipelines.data.toy import ToyOptions, make_toy
+    from vcorr.pipelines.data.toy import ToyOptions, make_toy
 
     src = tmp_path_factory.mktemp("toy_train_src")
     make_toy(src, ToyOptions(videos=32, val_fraction=0.25, seed=5))

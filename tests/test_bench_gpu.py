@@ -1,6 +1,6 @@
 """GPU figures in one script (issue 16, item 5), checked without a GPU: ``vcorr bench gpu
 --tiny`` runs every section of the script at toy sizes on the CPU (the same code the GPU run
-takes, bar the CUDA calls of :mod:`pipelines.runtime`), the README's GPU tables are what the
+takes, bar the CUDA calls of :mod:`vcorr.pipelines.runtime`), the README's GPU tables are what the
 script writes (all "not measured" until a GPU run fills them), every model benchmark refuses
 ``--device cuda`` with one line where there is no CUDA, the unfold baseline equals the
 correlation operator, and the ``--compile`` / ``--channels-last`` variants of ``bench models``
@@ -17,17 +17,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.bench.correlation import unfold_reference
-from pipelines.bench.gpu import METHODS, NOT_MEASURED, gpu_markdown
-from pipelines.errors import UserError
-from pipelines.runtime import resolve_device
+from vcorr.pipelines.bench.correlation import unfold_reference
+from vcorr.pipelines.bench.gpu import METHODS, NOT_MEASURED, gpu_markdown
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.runtime import resolve_device
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 
 
 def test_gpu_bench_tiny_runs_every_section(tmp_path: Path, toy_train_prepared: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     out = tmp_path / "gpu"
     r = CliRunner().invoke(cli, ["bench", "gpu", "--device", "cpu", "--tiny", "--out", str(out),
@@ -81,7 +81,7 @@ def test_readme_gpu_tables_are_the_scripts_and_not_measured() -> None:
 
 
 def test_full_gpu_bench_refuses_the_cpu() -> None:
-    from pipelines.bench.gpu import run_gpu_bench
+    from vcorr.pipelines.bench.gpu import run_gpu_bench
 
     with pytest.raises(UserError, match="--device cuda"):
         run_gpu_bench("cpu")
@@ -93,7 +93,7 @@ def test_full_gpu_bench_refuses_the_cpu() -> None:
     ["eval", "--synthetic", "NEVER"], ["models", "--device", "cuda:0"]])
 def test_every_model_bench_refuses_cuda_without_cuda(args: list[str], tmp_path: Path) -> None:
     """One line, exit 2, nothing written (the synthetic-data folder is never made)."""
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     args = [a.replace("NEVER", str(tmp_path / "never")) for a in args]
     if "--device" not in args:
@@ -125,7 +125,7 @@ def test_resolve_device() -> None:
 def test_unfold_baseline_equals_the_operator(kw: dict, weighted: bool) -> None:
     """The unfold formulation timed against the kernels computes the same function (float64,
     values and gradients), so the benchmark compares like with like."""
-    from models.ops import correlation
+    from vcorr.models.ops import correlation
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
@@ -147,7 +147,7 @@ def test_unfold_baseline_equals_the_operator(kw: dict, weighted: bool) -> None:
 def test_bench_models_variants_and_amp() -> None:
     """Eager, compiled (aot_eager: tracing without the C++ compiler) and channels-last steps of
     the same models, interleaved, with speed-ups against eager; bf16 autocast on the CPU."""
-    from pipelines.bench.models import bench_models
+    from vcorr.pipelines.bench.models import bench_models
 
     r = bench_models(["toy_cpnet", "toy_c2d"], frames=3, size=8, batch=2, repeats=1,
                      variants=("eager", "compile", "channels_last"), compile_backend="aot_eager",

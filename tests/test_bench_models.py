@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.bench.models import bench_knn, bench_models, neighbour_agreement, parse_model_list
-from pipelines.errors import UserError
+from vcorr.pipelines.bench.models import bench_knn, bench_models, neighbour_agreement, parse_model_list
+from vcorr.pipelines.errors import UserError
 
 KNN_KEYS = {"same_neighbours", "peak_memory_ratio_vs_naive", "time_ratio_vs_matmul", "batch",
             "channels", "frames", "size", "k", "positions", "floor_best_s", "chunked_best_s",
@@ -74,7 +74,7 @@ def test_parse_model_list() -> None:
 
 
 def test_cli_writes_json(tmp_path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     runner = CliRunner()
     out = tmp_path / "knn.json"
@@ -85,7 +85,7 @@ def test_cli_writes_json(tmp_path) -> None:
     assert KNN_KEYS <= set(r) and r["same_neighbours"] is True
     assert "same neighbours" in res.output
 
-    out = tmp_path / "models.json"
+    out = tmp_path / "vcorr.models.json"
     res = runner.invoke(cli, ["bench", "models", "--models", "toy_cpnet,toy_c2d", "--frames", "4",
                               "--size", "16", "--batch", "2", "--repeats", "1", "--json", str(out)])
     assert res.exit_code == 0, res.output
@@ -99,7 +99,7 @@ def test_cli_writes_json(tmp_path) -> None:
 
 @pytest.mark.parametrize("command", ["knn", "models"])
 def test_cli_help_has_examples(command: str) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     res = CliRunner().invoke(cli, ["bench", command, "--help"])
     assert res.exit_code == 0 and "Examples:" in res.output

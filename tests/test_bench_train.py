@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from pipelines.bench.train import bench_train
-from vcorr_cli.main import cli
+from vcorr.pipelines.bench.train import bench_train
+from vcorr.cli.main import cli
 
 
 def test_bench_train_reports_the_timed_steps(toy_train_prepared: Path) -> None:

@@ -1,7 +1,7 @@
 """The ``vcorr`` command line: help texts, toy -> prepare -> inspect end to end, and bad input
 (exit code 2, one ``error:`` line naming the file, no traceback, nothing written or lost).
 
-Most tests call the click group in-process with ``CliRunner``; two run ``python -m vcorr_cli``
+Most tests call the click group in-process with ``CliRunner``; two run ``python -m vcorr.cli``
 as a real process, which is what a user sees (entry point, stderr, exit status).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from vcorr_cli.main import cli
+from vcorr.cli.main import cli
 
 # The commands issue 2 requires, in README order; more may be registered (e.g. train).
 SUBCOMMANDS = ["toy", "prepare", "inspect", "models", "bench"]
@@ -137,8 +137,8 @@ def test_every_command_help_has_examples(path: list[str]) -> None:
 
 
 def test_help_in_a_real_process() -> None:
-    """``python -m vcorr_cli`` works as an entry point and lists the subcommands."""
-    p = subprocess.run([sys.executable, "-m", "vcorr_cli", "--help"], capture_output=True,
+    """``python -m vcorr.cli`` works as an entry point and lists the subcommands."""
+    p = subprocess.run([sys.executable, "-m", "vcorr.cli", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     for name in SUBCOMMANDS:
@@ -330,10 +330,10 @@ def test_toy_bad_options_write_nothing(tmp_path: Path, cli_toy: Path) -> None:
 
 
 def test_bad_input_in_a_real_process(tmp_path: Path, cli_toy: Path) -> None:
-    """As a user sees it: ``python -m vcorr_cli prepare`` with a missing annotation file
+    """As a user sees it: ``python -m vcorr.cli prepare`` with a missing annotation file
     exits 2 with exactly one stderr line and no traceback."""
     missing = tmp_path / "train_list.csv"
-    p = subprocess.run([sys.executable, "-m", "vcorr_cli", "prepare", "--format", "list",
+    p = subprocess.run([sys.executable, "-m", "vcorr.cli", "prepare", "--format", "list",
                         "--annotations", str(missing), "--root", str(cli_toy),
                         "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300)

@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
 
-import models
-
-
+from vcorr import models
 def _correlation_is_a_custom_op() -> bool:
     try:
         torch.ops.vcorr.correlation  # noqa: B018  (the lookup is the check)
@@ -106,9 +104,9 @@ def test_train_compile_and_channels_last_train_and_save_plain_checkpoints(
     """Two steps of `vcorr train` on the toy set with the option: the run finishes, the loss is
     finite, and the checkpoint has the plain model's keys (no ``_orig_mod.``) and loads into a
     fresh model. (The compiled run uses aot_eager here: the C++ compiler is the test above's.)"""
-    from pipelines import runtime
-    from pipelines.train import train
-    from pipelines.train.config import load_config
+    from vcorr.pipelines import runtime
+    from vcorr.pipelines.train import train
+    from vcorr.pipelines.train.config import load_config
 
     real = runtime.compile_model
     called = []

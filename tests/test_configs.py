@@ -1,7 +1,7 @@
 """Every example config (``examples/configs/*.toml``) is usable as shipped.
 
-For each file: it loads with :func:`pipelines.train.config.load_config`, names a registered
-model, the trainer's :func:`pipelines.train.trainer.build_model` builds that model with the
+For each file: it loads with :func:`vcorr.pipelines.train.config.load_config`, names a registered
+model, the trainer's :func:`vcorr.pipelines.train.trainer.build_model` builds that model with the
 config's ``[model.args]`` and the dataset's class count (on the meta device: no memory, no
 forward pass), and its phases fit the model: positive clip lengths, and for models with
 per-time-step weights (CorrNet's correlation filters, TRN heads) every phase's clip length is
@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from pipelines.data.transforms import SWAP_MAPS
-from pipelines.train.config import load_config, phases, to_toml
-from pipelines.train.trainer import build_model
+from vcorr import models
+from vcorr.pipelines.data.transforms import SWAP_MAPS
+from vcorr.pipelines.train.config import load_config, phases, to_toml
+from vcorr.pipelines.train.trainer import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "examples" / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))
@@ -127,7 +127,7 @@ def test_config_header(path: Path) -> None:
 @pytest.mark.parametrize("line", ["mean = [0.5, 0.5]", "std = [0.2, 0.0, 0.2]",
                                   "mean = [0.5, true, 0.5]"])
 def test_bad_mean_or_std_is_one_line_naming_the_file(tmp_path: Path, line: str) -> None:
-    from pipelines.errors import UserError
+    from vcorr.pipelines.errors import UserError
 
     path = tmp_path / "bad.toml"
     path.write_text(f'[model]\nname = "toy_c2d"\n[data]\n{line}\n')

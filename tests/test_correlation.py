@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from models.ops import (
+from vcorr.models.ops import (
     DenseCorrelation,
     LearnableCorrelation,
     correlation,

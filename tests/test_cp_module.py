@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import CPModule, NonLocalBlock, knn_other_frames, knn_other_frames_dense
-from models.cp import grid_positions, knn_chunk_rows
+from vcorr.models import CPModule, NonLocalBlock, knn_other_frames, knn_other_frames_dense
+from vcorr.models.cp import grid_positions, knn_chunk_rows
 
 
 

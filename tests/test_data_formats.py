@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import DIVING_VOCAB, JESTER_CLASSES, SSV1_CLASSES, SSV2_LABELS, UCF_CLASSES
 
-from pipelines.data.annotations import (normalise_split, parse_annotations, safe_key,
+from vcorr.pipelines.data.annotations import (normalise_split, parse_annotations, safe_key,
                                         split_from_filename)
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 
 def _index(dh, out):
@@ -123,7 +123,7 @@ def test_ssv2_format(prepared, ssv2_dataset, dh):
 def test_ssv2_webm_is_vp9_and_decodes(ssv2_dataset, dh):
     import subprocess
 
-    from pipelines.data.video_io import ffmpeg_exe
+    from vcorr.pipelines.data.video_io import ffmpeg_exe
 
     path = ssv2_dataset["root"] / "78687.webm"
     probe = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)],
@@ -167,7 +167,7 @@ def test_ssv1_format(prepared, ssv1_dataset, dh):
 
 def test_frame_folder_jpegs_are_stored_unchanged(prepared, ssv1_dataset, dh):
     """At the original size, a frame folder's JPEG files are stored byte for byte."""
-    from pipelines.data.shards import ShardReader
+    from vcorr.pipelines.data.shards import ShardReader
 
     d = ssv1_dataset
     out = prepared("ssv1", "ssv1", d["annotations"], d["root"], d["labels"], short_side=0)

@@ -15,13 +15,13 @@ import torch
 from conftest import JESTER_CLASSES
 from torchvision import tv_tensors
 
-from pipelines.data import SWAP_MAPS, DenseSampler, SegmentSampler, VideoClipDataset
-from pipelines.data import make_sampler, train_transform
+from vcorr.pipelines.data import SWAP_MAPS, DenseSampler, SegmentSampler, VideoClipDataset
+from vcorr.pipelines.data import make_sampler, train_transform
 # Imported under another name so that pytest does not collect it as a test.
-from pipelines.data import test_transform as eval_transform
-from pipelines.data.toy import toy_trajectories
-from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToModelLayout
-from pipelines.errors import UserError
+from vcorr.pipelines.data import test_transform as eval_transform
+from vcorr.pipelines.data.toy import toy_trajectories
+from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToModelLayout
+from vcorr.pipelines.errors import UserError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -362,7 +362,7 @@ def test_train_clips_are_dense_windows(list_prepared: Path, dh) -> None:
 def test_raw_shards_give_the_rendered_frames(toy_raw: Path, toy_dataset: dict) -> None:
     """Raw (uncompressed) shards: clips are bit-exact copies of the rendered toy frames,
     looped for a clip longer than the video."""
-    from pipelines.data.toy import render_toy
+    from vcorr.pipelines.data.toy import render_toy
 
     opt = toy_dataset["options"]
     labels, pos = toy_trajectories(opt)
@@ -593,7 +593,7 @@ def test_min_frames_drops_short_videos(list_prepared: Path) -> None:
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory) -> Path:
     """1000 shards of 2 videos of 2 tiny frames (issue 17's 2000-video toy at 2 per shard)."""
-    from pipelines.bench.shards import make_many_shards
+    from vcorr.pipelines.bench.shards import make_many_shards
 
     return make_many_shards(tmp_path_factory.mktemp("many") / "data", shards=1000,
                             videos_per_shard=2, frames=2, size=8)
@@ -602,8 +602,8 @@ def many_shards(tmp_path_factory) -> Path:
 def test_reader_bounds_open_shards_and_cached_offsets(many_shards: Path) -> None:
     """Walking 1000 shards keeps at most ``max_open`` of them (and their descriptors) open and
     at most ``max_offsets_bytes`` of offsets cached; the least recently used go first."""
-    from pipelines.bench.shards import open_files
-    from pipelines.data.shards import MAX_OPEN_SHARDS, ShardReader
+    from vcorr.pipelines.bench.shards import open_files
+    from vcorr.pipelines.data.shards import MAX_OPEN_SHARDS, ShardReader
 
     ds = VideoClipDataset(many_shards, "train", DenseSampler(2), None, train=False)
     assert len(ds) == 2000
@@ -639,7 +639,7 @@ def test_training_loader_walks_1000_shards_under_a_low_open_files_limit(
     descriptors above what the test process holds."""
     import resource
 
-    from pipelines.bench.shards import open_files
+    from vcorr.pipelines.bench.shards import open_files
 
     ds = VideoClipDataset(many_shards, "train", DenseSampler(2), None, train=True, seed=1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-import pipelines.data.prepare as prep_mod
-from pipelines.data.prepare import PrepareOptions, _resize_shape, plan_shards
-from pipelines.data.annotations import parse_annotations
-from pipelines.data.shards import read_shard_tables
-from pipelines.data.toy import render_toy, toy_trajectories
-from pipelines.data.decode import VideoInfo, stored_fps
-from pipelines.errors import UserError
+import vcorr.pipelines.data.prepare as prep_mod
+from vcorr.pipelines.data.prepare import PrepareOptions, _resize_shape, plan_shards
+from vcorr.pipelines.data.annotations import parse_annotations
+from vcorr.pipelines.data.shards import read_shard_tables
+from vcorr.pipelines.data.toy import render_toy, toy_trajectories
+from vcorr.pipelines.data.decode import VideoInfo, stored_fps
+from vcorr.pipelines.errors import UserError
 
 
 def expected_every(n: int, every: int) -> list[int]:
@@ -181,7 +181,7 @@ def test_round_trip_resized(tmp_path, list_dataset, dh, short_side, shape):
 
 def test_round_trip_portrait_video(tmp_path, dh):
     """A portrait video: the width is the short side."""
-    from pipelines.data.video_io import write_video
+    from vcorr.pipelines.data.video_io import write_video
 
     frames = dh.synth_frames(6, h=80, w=56, seed=9)
     (tmp_path / "v").mkdir()
@@ -308,7 +308,7 @@ def test_bad_options(tmp_path, list_dataset, dh, kw, match):
 @pytest.fixture(scope="module")
 def bad_dataset(tmp_path_factory, list_dataset, dh):
     """A 'list' dataset where most entries are broken in a different way."""
-    from pipelines.data.video_io import ffmpeg_exe, write_video
+    from vcorr.pipelines.data.video_io import ffmpeg_exe, write_video
     import subprocess
 
     root = tmp_path_factory.mktemp("bad")
@@ -402,7 +402,7 @@ def test_bad_inputs_land_in_failures_and_the_run_goes_on(tmp_path, bad_dataset, 
     meta = json.loads((out / "prepare.json").read_text())
     assert meta["counts"]["failures"] == len(fails) and meta["counts"]["videos"] == 4
     assert meta["counts"]["warnings"] == 1
-    from pipelines.data.inspect import summarize
+    from vcorr.pipelines.data.inspect import summarize
     s = summarize(out, verify=True)
     assert s["failures"] == len(fails) and s["verify_errors"] == []
     assert s["warnings"] == 1
@@ -610,7 +610,7 @@ def test_nothing_prepared_exits_2_without_empty_shards(tmp_path, list_dataset, d
     tries those videos again and prepares them all."""
     from click.testing import CliRunner
 
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     d = list_dataset
     empty_root = tmp_path / "elsewhere"

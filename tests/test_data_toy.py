@@ -7,14 +7,14 @@ import numpy as np
 import torch
 import pytest
 
-from pipelines.data.toy import CLASSES, ToyOptions, make_toy, render_toy, toy_trajectories
-from pipelines.errors import UserError
+from vcorr.pipelines.data.toy import CLASSES, ToyOptions, make_toy, render_toy, toy_trajectories
+from vcorr.pipelines.errors import UserError
 
 DIRECTION = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
 
 def _decode_all(root, rows):
-    from pipelines.data.decode import VideoReader
+    from vcorr.pipelines.data.decode import VideoReader
 
     out = []
     for r in rows:
@@ -95,7 +95,7 @@ def test_path_too_long_without_wrap_is_a_clear_error():
 
 def _pooled_toy_features(opt: ToyOptions) -> torch.Tensor:
     """Spatio-temporal mean of a fresh two-layer toy C2D's features for every toy video."""
-    from models import create_model
+    from vcorr.models import create_model
 
     labels, pos = toy_trajectories(opt)
     frames = torch.from_numpy(render_toy(opt, labels, pos)).float() / 255

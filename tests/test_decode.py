@@ -16,10 +16,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipelines.data import decode
-from pipelines.data.decode import Orientation, VideoError, VideoReader, probe
-from pipelines.data.video_io import ffmpeg_exe, write_video
-from pipelines.errors import UserError
+from vcorr.pipelines.data import decode
+from vcorr.pipelines.data.decode import Orientation, VideoError, VideoReader, probe
+from vcorr.pipelines.data.video_io import ffmpeg_exe, write_video
+from vcorr.pipelines.errors import UserError
 
 
 def _ffmpeg(*args: str) -> None:
@@ -337,7 +337,7 @@ def test_damaged_videos_keep_what_decodes_and_say_so(tmp_path, dh, damaged):
     ref = _ffmpeg_display_frames(damaged["root"] / "clean.mp4", 40)
     stored = dh.stored_frames(out, rows["truncated"])[:40]
     assert min(dh.psnr(a, b) for a, b in zip(stored, ref)) > 35
-    s = __import__("pipelines.data.inspect", fromlist=["summarize"]).summarize(out)
+    s = __import__("vcorr.pipelines.data.inspect", fromlist=["summarize"]).summarize(out)
     assert s["warnings"] == 2
 
 
@@ -355,7 +355,7 @@ def test_decoder_messages_go_to_the_log_not_the_terminal(tmp_path, damaged):
     process and in worker processes: stderr stays clean, prepare.log has every message."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "vcorr_cli.main", "prepare", "--format", "list",
+    proc = subprocess.run([sys.executable, "-m", "vcorr.cli.main", "prepare", "--format", "list",
                            "--annotations", str(damaged["root"] / "ann.csv"),
                            "--root", str(damaged["root"]), "--out", str(out),
                            "--workers", "2", "--no-progress"],
@@ -390,8 +390,8 @@ def test_shards_are_read_without_hdf5_file_locking(tmp_path, list_prepared):
     """On NFS/Lustre HDF5's locks fail; readers open shards without them. Shown here by
     reading while another process holds the shard open for writing, which a locking reader
     cannot (it fails with 'unable to lock file')."""
-    from pipelines.data.inspect import read_index
-    from pipelines.data.shards import ShardReader, read_shard_tables
+    from vcorr.pipelines.data.inspect import read_index
+    from vcorr.pipelines.data.shards import ShardReader, read_shard_tables
 
     row = read_index(list_prepared)[0]
     shard = tmp_path / row["shard"]
@@ -421,7 +421,7 @@ def test_bench_prepare_runs_both_sides_on_the_same_frames(tmp_path, dh):
 
     from click.testing import CliRunner
 
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -440,7 +440,7 @@ def test_bench_prepare_runs_both_sides_on_the_same_frames(tmp_path, dh):
 
 
 def test_bench_loader_decodes_the_source_through_the_decoding_layer(list_prepared):
-    from pipelines.bench.loader import bench_loader
+    from vcorr.pipelines.bench.loader import bench_loader
 
     r = bench_loader(list_prepared, clips=4, frames=4, repeats=1)
     assert r["decord_clips_per_s"] > 0 and r["shard_clips_per_s"] > 0
@@ -448,7 +448,7 @@ def test_bench_loader_decodes_the_source_through_the_decoding_layer(list_prepare
 
 def test_inspect_names_classes_left_without_videos(tmp_path, dh, damaged):
     """A class whose every video failed still has a model output: inspect says so."""
-    from pipelines.data.inspect import summarize
+    from vcorr.pipelines.data.inspect import summarize
 
     ann = tmp_path / "ann.csv"
     ann.write_text("path,label,split,id\nclean.mp4,a,train,clean\nnot_there.mp4,b,train,gone\n")
@@ -459,7 +459,7 @@ def test_inspect_names_classes_left_without_videos(tmp_path, dh, damaged):
 
 
 def test_visualize_reads_files_through_the_layer_and_says_when_one_is_damaged(damaged):
-    from pipelines.visualize.clip import read_clip
+    from vcorr.pipelines.visualize.clip import read_clip
 
     clean = read_clip(damaged["root"] / "clean.mp4", 8, 2, "dense")
     assert clean.warning is None and clean.frames.shape == (8, 120, 160, 3)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.data.samplers import DenseSampler, SegmentSampler
-from pipelines.errors import UserError
-from pipelines.evaluate import (EvalSettings, average_views, build_views, compare_results,
+from vcorr.pipelines.data.samplers import DenseSampler, SegmentSampler
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.evaluate import (EvalSettings, average_views, build_views, compare_results,
                                 compute_metrics, crop_boxes, evaluate_checkpoint, swap_scores)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ def test_compare_gains_exact_and_plot_written(tmp_path: Path) -> None:
     base = fake_result(tmp_path / "base", classes, [0.5, 0.25, 0.75, 1.0])
     model = fake_result(tmp_path / "cpnet", classes, [0.75, 0.25, 0.5, 1.0])
     other = fake_result(tmp_path / "corr", classes, [1.0, 1.0, 1.0, 1.0])
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     out = tmp_path / "cmp"
     result = CliRunner().invoke(cli, ["compare", str(model), "--baseline", str(base), "--out",
@@ -213,7 +213,7 @@ def test_compare_refuses_other_class_lists(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="different class lists"):
         compare_results([model], base, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     result = CliRunner().invoke(cli, ["compare", str(model), "--baseline", str(base)],
                                 prog_name="vcorr")
@@ -228,7 +228,7 @@ def test_compare_refuses_other_class_lists(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory, toy_train_prepared: Path) -> Path:
-    from pipelines.train import load_config, train
+    from vcorr.pipelines.train import load_config, train
 
     sets = [f"data.root={json.dumps(str(toy_train_prepared))}", "data.workers=0",
             "optim.batch_size=4", "optim.epochs=1", "optim.warmup_epochs=0",
@@ -240,7 +240,7 @@ def toy_checkpoint(tmp_path_factory, toy_train_prepared: Path) -> Path:
 
 def test_cli_eval_end_to_end(tmp_path: Path, toy_checkpoint: Path,
                              toy_train_prepared: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     out = tmp_path / "eval"
     args = ["eval", str(toy_checkpoint), "--data", str(toy_train_prepared), "--clips", "2",
@@ -266,10 +266,10 @@ def test_cli_eval_end_to_end(tmp_path: Path, toy_checkpoint: Path,
 
 def test_eval_matches_validation_and_reports_failed_videos(
         tmp_path: Path, toy_checkpoint: Path, toy_train_prepared: Path, monkeypatch) -> None:
-    from pipelines.data.shards import ShardReader
-    from pipelines.train import load_checkpoint
-    from pipelines.train.distributed import DistEnv
-    from pipelines.train.trainer import build_model, validate
+    from vcorr.pipelines.data.shards import ShardReader
+    from vcorr.pipelines.train import load_checkpoint
+    from vcorr.pipelines.train.distributed import DistEnv
+    from vcorr.pipelines.train.trainer import build_model, validate
 
     # 1 clip x 1 centre crop of the full 32 px frame = the trainer's validation
     s = EvalSettings(clips=1, crops=1, workers=0, average="logits")
@@ -307,7 +307,7 @@ def test_eval_matches_validation_and_reports_failed_videos(
 
 
 def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     r = CliRunner().invoke(cli, ["eval", str(tmp_path / "none.pt")], prog_name="vcorr")
     assert r.exit_code == 2 and "checkpoint not found" in r.output
@@ -317,7 +317,7 @@ def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:
 
 
 def test_bench_eval_runs_on_the_toy_set(tmp_path: Path, toy_train_prepared: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(cli, ["bench", "eval", str(toy_train_prepared), "--model", "toy_c2d",
@@ -332,7 +332,7 @@ def test_bench_eval_runs_on_the_toy_set(tmp_path: Path, toy_train_prepared: Path
 
 
 def test_help_has_examples() -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     for args in (["eval", "--help"], ["compare", "--help"], ["bench", "eval", "--help"]):
         r = CliRunner().invoke(cli, args, prog_name="vcorr")
@@ -347,7 +347,7 @@ def _eval_worker(rank: int, port: int, ckpt: str, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from pipelines.evaluate import evaluate_checkpoint
+    from vcorr.pipelines.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(ckpt, data, out, "val", EvalSettings(clips=2, crops=3, workers=0),
                         device="cpu")
@@ -361,7 +361,7 @@ def test_two_rank_gloo_eval_equals_one_process(tmp_path: Path, toy_checkpoint: P
 
     import torch.multiprocessing as mp
 
-    from pipelines.evaluate import evaluate_checkpoint
+    from vcorr.pipelines.evaluate import evaluate_checkpoint
 
     single = tmp_path / "single"
     evaluate_checkpoint(toy_checkpoint, toy_train_prepared, single, "val",

@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models.cp import CPModule, grid_positions, knn_other_frames, knn_other_frames_dense
+from vcorr import models
+from vcorr.models.cp import CPModule, grid_positions, knn_other_frames, knn_other_frames_dense
 
 BF16 = torch.bfloat16
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models
-from models import CPModule, NonLocalBlock, SmartConv, TRNHead, UnknownModelError
-from pipelines.model_info import model_row
+from vcorr import models
+from vcorr.models import CPModule, NonLocalBlock, SmartConv, TRNHead, UnknownModelError
+from vcorr.pipelines.model_info import model_row
 
 M2 = 2 ** 20
 
@@ -442,7 +442,7 @@ def test_list_models_pattern() -> None:
 
 
 def test_register_model_rejects_duplicates_and_bad_defaults() -> None:
-    from models.zoo import toy_net
+    from vcorr.models.zoo import toy_net
 
     n = len(models.list_models())
     with pytest.raises(ValueError, match="already registered"):

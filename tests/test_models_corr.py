@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-import models
-from models.corrnet import (CorrelationConcatBlock, CorrelationSumBlock, CorrNetCorrelation,
+from vcorr import models
+from vcorr.models.corrnet import (CorrelationConcatBlock, CorrelationSumBlock, CorrNetCorrelation,
                             correlation_macs)
-from models.dcf import CorrelationPyramid, DCFBlock, DCFCorrelation
-from models.layers import ConvTemporalSpatial
-from models.ops import DenseCorrelation, LearnableCorrelation, dcf_offsets
-from models.x3d import SqueezeExcite, X3DBlock
-from pipelines.model_info import count_gmacs
+from vcorr.models.dcf import CorrelationPyramid, DCFBlock, DCFCorrelation
+from vcorr.models.layers import ConvTemporalSpatial
+from vcorr.models.ops import DenseCorrelation, LearnableCorrelation, dcf_offsets
+from vcorr.models.x3d import SqueezeExcite, X3DBlock
+from vcorr.pipelines.model_info import count_gmacs
 
 NEW_MODELS = [
     "r2d_26", "r2plus1d_26", "r2plus1d_50", "r2plus1d_101",
@@ -388,7 +388,7 @@ def test_dcf_correlation_is_the_library_operator():
 # --- registry and CLI -------------------------------------------------------------------------
 
 def test_cli_lists_the_corrnet_models():
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     result = CliRunner().invoke(cli, ["models", "corrnet_*", "--json", "--no-flops"])
     assert result.exit_code == 0, result.output

@@ -24,21 +24,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.data.decode import VideoInfo, VideoReader, probe
-from pipelines.data.samplers import DenseSampler
-from pipelines.data.toy import (
+from vcorr.pipelines.data.decode import VideoInfo, VideoReader, probe
+from vcorr.pipelines.data.samplers import DenseSampler
+from vcorr.pipelines.data.toy import (
     CLASSES,
     TOY_FPS,
     ToyOptions,
     render_toy,
     toy_trajectories,
 )
-from pipelines.data.video_io import write_video
-from pipelines.errors import UserError
-from pipelines.predict import collect_inputs
-from pipelines.predict.extract import FeatureTap
-from pipelines.predict.plan import WHOLE, Sampling, plan_groups, sampled_frames
-from vcorr_cli.main import cli
+from vcorr.pipelines.data.video_io import write_video
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.predict import collect_inputs
+from vcorr.pipelines.predict.extract import FeatureTap
+from vcorr.pipelines.predict.plan import WHOLE, Sampling, plan_groups, sampled_frames
+from vcorr.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_CPNET = REPO / "examples" / "configs" / "toy_cpnet.toml"
@@ -56,8 +56,8 @@ def read_rows(path: Path) -> list[dict]:
 # --- a trained toy CPNet -----------------------------------------------------------------------
 
 def _train_toy_cpnet(steps: int = 120):
-    from pipelines.train import load_config
-    from pipelines.train.trainer import build_model
+    from vcorr.pipelines.train import load_config
+    from vcorr.pipelines.train.trainer import build_model
 
     cfg = load_config(TOY_CPNET, ["model.args={stride=2}"])
     torch.manual_seed(0)
@@ -82,8 +82,8 @@ def _train_toy_cpnet(steps: int = 120):
 
 @pytest.fixture(scope="module")
 def toy_ckpt(tmp_path_factory) -> Path:
-    from pipelines.data.prepare import PrepareOptions
-    from pipelines.train.checkpoint import save_checkpoint
+    from vcorr.pipelines.data.prepare import PrepareOptions
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("predict_ckpt")
     data = d / "toy_h5"  # what `vcorr prepare --fps 8 --short-side 0` records of its options
@@ -300,14 +300,14 @@ def test_extract_equals_the_stages_run_by_hand_and_resumes_after_kill(
         tmp_path: Path, toy_ckpt: Path) -> None:
     import h5py
 
-    from pipelines.train.trainer import model_from_checkpoint
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     videos = tmp_path / "videos"
     for label in range(4):
         square_video(videos / f"v{label}.mp4", label, [(25, 10), (3, 20), (12, 25), (20, 3)][label],
                      4, 5, 8.0)
     out = tmp_path / "feats.h5"
-    args = [sys.executable, "-m", "vcorr_cli", "extract", str(toy_ckpt), str(videos),
+    args = [sys.executable, "-m", "vcorr.cli", "extract", str(toy_ckpt), str(videos),
             "--out", str(out), "--clips", "2", "--crops", "1", "--workers", "0", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                VCORR_FAULT="extract@2:SIGKILL")
@@ -342,9 +342,9 @@ def test_extract_a_resnet_stage_per_clip_with_its_map(tmp_path: Path) -> None:
     res3 map that stem -> res2 -> res3 gives; res4 and res5 never run."""
     import h5py
 
-    import models
-    from pipelines.train import load_config
-    from pipelines.train.checkpoint import save_checkpoint
+    from vcorr import models
+    from vcorr.pipelines.train import load_config
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
 
     cfg = load_config(None, ["model.name=\"c2d_r18\"", "data.crop=32", "data.test_short_side=32",
                              "data.frames=4", "data.normalize=false", "data.root=\"\""])
@@ -379,8 +379,8 @@ def test_extract_from_prepared_data_equals_its_test_clips(tmp_path: Path, toy_ck
                                                           toy_train_prepared: Path) -> None:
     import h5py
 
-    from pipelines.data.dataset import VideoClipDataset
-    from pipelines.train.trainer import model_from_checkpoint
+    from vcorr.pipelines.data.dataset import VideoClipDataset
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     out = tmp_path / "val.h5"
     r = run("extract", toy_ckpt, "--data", toy_train_prepared, "--split", "val", "--out", out,

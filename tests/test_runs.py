@@ -21,10 +21,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.errors import UserError
-from pipelines.train import interrupts, load_checkpoint, load_config, train
-from pipelines.train import preflight as pf
-from vcorr_cli.main import cli
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.train import interrupts, load_checkpoint, load_config, train
+from vcorr.pipelines.train import preflight as pf
+from vcorr.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
@@ -149,11 +149,11 @@ def test_sigterm_through_the_cli_and_resume(tmp_path: Path, toy_train_prepared: 
     5), exit code 143, then `vcorr train --out RUN --resume` in a new process."""
     cfg = cfg_for(toy_train_prepared)
     config = tmp_path / "cfg.toml"
-    from pipelines.train.config import to_toml
+    from vcorr.pipelines.train.config import to_toml
     config.write_text(to_toml(cfg))
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", VCORR_FAULT="forward@5:SIGTERM")
-    cmd = [sys.executable, "-m", "vcorr_cli.main", "train", str(config), "--out", str(out),
+    cmd = [sys.executable, "-m", "vcorr.cli.main", "train", str(config), "--out", str(out),
            "--device", "cpu", "--no-progress"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 128 + signal.SIGTERM, r.stderr
@@ -161,7 +161,7 @@ def test_sigterm_through_the_cli_and_resume(tmp_path: Path, toy_train_prepared: 
     assert "Traceback" not in r.stderr
     bn_counts_match_steps(load_checkpoint(out / "last.pt"))
     env.pop("VCORR_FAULT")
-    r = subprocess.run([sys.executable, "-m", "vcorr_cli.main", "train", "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "vcorr.cli.main", "train", "--out", str(out),
                         "--resume", "--device", "cpu", "--no-progress"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -174,11 +174,11 @@ def test_kill_9_while_writing_a_checkpoint_leaves_one_that_loads(
     previous one and loads; the resumed run ends where an uninterrupted one does."""
     cfg = tiny(toy_train_prepared, "optim.epochs=2", "train.val_every=0")
     config = tmp_path / "cfg.toml"
-    from pipelines.train.config import to_toml
+    from vcorr.pipelines.train.config import to_toml
     config.write_text(to_toml(cfg))
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", VCORR_FAULT="checkpoint@2:SIGKILL")
-    r = subprocess.run([sys.executable, "-m", "vcorr_cli.main", "train", str(config), "--out",
+    r = subprocess.run([sys.executable, "-m", "vcorr.cli.main", "train", str(config), "--out",
                         str(out), "--device", "cpu", "--no-progress"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
@@ -310,7 +310,7 @@ def test_eval_and_compare_refuse_earlier_results(tmp_path: Path, small_checkpoin
 
 def test_visualize_refuses_to_replace_a_figure(tmp_path: Path, toy_prepared: Path) -> None:
     out = tmp_path / "viz"
-    from pipelines.data.inspect import read_index
+    from vcorr.pipelines.data.inspect import read_index
     vid = read_index(toy_prepared)[0]["id"]
     args = ["visualize", "correlation", "--pixels", "--data", str(toy_prepared), "--id", vid,
             "--out", str(out), "--frames", "3"]
@@ -500,7 +500,8 @@ def test_progress_is_plain_lines_when_not_a_terminal(tmp_path: Path,
 
 def test_only_rank_0_prints_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun every process runs the command; only rank 0 reports the end."""
-    import pipelines.train
+    from vcorr import pipelines
+    import vcorr.pipelines.train  # noqa: F401  (loads the submodule)
 
     monkeypatch.setattr(pipelines.train, "train", lambda *a, **k: {"best_val_top1": 0.5,
                                                                     "seconds": 1.0})
@@ -514,7 +515,7 @@ def test_only_rank_0_prints_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_models_table_fits_80_columns() -> None:
     from rich.console import Console
 
-    from pipelines.model_info import model_table, render_model_table
+    from vcorr.pipelines.model_info import model_table, render_model_table
 
     rows = model_table("*", flops=False)
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
@@ -534,8 +535,8 @@ def test_correspondence_title_counts_modules_from_1(monkeypatch: pytest.MonkeyPa
                                                     tmp_path: Path) -> None:
     import numpy as np
 
-    from pipelines.visualize import correspondences as corr_mod
-    from pipelines.visualize.clip import Clip, load_model
+    from vcorr.pipelines.visualize import correspondences as corr_mod
+    from vcorr.pipelines.visualize.clip import Clip, load_model
 
     titles = []
     monkeypatch.setattr(corr_mod, "draw_correspondences",
@@ -554,10 +555,10 @@ def test_eval_progress_counts_videos_scored(monkeypatch: pytest.MonkeyPatch,
                                             toy_train_prepared: Path) -> None:
     """With one forward pass for all videos (large max_views_per_batch), the bar may move only
     after that pass: it counts videos scored, not videos read."""
-    import pipelines.progress as progress_mod
-    from pipelines.evaluate import EvalSettings
-    from pipelines.evaluate.evaluate import run_views
-    from pipelines.train.trainer import model_from_checkpoint
+    import vcorr.pipelines.progress as progress_mod
+    from vcorr.pipelines.evaluate import EvalSettings
+    from vcorr.pipelines.evaluate.evaluate import run_views
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     events: list[str] = []
 

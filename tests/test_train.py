@@ -23,14 +23,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-import models
-from pipelines.errors import UserError
-from pipelines.train import (DEFAULTS, EpochSampler, NonFiniteLoss, apply_set, load_checkpoint,
+from vcorr import models
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.train import (DEFAULTS, EpochSampler, NonFiniteLoss, apply_set, load_checkpoint,
                              load_config, load_weights, lr_at, phases, save_checkpoint, to_toml,
                              train)
-from pipelines.train import trainer as trainer_mod
-from pipelines.train.checkpoint import FORMAT
-from pipelines.train.distributed import DistEnv
+from vcorr.pipelines.train import trainer as trainer_mod
+from vcorr.pipelines.train.checkpoint import FORMAT
+from vcorr.pipelines.train.distributed import DistEnv
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
@@ -407,7 +407,7 @@ def test_train_needs_a_prepared_dataset(tmp_path: Path) -> None:
 
 
 def test_cli_train_end_to_end(tmp_path: Path, toy_train_prepared: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     config = tmp_path / "tiny.toml"
     config.write_text(TOY_C2D.read_text() + "\n")  # the example as a user would copy it

@@ -21,8 +21,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from pipelines.train import load_config, train
-from vcorr_cli.main import cli
+from vcorr.pipelines.train import load_config, train
+from vcorr.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6  # 24 training clips, batch 4
@@ -148,7 +148,7 @@ def test_metrics_record_throughput_data_wait_memory_and_wall_time(run_a: dict) -
 
 
 def test_peak_memory_units() -> None:
-    from pipelines.train import monitor
+    from vcorr.pipelines.train import monitor
 
     mib, kind = monitor.peak_memory_mib(torch.device("cpu"))
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -165,8 +165,8 @@ def test_peak_memory_units() -> None:
 # ============================================================================ vcorr runs
 
 def test_runs_table_json_and_plot(run_a: dict, run_b: dict, tmp_path: Path) -> None:
-    from pipelines.model_info import count_gmacs
-    from pipelines.train.trainer import model_from_checkpoint
+    from vcorr.pipelines.model_info import count_gmacs
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     a, b = str(run_a["out"]), str(run_b["out"])
     r = CliRunner().invoke(cli, ["runs", a, b], env={"COLUMNS": "200"})
@@ -212,7 +212,7 @@ def test_runs_table_json_and_plot(run_a: dict, run_b: dict, tmp_path: Path) -> N
 
 
 def _plan(cfg: dict) -> list[dict]:
-    from pipelines.train.config import phases
+    from vcorr.pipelines.train.config import phases
 
     return phases(cfg)
 

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models.ops import correlation, set_default_backend
+from vcorr.models.ops import correlation, set_default_backend
 
 # The module, not the function of the same name that models.ops exports.
-corr_module = importlib.import_module("models.ops.correlation")
+corr_module = importlib.import_module("vcorr.models.ops.correlation")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_set_default_backend(monkeypatch):
 
 def test_triton_refuses_cpu_without_interpreter_and_fp64():
     pytest.importorskip("triton")
-    from models.ops import triton_correlation as tc
+    from vcorr.models.ops import triton_correlation as tc
 
     if tc.interpreting():
         pytest.skip("this process runs triton's interpreter")
@@ -105,7 +105,7 @@ def test_int32_index_guard():
     """A batch item beyond int32 offsets is refused before any launch (meta tensors: no
     memory is allocated)."""
     pytest.importorskip("triton")
-    from models.ops import triton_correlation as tc
+    from vcorr.models.ops import triton_correlation as tc
 
     big = torch.empty(1, 2 ** 12 + 1, 2 ** 10, 2 ** 5, 2 ** 4, device="meta")  # > 2^31
     with pytest.raises(ValueError, match="2\\^31"):

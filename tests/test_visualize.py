@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from models.cp import CPModule, grid_positions
-from pipelines.visualize.clip import Clip
-from pipelines.visualize.correlation import draw_stages, model_stages, pixel_correlation
-from pipelines.visualize.correspondences import (module_correspondences, mlp_outputs,
+from vcorr.models.cp import CPModule, grid_positions
+from vcorr.pipelines.visualize.clip import Clip
+from vcorr.pipelines.visualize.correlation import draw_stages, model_stages, pixel_correlation
+from vcorr.pipelines.visualize.correspondences import (module_correspondences, mlp_outputs,
                                                  parse_points, winners)
 
 SQ, STEP = 8, 8
@@ -129,7 +129,7 @@ def test_set_a_matches_brute_force_eq2():
 
 def test_parse_points():
     assert parse_points("1,2,3; 0,5,6") == [(1, 2, 3), (0, 5, 6)]
-    from pipelines.errors import UserError
+    from vcorr.pipelines.errors import UserError
     with pytest.raises(UserError):
         parse_points("1,2")
 
@@ -139,7 +139,7 @@ def test_parse_points():
 class _TinyCorr(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        from models.ops.correlation import LearnableCorrelation
+        from vcorr.models.ops.correlation import LearnableCorrelation
         self.corr = LearnableCorrelation(3, kernel_size=5, dilation=2, groups=1, share_time=True)
 
     def forward(self, x):
@@ -164,7 +164,7 @@ def test_model_stages_and_figure(tmp_path):
 
 @pytest.fixture(scope="module")
 def square_video(tmp_path_factory) -> Path:
-    from pipelines.data.video_io import write_video
+    from vcorr.pipelines.data.video_io import write_video
 
     path = tmp_path_factory.mktemp("viz") / "square.mp4"
     write_video(path, square_frames(6, 32, 32), lossless=True)
@@ -172,7 +172,7 @@ def square_video(tmp_path_factory) -> Path:
 
 
 def _run(args):
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
@@ -215,7 +215,7 @@ def test_cli_correspondences_model(square_video, tmp_path):
 
 
 def test_cli_filters(tmp_path):
-    from pipelines.train.checkpoint import save_checkpoint
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
 
     w = torch.rand(6, 4, 5, 5)
     w[:, :, 0, 4] += 2.0     # largest weight at the top right of every map
@@ -238,7 +238,7 @@ def test_cli_filters(tmp_path):
 ])
 def test_cli_bad_input_exit_2(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2, r.output
@@ -247,14 +247,14 @@ def test_cli_bad_input_exit_2(args, tmp_path, monkeypatch):
 
 
 def test_cli_model_without_correlation(square_video, tmp_path):
-    r = CliRunner().invoke(__import__("vcorr_cli.main", fromlist=["cli"]).cli,
+    r = CliRunner().invoke(__import__("vcorr.cli.main", fromlist=["cli"]).cli,
                            ["visualize", "correlation", "--model", "toy_c2d", str(square_video),
                             "--out", str(tmp_path)])
     assert r.exit_code == 2 and "no correlation modules" in r.output
 
 
 def test_cli_prepared_video_by_id(toy_prepared, tmp_path):
-    from pipelines.data.inspect import read_index
+    from vcorr.pipelines.data.inspect import read_index
 
     row = read_index(toy_prepared)[0]
     r = _run(["visualize", "correspondences", "--model", "toy_cpnet", "--data", str(toy_prepared),
@@ -270,10 +270,10 @@ def test_cli_prepared_video_by_id(toy_prepared, tmp_path):
 
 def test_cli_checkpoint_clip_settings(square_video, tmp_path):
     """--checkpoint: model weights and the evaluation clip (frames, interval) from its config."""
-    import models
-    from pipelines.train.checkpoint import save_checkpoint
-    from pipelines.train.config import load_config
-    from pipelines.visualize.clip import load_model, read_clip
+    from vcorr import models
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
+    from vcorr.pipelines.train.config import load_config
+    from vcorr.pipelines.visualize.clip import load_model, read_clip
 
     cfg = load_config(None, ['model.name="toy_cpnet"', "data.frames=3", "data.interval=2"])
     model = models.create_model("toy_cpnet", num_classes=2)
@@ -293,7 +293,7 @@ def test_cli_checkpoint_clip_settings(square_video, tmp_path):
 
 def _grid_spy(monkeypatch, module) -> list[tuple[int, int]]:
     """(rows, columns) of every panel grid ``module`` draws."""
-    from pipelines.visualize import figures
+    from vcorr.pipelines.visualize import figures
 
     grids: list[tuple[int, int]] = []
 
@@ -307,9 +307,9 @@ def _grid_spy(monkeypatch, module) -> list[tuple[int, int]]:
 def test_120_frames_make_one_row_of_8_under_2500_px(tmp_path, monkeypatch):
     """A 120-frame portrait clip (a phone video's worth): 8 evenly spaced frames per row, the
     figure at most 2500 px wide, every frame in the GIF."""
-    from pipelines.visualize import correlation as corr_mod
-    from pipelines.visualize.clip import Clip
-    from pipelines.visualize.correlation import Stage
+    from vcorr.pipelines.visualize import correlation as corr_mod
+    from vcorr.pipelines.visualize.clip import Clip
+    from vcorr.pipelines.visualize.correlation import Stage
 
     n, h, w = 120, 72, 40
     fr = np.random.default_rng(0).integers(0, 256, (n, h, w, 3)).astype(np.uint8)
@@ -331,10 +331,10 @@ def test_times_pick_frames_by_presentation_time(tmp_path, monkeypatch):
     shows frames 5 and 25 (by index at the 20 fps average it would be 10 and 30)."""
     import subprocess
 
-    from pipelines.data.video_io import ffmpeg_exe, write_video
-    from pipelines.errors import UserError
-    from pipelines.visualize import clip as clip_mod
-    from pipelines.visualize import correlation as corr_mod
+    from vcorr.pipelines.data.video_io import ffmpeg_exe, write_video
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.visualize import clip as clip_mod
+    from vcorr.pipelines.visualize import correlation as corr_mod
 
     cfr = tmp_path / "cfr.mp4"
     frames = np.stack([np.full((48, 64, 3), 5 * i, np.uint8) for i in range(40)])
@@ -378,9 +378,9 @@ def _moving_and_static(t: int = 4, seed: int = 0) -> tuple[np.ndarray, tuple, tu
 
 
 def test_confidence_threshold_greys_out_a_static_textureless_region():
-    from pipelines.visualize.clip import Clip
-    from pipelines.visualize.correlation import MIN_CONFIDENCE, Stage, _overlays
-    from pipelines.visualize.figures import blend, flow_colors, grey
+    from vcorr.pipelines.visualize.clip import Clip
+    from vcorr.pipelines.visualize.correlation import MIN_CONFIDENCE, Stage, _overlays
+    from vcorr.pipelines.visualize.figures import blend, flow_colors, grey
 
     fr, moving, static = _moving_and_static()
     flow, conf = pixel_correlation(fr, patch=5, kernel_size=9, dilation=2)
@@ -406,8 +406,8 @@ def test_confidence_threshold_greys_out_a_static_textureless_region():
 def test_near_ties_with_zero_motion_count_as_zero():
     """A displacement must beat the zero displacement by more than ZERO_TIE to count as
     motion; on a static noisy ramp (every displacement nearly as good) nearly nothing moves."""
-    from models.ops.correlation import correlation
-    from pipelines.visualize import correlation as corr_mod
+    from vcorr.models.ops.correlation import correlation
+    from vcorr.pipelines.visualize import correlation as corr_mod
 
     v = torch.zeros(9, 1, 1, 3)  # K=3, one frame, three positions
     v[4] = 1.0                   # the zero displacement
@@ -435,7 +435,7 @@ def test_cli_min_confidence_and_bad_times(square_video, tmp_path):
     r = _run(["visualize", "correlation", "--pixels", str(square_video), "--frames", "4",
               "--min-confidence", "0.8", "--times", "0.125,0.25", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     for times, msg in (("9", "outside the clip"), ("a,b", "not a comma-separated list"),
                        (",".join(str(i / 8) for i in range(9)), "at most 8")):
@@ -451,7 +451,7 @@ def test_filters_mark_constant_maps_without_an_arrow(tmp_path, monkeypatch):
     first of the ties."""
     from matplotlib.axes import Axes
 
-    from pipelines.visualize import filters
+    from vcorr.pipelines.visualize import filters
 
     arrows: list = []
     real = Axes.annotate

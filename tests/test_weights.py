@@ -29,11 +29,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-import models
-from pipelines.errors import UserError
-from pipelines.weights import (SOURCES, find_source, kinetics400_classes, load_weights,
+from vcorr import models
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.weights import (SOURCES, find_source, kinetics400_classes, load_weights,
                                read_weights)
-from pipelines.weights.sources import TV_VIDEO_MEAN, TV_VIDEO_STD
+from vcorr.pipelines.weights.sources import TV_VIDEO_MEAN, TV_VIDEO_STD
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"
@@ -116,8 +116,8 @@ def test_class_list_is_package_data(monkeypatch) -> None:
     monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
     monkeypatch.chdir(REPO)
     runpy.run_path(str(REPO / "setup.py"))
-    assert "pipelines.weights" in seen["packages"]
-    files = seen["package_data"]["pipelines.weights"]
+    assert "vcorr.pipelines.weights" in seen["packages"]
+    files = seen["package_data"]["vcorr.pipelines.weights"]
     assert all((REPO / "pipelines" / "weights" / f).is_file() for f in files)
     assert "kinetics400_classes.txt" in files
 
@@ -404,7 +404,7 @@ def test_classifier_for_other_classes_is_a_new_head_and_reordered_when_the_same(
     src = models.create_model("c2d_r18", num_classes=3)
     classes = ["a", "b", "c"]
     path = tmp_path / "ckpt.pt"
-    from pipelines.train.checkpoint import save_checkpoint
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
 
     save_checkpoint(path, {"model": src.state_dict(), "classes": classes})
     same = models.create_model("c2d_r18", num_classes=3)
@@ -427,7 +427,7 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 def test_cli_refuses_a_partial_init_in_one_line_and_reports_an_allowed_one(
         tmp_path: Path, toy_train_prepared: Path, imagenet) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     _, path = imagenet(18)
     args = _train_args(toy_train_prepared, tmp_path / "run", "--set", 'model.name="artnet_r18"',
@@ -456,7 +456,7 @@ def test_cli_refuses_a_partial_init_in_one_line_and_reports_an_allowed_one(
 def k400_prepared(tmp_path_factory, toy_dataset) -> Path:
     """The toy videos relabelled with four Kinetics-400 classes and prepared with the full
     400-name class list (what `vcorr prepare --labels` does with the package's list)."""
-    from pipelines.data.prepare import PrepareOptions, prepare
+    from vcorr.pipelines.data.prepare import PrepareOptions, prepare
 
     src = toy_dataset["root"]
     names = kinetics400_classes()
@@ -481,11 +481,11 @@ def k400_prepared(tmp_path_factory, toy_dataset) -> Path:
 def test_convert_then_eval_equals_the_source_model(tmp_path: Path, k400_prepared: Path) -> None:
     from torchvision.models import video
 
-    from pipelines.data.dataset import VideoClipDataset
-    from pipelines.data.inspect import read_classes
-    from pipelines.data.samplers import DenseSampler
-    from pipelines.data.transforms import test_transform
-    from vcorr_cli.main import cli
+    from vcorr.pipelines.data.dataset import VideoClipDataset
+    from vcorr.pipelines.data.inspect import read_classes
+    from vcorr.pipelines.data.samplers import DenseSampler
+    from vcorr.pipelines.data.transforms import test_transform
+    from vcorr.cli.main import cli
 
     assert read_classes(k400_prepared) == kinetics400_classes()
     # The val clips as torchvision's model takes them: 16 frames, normalised with its mean/std.
@@ -527,8 +527,8 @@ def test_train_init_from_converted_and_from_source_files(tmp_path: Path, toy_tra
                                                          k400_prepared: Path) -> None:
     from torchvision.models import video
 
-    from pipelines.weights.export import convert_weights
-    from vcorr_cli.main import cli
+    from vcorr.pipelines.weights.export import convert_weights
+    from vcorr.cli.main import cli
 
     src = randomise(video.r3d_18(), torch.randn(2, 3, 4, 32, 32))
     path = save_state(src, tmp_path / "r3d_18.pth")
@@ -558,7 +558,7 @@ def test_pytorchvideo_x3d_s_into_dcf_x3d_s(tmp_path: Path) -> None:
     _ptv()
     from pytorchvideo.models.x3d import create_x3d
 
-    from pipelines.weights.export import convert_weights
+    from vcorr.pipelines.weights.export import convert_weights
 
     clip = torch.randn(2, 3, 8, 64, 64)
     src = randomise(create_x3d(input_clip_length=8, input_crop_size=64, head_activation=None), clip)
@@ -605,7 +605,7 @@ def test_pytorchvideo_r2plus1d_r50_into_corrnet_50(tmp_path: Path) -> None:
 
 
 def test_weights_list_classes_and_convert_errors(tmp_path: Path) -> None:
-    from vcorr_cli.main import cli
+    from vcorr.cli.main import cli
 
     r = CliRunner().invoke(cli, ["weights", "list", "--json"], prog_name="vcorr")
     assert r.exit_code == 0

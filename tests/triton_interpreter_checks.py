@@ -33,9 +33,9 @@ triton = pytest.importorskip("triton")
 
 import torch
 
-from models.ops import correlation, dcf_offsets
-from models.ops import triton_correlation as tc
-from models.ops.correlation import _pick_backend
+from vcorr.models.ops import correlation, dcf_offsets
+from vcorr.models.ops import triton_correlation as tc
+from vcorr.models.ops.correlation import _pick_backend
 
 FP32_ATOL = 1e-5
 LOW_RTOL = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
@@ -197,7 +197,7 @@ def test_environment_sets_the_default_backend(monkeypatch):
     kernels, here on CPU tensors through the interpreter."""
     if os.environ.get("VCORR_CORRELATION") != "triton":
         pytest.skip("run with VCORR_CORRELATION=triton (tests/test_triton_correlation.py does)")
-    corr_module = importlib.import_module("models.ops.correlation")  # not the function
+    corr_module = importlib.import_module("vcorr.models.ops.correlation")  # not the function
     assert corr_module.DEFAULT_BACKEND == "triton"
     calls = []
     forward = tc.forward

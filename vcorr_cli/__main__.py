@@ -1,5 +1,5 @@
-"""Allows ``python -m vcorr_cli`` (and ``torchrun -m vcorr_cli``)."""
-from vcorr_cli.main import main
+"""Allows ``python -m vcorr.cli``; ``python -m vcorr`` (the root __main__.py) is the same."""
+from vcorr.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """``vcorr bench``: every speed and memory benchmark of vcorr, in one place.
 
-Each subcommand parses its options, calls the benchmark in :mod:`pipelines.bench`, prints a
+Each subcommand parses its options, calls the benchmark in :mod:`vcorr.pipelines.bench`, prints a
 table and, with ``--json FILE``, saves the numbers (written atomically).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
                            help="Write the numbers to this JSON file.")
@@ -27,7 +27,7 @@ synthetic_option = click.option(
 def _save_json(result: dict[str, Any], json_path: str | None) -> None:
     """Write a benchmark's numbers to JSON_PATH (atomically), if one was given."""
     if json_path:
-        from pipelines.fileio import write_atomic
+        from vcorr.pipelines.fileio import write_atomic
 
         write_atomic(json_path, json.dumps(result, indent=2) + "\n")
 
@@ -39,7 +39,7 @@ def _data_folder(data: str | None, synthetic: str | None, name: str = "DATA") ->
         UserError: neither was given.
     """
     if synthetic:
-        from pipelines.bench.loader import make_synthetic_dataset
+        from vcorr.pipelines.bench.loader import make_synthetic_dataset
 
         return str(make_synthetic_dataset(synthetic))
     if not data:
@@ -94,7 +94,7 @@ def loader(out: str | None, synthetic: str | None, clips: int, frames: int, inte
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.loader import bench_loader
+    from vcorr.pipelines.bench.loader import bench_loader
 
     out = _data_folder(out, synthetic, "OUT")
     r = bench_loader(out, clips=clips, frames=frames, interval=interval)
@@ -141,7 +141,7 @@ def prepare_bench(video_dir: str, workers: int, every: int, short_side: int, qua
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.prepare import bench_prepare
+    from vcorr.pipelines.bench.prepare import bench_prepare
 
     r = bench_prepare(video_dir, workers=workers, every=every, short_side=short_side,
                       quality=quality, qscale=qscale, repeats=repeats)
@@ -195,8 +195,8 @@ def shards(folder: str, shards: int, max_open: int | None, json_path: str | None
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.shards import make_many_shards, walk_shards
-    from pipelines.data.shards import MAX_OPEN_SHARDS
+    from vcorr.pipelines.bench.shards import make_many_shards, walk_shards
+    from vcorr.pipelines.data.shards import MAX_OPEN_SHARDS
 
     if not (Path(folder) / "index.csv").is_file():
         make_many_shards(folder, shards)
@@ -246,7 +246,7 @@ def knn(batch: int, channels: int, frames: int, size: int, k: int, repeats: int,
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.models import bench_knn
+    from vcorr.pipelines.bench.models import bench_knn
 
     console = Console()
     with console.status("benchmarking the k-NN") as status:
@@ -325,7 +325,7 @@ def models(model_list: str, frames: int, size: int, batch: int, repeats: int, th
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.models import bench_models, parse_model_list
+    from vcorr.pipelines.bench.models import bench_models, parse_model_list
 
     names = parse_model_list(model_list)
     variants = ["eager"] + (["compile"] if with_compile else []) + (
@@ -401,7 +401,7 @@ def correlation(batch: int, channels: int, frames: int, size: int, kernel_size: 
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.correlation import (
+    from vcorr.pipelines.bench.correlation import (
         CorrelationBenchConfig,
         run_correlation_bench,
     )
@@ -474,8 +474,8 @@ def train(data: str | None, synthetic: str | None, model: str, frames: int, crop
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.train import bench_train
-    from pipelines.runtime import resolve_device
+    from vcorr.pipelines.bench.train import bench_train
+    from vcorr.pipelines.runtime import resolve_device
 
     resolve_device(device)   # a CUDA request without CUDA: one line, before any data work
     data = _data_folder(data, synthetic)
@@ -526,8 +526,8 @@ def eval_bench(data: str | None, synthetic: str | None, split: str | None, model
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.eval import bench_eval
-    from pipelines.runtime import resolve_device
+    from vcorr.pipelines.bench.eval import bench_eval
+    from vcorr.pipelines.runtime import resolve_device
 
     resolve_device(device)   # a CUDA request without CUDA: one line, before any data work
     data = _data_folder(data, synthetic)
@@ -581,7 +581,7 @@ def predict_bench(video_dir: str, model: str, frames: int, crop: int, short_side
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.bench.predict import bench_predict
+    from vcorr.pipelines.bench.predict import bench_predict
 
     r = bench_predict(video_dir, model, frames=frames, crop=crop, short_side=short_side,
                       clips=clips, crops=int(crops), videos=videos, seconds=seconds, fps=fps,
@@ -630,10 +630,10 @@ def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: i
 
     from rich.console import Console
 
-    from pipelines.bench.gpu import gpu_markdown, run_gpu_bench
-    from pipelines.fileio import write_atomic
-    from pipelines.outputs import check_folder, move_aside
-    from pipelines.runtime import resolve_device
+    from vcorr.pipelines.bench.gpu import gpu_markdown, run_gpu_bench
+    from vcorr.pipelines.fileio import write_atomic
+    from vcorr.pipelines.outputs import check_folder, move_aside
+    from vcorr.pipelines.runtime import resolve_device
 
     resolve_device(device)
     out = Path(out_dir)

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 
 @click.command()
@@ -39,7 +39,7 @@ def toy(out: str, **kw) -> None:
           --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0 \\
           --codec raw
     """
-    from pipelines.data.toy import ToyOptions, make_toy
+    from vcorr.pipelines.data.toy import ToyOptions, make_toy
 
     summary = make_toy(out, ToyOptions(**kw))
     click.echo(f"wrote {summary['videos']} videos ({summary['train']} train, "
@@ -112,7 +112,7 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
           --labels something-something-v2-labels.json --root 20bn-something-something-v2 \\
           --out data/ssv2 --every 2 --part $SLURM_ARRAY_TASK_ID/8
     """
-    from pipelines.data.prepare import PrepareOptions, prepare as run
+    from vcorr.pipelines.data.prepare import PrepareOptions, prepare as run
 
     opt = PrepareOptions(format=fmt, annotations=list(annotations), part=_parse_part(part),
                          progress=not no_progress, **kw)
@@ -144,7 +144,7 @@ def inspect(out: str, verify: bool, as_json: bool) -> None:
       vcorr inspect data/toy_h5
       vcorr inspect data/toy_h5 --verify --json > summary.json
     """
-    from pipelines.data.inspect import summarize
+    from vcorr.pipelines.data.inspect import summarize
 
     s = summarize(out, verify=verify, progress=verify and not as_json)
     if as_json:

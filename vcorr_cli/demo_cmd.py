@@ -1,4 +1,4 @@
-"""``vcorr demo``: parse options, run :func:`pipelines.demo.run_demo` with this CLI's commands."""
+"""``vcorr demo``: parse options, run :func:`vcorr.pipelines.demo.run_demo` with this CLI's commands."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +25,9 @@ def demo(out_dir: Path, quick: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.demo import FULL, QUICK, run_demo
-    from pipelines.errors import UserError
-    from vcorr_cli.main import cli
+    from vcorr.pipelines.demo import FULL, QUICK, run_demo
+    from vcorr.pipelines.errors import UserError
+    from vcorr.cli.main import cli
 
     def run(args: list[str]) -> None:
         code = cli.main(args, prog_name="vcorr", standalone_mode=False)

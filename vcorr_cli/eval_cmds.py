@@ -1,4 +1,4 @@
-"""``vcorr eval`` and ``vcorr compare``: parse options, call :mod:`pipelines.evaluate`."""
+"""``vcorr eval`` and ``vcorr compare``: parse options, call :mod:`vcorr.pipelines.evaluate`."""
 from __future__ import annotations
 
 import os
@@ -66,7 +66,7 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.evaluate import EvalSettings, evaluate_checkpoint
+    from vcorr.pipelines.evaluate import EvalSettings, evaluate_checkpoint
 
     s = EvalSettings(clips=clips, crops=int(crops), crop_size=crop_size, short_side=short_side,
                      full_frame=full_frame, average=average,
@@ -97,7 +97,7 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
     click.echo(f"wrote {m['out']}")
 
 
-eval = eval_cmd  # registered in vcorr_cli.main as ("vcorr_cli.eval_cmds", "eval")
+eval = eval_cmd  # registered in vcorr.cli.main as ("vcorr.cli.eval_cmds", "eval")
 
 
 @click.command()
@@ -125,7 +125,7 @@ def compare(results: tuple[Path, ...], baseline: Path, out_dir: Path, top: int,
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.evaluate import compare_results
+    from vcorr.pipelines.evaluate import compare_results
 
     summaries = compare_results(list(results), baseline, out_dir, top, overwrite=overwrite)
     console = Console()

@@ -1,7 +1,7 @@
 """The ``vcorr`` command group.
 
 Subcommands live in sibling modules and are registered in ``_COMMANDS``; each one only parses
-its options and calls a function in ``pipelines``. A :class:`pipelines.UserError` raised anywhere
+its options and calls a function in ``vcorr.pipelines``. A :class:`vcorr.pipelines.UserError` raised anywhere
 becomes one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -11,24 +11,24 @@ import sys
 
 import click
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 # (module, attribute) of each subcommand, in the order ``vcorr --help`` lists them.
 _COMMANDS: list[tuple[str, str]] = [
-    ("vcorr_cli.data_cmds", "toy"),
-    ("vcorr_cli.data_cmds", "prepare"),
-    ("vcorr_cli.data_cmds", "inspect"),
-    ("vcorr_cli.models_cmd", "models"),
-    ("vcorr_cli.weights_cmd", "weights"),
-    ("vcorr_cli.train_cmd", "train"),
-    ("vcorr_cli.eval_cmds", "eval"),
-    ("vcorr_cli.eval_cmds", "compare"),
-    ("vcorr_cli.predict_cmds", "predict"),
-    ("vcorr_cli.predict_cmds", "extract"),
-    ("vcorr_cli.runs_cmd", "runs"),
-    ("vcorr_cli.visualize_cmds", "visualize"),
-    ("vcorr_cli.bench_cmds", "bench"),
-    ("vcorr_cli.demo_cmd", "demo"),
+    ("vcorr.cli.data_cmds", "toy"),
+    ("vcorr.cli.data_cmds", "prepare"),
+    ("vcorr.cli.data_cmds", "inspect"),
+    ("vcorr.cli.models_cmd", "models"),
+    ("vcorr.cli.weights_cmd", "weights"),
+    ("vcorr.cli.train_cmd", "train"),
+    ("vcorr.cli.eval_cmds", "eval"),
+    ("vcorr.cli.eval_cmds", "compare"),
+    ("vcorr.cli.predict_cmds", "predict"),
+    ("vcorr.cli.predict_cmds", "extract"),
+    ("vcorr.cli.runs_cmd", "runs"),
+    ("vcorr.cli.visualize_cmds", "visualize"),
+    ("vcorr.cli.bench_cmds", "bench"),
+    ("vcorr.cli.demo_cmd", "demo"),
 ]
 
 

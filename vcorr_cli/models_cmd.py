@@ -26,7 +26,7 @@ def models(pattern: str, as_json: bool, no_flops: bool) -> None:
     """
     from rich.console import Console
 
-    from pipelines.model_info import model_table, render_model_table
+    from vcorr.pipelines.model_info import model_table, render_model_table
 
     rows = model_table(pattern, flops=not no_flops)
     if as_json:

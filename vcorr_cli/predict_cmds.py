@@ -1,11 +1,11 @@
-"""``vcorr predict`` and ``vcorr extract``: parse options, call :mod:`pipelines.predict`."""
+"""``vcorr predict`` and ``vcorr extract``: parse options, call :mod:`vcorr.pipelines.predict`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 _ROWS_SHOWN = 40
 
@@ -77,7 +77,7 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.predict import PredictSettings, predict_videos
+    from vcorr.pipelines.predict import PredictSettings, predict_videos
 
     if not inputs:
         raise UserError("give at least one INPUT (a video, a folder or a list file)")
@@ -152,7 +152,7 @@ def extract(checkpoint: Path, inputs: tuple[Path, ...], data: Path | None, split
       vcorr extract runs/k400_c2d/best.pt my_videos/ --out feats.h5 --layer res4
       vcorr extract runs/k400_c2d/best.pt long.mp4 --per-clip --clips 32 --crops 1 --out f.h5
     """
-    from pipelines.predict.extract import extract_features
+    from vcorr.pipelines.predict.extract import extract_features
 
     r = extract_features(checkpoint, out_path, data=data, split=split, inputs=inputs,
                          layer=layer, per_clip=per_clip, keep_spatial=keep_spatial, clips=clips,

@@ -1,5 +1,5 @@
 """``vcorr runs``: training runs compared in one table; parse options, call
-:mod:`pipelines.runs`."""
+:mod:`vcorr.pipelines.runs`."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,7 @@ def runs(run_dirs: tuple[Path, ...], as_json: bool, plot: Path | None,
     """
     from rich.console import Console
 
-    from pipelines.runs import compare_runs, render_runs
+    from vcorr.pipelines.runs import compare_runs, render_runs
 
     rows = compare_runs(run_dirs, plot, overwrite=overwrite)
     if as_json:

@@ -1,4 +1,4 @@
-"""``vcorr train``: parse options, load the config, call :func:`pipelines.train.train`."""
+"""``vcorr train``: parse options, load the config, call :func:`vcorr.pipelines.train.train`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,14 +57,14 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
       vcorr train cfg.toml --data data/ssv1 --init resnet50-0676ba61.pth
       vcorr train --out runs/toy_cpnet --resume --set data.workers=8
       vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet --overwrite
-      torchrun --nproc_per_node 8 -m vcorr_cli train cfg.toml --data /data/k400 --out runs/k
+      torchrun --nproc_per_node 8 -m vcorr.cli train cfg.toml --data /data/k400 --out runs/k
     """
     import os
     import signal
 
-    from pipelines.errors import UserError
-    from pipelines.train import load_config, train as run_train
-    from pipelines.train.checkpoint import load_checkpoint
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.train import load_config, train as run_train
+    from vcorr.pipelines.train.checkpoint import load_checkpoint
 
     if config is None and not resume:
         raise UserError("give a CONFIG file (or --resume with --out RUN_DIR)")

@@ -1,5 +1,5 @@
 """``vcorr visualize``: figures of correspondences, correlations and correlation filters;
-parse options, call :mod:`pipelines.visualize`."""
+parse options, call :mod:`vcorr.pipelines.visualize`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +54,7 @@ def _clip_options(f: Callable) -> Callable:
 
 def _read(loaded: Any, video: Path | None, data: Path | None, video_id: str | None,
           frames: int | None, interval: int | None, short_side: int | None):
-    from pipelines.visualize.clip import read_clip, resize_frames
+    from vcorr.pipelines.visualize.clip import read_clip, resize_frames
 
     n = frames or (loaded.frames if loaded is not None else 8)
     step = interval or (loaded.interval if loaded is not None else 1)
@@ -74,23 +74,23 @@ def _report(paths: list[Path]) -> None:
 
 
 def _claim(paths: list[Path], overwrite: bool) -> list[Path]:
-    """The output-folder rule for figures (:mod:`pipelines.outputs`): checked before any
+    """The output-folder rule for figures (:mod:`vcorr.pipelines.outputs`): checked before any
     work; returns the files to move aside (with --overwrite) just before writing."""
-    from pipelines.outputs import check_files
+    from vcorr.pipelines.outputs import check_files
 
     return check_files(paths, overwrite=overwrite)
 
 
 def _move_aside(paths: list[Path]) -> None:
-    from pipelines.outputs import move_aside
+    from vcorr.pipelines.outputs import move_aside
 
     for p in paths:
         click.echo(f"moved {p} aside to {move_aside(p)}")
 
 
 def _model(checkpoint: Path | None, model: str | None):
-    from pipelines.errors import UserError
-    from pipelines.visualize.clip import load_model
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.visualize.clip import load_model
 
     if (checkpoint is None) == (model is None):
         raise UserError("give exactly one of --checkpoint and --model")
@@ -140,9 +140,9 @@ def correlation(checkpoint: Path | None, model_name: str | None, pixels: bool, p
       vcorr visualize correlation --checkpoint runs/corrnet/best.pt --data data/k400 --id abc --out viz/
       vcorr visualize correlation --model dcf_x3d_s clip.mp4 --short-side 160 --out viz/
     """
-    from pipelines.errors import UserError
-    from pipelines.visualize.clip import parse_times
-    from pipelines.visualize.correlation import visualize_model_correlation, visualize_pixels
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.visualize.clip import parse_times
+    from vcorr.pipelines.visualize.correlation import visualize_model_correlation, visualize_pixels
 
     times = parse_times(times_text)
     view: dict[str, Any] = {"times": times}
@@ -195,8 +195,8 @@ def correspondences(checkpoint: Path | None, model_name: str | None, module_inde
       vcorr visualize correspondences --checkpoint runs/cpnet/best.pt --data data/ssv2 --id 123 \\
           --module 0 --num-points 5 --animate --out viz/
     """
-    from pipelines.visualize.clip import parse_times
-    from pipelines.visualize.correspondences import visualize_correspondences
+    from vcorr.pipelines.visualize.clip import parse_times
+    from vcorr.pipelines.visualize.correspondences import visualize_correspondences
 
     times = parse_times(times_text)
 
@@ -231,7 +231,7 @@ def filters(checkpoint: Path, out_dir: Path, channels: int, times: int,
       vcorr visualize filters runs/corrnet/best.pt --out viz/
       vcorr visualize filters runs/corrnet/best.pt --channels 8 --time-steps 4 --out viz/
     """
-    from pipelines.visualize.filters import visualize_filters
+    from vcorr.pipelines.visualize.filters import visualize_filters
 
     # The figures of one checkpoint belong together: any earlier one blocks (or moves) all.
     _move_aside(_claim(sorted(out_dir.glob("filters_*.png")), overwrite))

@@ -38,7 +38,7 @@ def list_cmd(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.weights import NOT_IMPORTED, SOURCES
+    from vcorr.pipelines.weights import NOT_IMPORTED, SOURCES
 
     if as_json:
         click.echo(json.dumps({"sources": [s.as_dict() for s in SOURCES],
@@ -84,7 +84,7 @@ def convert(file: Path, library: str, model: str | None, out: Path) -> None:
     """
     from rich.console import Console
 
-    from pipelines.weights.export import convert_weights
+    from vcorr.pipelines.weights.export import convert_weights
 
     summary, report = convert_weights(file, library, out, model=model)
     console = Console()
@@ -106,6 +106,6 @@ def classes() -> None:
       vcorr prepare --format kinetics --annotations train.csv --annotations validate.csv \\
           --labels k400_classes.txt --root kinetics400 --out data/k400 --fps 30
     """
-    from pipelines.weights import kinetics400_classes
+    from vcorr.pipelines.weights import kinetics400_classes
 
     click.echo("\n".join(kinetics400_classes()))

@@ -30,7 +30,7 @@ done in blocks of frames sized to stay in the CPU cache, so the K*K passes over 
 cache rather than DRAM.
 
 Backends: this file is the PyTorch implementation, the CPU path and the reference. On CUDA
-tensors (fp32/fp16/bf16) the Triton kernels of :mod:`models.ops.triton_correlation` run
+tensors (fp32/fp16/bf16) the Triton kernels of :mod:`vcorr.models.ops.triton_correlation` run
 instead when ``triton`` imports. ``correlation(..., backend=...)`` chooses per call:
 ``"auto"`` (that rule), ``"torch"`` or ``"triton"``; ``backend=None`` takes the module default
 :data:`DEFAULT_BACKEND`, set from the environment variable ``VCORR_CORRELATION``
@@ -289,7 +289,7 @@ def _triton():
     global _triton_module
     if _triton_module is None:
         try:
-            from models.ops import triton_correlation
+            from vcorr.models.ops import triton_correlation
         except ImportError:
             _triton_module = False
         else:
@@ -446,7 +446,7 @@ def correlation(
             the PyTorch path); default chosen per device.
         backend: ``"auto"`` (Triton kernels for CUDA tensors in fp32/fp16/bf16 when
             ``triton`` imports, else PyTorch), ``"torch"`` (this module's operator, any
-            device) or ``"triton"`` (:mod:`models.ops.triton_correlation`; CUDA tensors, or
+            device) or ``"triton"`` (:mod:`vcorr.models.ops.triton_correlation`; CUDA tensors, or
             CPU tensors under ``TRITON_INTERPRET=1``); ``None``: :data:`DEFAULT_BACKEND`
             (environment variable ``VCORR_CORRELATION``). Same values and gradients up to
             fp32 rounding; Triton sums fp16/bf16 inputs in fp32 and returns x's dtype.

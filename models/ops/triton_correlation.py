@@ -1,6 +1,6 @@
 """Triton kernels for the correlation operator of CorrNet and DCF: forward and backward.
 
-Same definition as :mod:`models.ops.correlation` (CorrNet Sec. 3: learnable groupwise
+Same definition as :mod:`vcorr.models.ops.correlation` (CorrNet Sec. 3: learnable groupwise
 correlation of frame ``t`` with ``t-1``, per-channel, per-time-step, per-displacement weights,
 clip ends matched with themselves; DCF Sec. 3.1-3.2: several temporal offsets, dilation per
 offset, zero partner frames outside the clip, scale ``1/sqrt(C)``)::
@@ -295,7 +295,7 @@ def forward(
 ) -> Tensor:
     """Correlation volume (definition in the module doc; CorrNet Sec. 3, DCF Sec. 3.1-3.2).
 
-    Arguments are already validated by :func:`models.ops.correlation.correlation`; this
+    Arguments are already validated by :func:`vcorr.models.ops.correlation.correlation`; this
     checks only what the kernels need (:func:`check_inputs`). The output has x's dtype; sums
     are fp32.
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.ops import corrnet_correlation
-from pipelines.errors import UserError
+from vcorr.models.ops import corrnet_correlation
+from vcorr.pipelines.errors import UserError
 
 MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak of the running sum of tensor "
                  "allocations and frees during one forward+backward, inputs excluded")
@@ -75,7 +75,7 @@ def unfold_reference(x: Tensor, weight: Tensor | None, *, kernel_size: int, grou
                      offsets: Sequence[int], dilations: Sequence[int], clip_ends: str,
                      scale: float) -> Tensor:
     """The baseline: materialise every frame's C*K*K neighbourhood with ``F.unfold``, once per
-    temporal offset. Same definition and channel order as :func:`models.ops.correlation`
+    temporal offset. Same definition and channel order as :func:`vcorr.models.ops.correlation`
     (partner frame ``t + tau``; outside the clip the frame itself, ``clip_ends="self"``, or a
     zero frame, ``"zero"``; weight (C, T or 1, K, K); group sums times ``scale``), so outputs
     compare element by element. Autograd keeps the unfolded tensors.
@@ -109,7 +109,7 @@ def unfold_reference(x: Tensor, weight: Tensor | None, *, kernel_size: int, grou
 
 def unfold_correlation(x: Tensor, weight: Tensor, kernel_size: int, dilation: int,
                        groups: int) -> Tensor:
-    """:func:`unfold_reference` for CorrNet's operator (:func:`models.ops.corrnet_correlation`:
+    """:func:`unfold_reference` for CorrNet's operator (:func:`vcorr.models.ops.corrnet_correlation`:
     frame t against frame t-1, frame 0 against itself, the mean over each group)."""
     return unfold_reference(x, weight, kernel_size=kernel_size, groups=groups, offsets=(-1,),
                             dilations=(dilation,), clip_ends="self",
@@ -159,7 +159,7 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
 
 def fma_rate(numel: int, repeats: int, device: torch.device | str = "cpu") -> float:
     """Elementwise multiply-adds per second of one fused ``out.addcmul_(a, b)`` on ``numel``."""
-    from pipelines.runtime import time_call
+    from vcorr.pipelines.runtime import time_call
 
     dev = torch.device(device)
     a, b = torch.rand(numel, device=dev), torch.rand(numel, device=dev)
@@ -171,7 +171,7 @@ def fma_rate(numel: int, repeats: int, device: torch.device | str = "cpu") -> fl
 
 def _timings(fn: Callable[[], object], repeats: int,
              device: torch.device | str = "cpu") -> list[float]:
-    from pipelines.runtime import time_call
+    from vcorr.pipelines.runtime import time_call
 
     dev = torch.device(device)
     fn()  # warm-up: allocator, thread pool, lazy initialisation, kernel compilation
@@ -183,7 +183,7 @@ def run_correlation_bench(cfg: CorrelationBenchConfig,
                           device: str | torch.device = "cpu") -> dict:
     """Time and measure both implementations on ``device``; returns the numbers as a flat
     dict. On CUDA, ``corrnet_correlation`` takes the operator's default for CUDA tensors."""
-    from pipelines.runtime import memory_method, peak_memory, resolve_device
+    from vcorr.pipelines.runtime import memory_method, peak_memory, resolve_device
 
     cfg.validate()
     dev = resolve_device(device)

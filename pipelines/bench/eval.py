@@ -1,7 +1,7 @@
 """``vcorr bench eval``: multi-view evaluation throughput and the share of time not spent in
 the model (waiting for the next video, cutting and normalising views, moving data).
 
-It runs the loop of ``vcorr eval`` (:func:`pipelines.evaluate.evaluate.run_views`) with a
+It runs the loop of ``vcorr eval`` (:func:`vcorr.pipelines.evaluate.evaluate.run_views`) with a
 randomly initialised registered model, synchronising the device around each stage so that the
 stage times are real. A first pass over ``warmup`` videos (worker start-up, cuDNN autotuning)
 is left out.
@@ -25,10 +25,10 @@ def bench_eval(data: str | Path, model: str = "c2d_r18", *, split: str | None = 
                compile: bool = False) -> dict[str, Any]:
     """Time the evaluation of ``videos`` videos of ``data`` at ``clips`` x ``crops`` views
     (``compile``: the model under ``torch.compile``; the warm-up videos compile it)."""
-    import models
-    from pipelines.data.inspect import read_classes, read_index
-    from pipelines.evaluate.evaluate import EvalSettings, run_views
-    from pipelines.runtime import compile_model, resolve_device
+    from vcorr import models
+    from vcorr.pipelines.data.inspect import read_classes, read_index
+    from vcorr.pipelines.evaluate.evaluate import EvalSettings, run_views
+    from vcorr.pipelines.runtime import compile_model, resolve_device
 
     classes = read_classes(data)
     if split is None:

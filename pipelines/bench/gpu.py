@@ -7,16 +7,16 @@
    13x160x160 clip with hooks on its correlation layers, then taken at batch 8), each in fp32
    and bf16 (input and weight in that dtype), by three methods: the Triton kernels, the
    PyTorch operator (a loop over the K*K displacements) and the unfold formulation
-   (:func:`pipelines.bench.correlation.unfold_reference`). Time (best of ``repeats``, each
+   (:func:`vcorr.pipelines.bench.correlation.unfold_reference`). Time (best of ``repeats``, each
    call synchronised), peak memory (``torch.cuda.max_memory_allocated``) and the largest
    error against the PyTorch operator in fp32 on the same (rounded) inputs, relative to the
    largest value.
-2. The CP module's k-NN (:func:`pipelines.bench.models.bench_knn`, B=8, C=128, 8x28x28, k=8).
+2. The CP module's k-NN (:func:`vcorr.pipelines.bench.models.bench_knn`, B=8, C=128, 8x28x28, k=8).
 3. Training steps (forward, loss, backward; bf16 autocast; batch 8; registered clip sizes):
    ``cpnet_r18`` vs ``c2d_r18`` and ``corrnet_26`` vs ``r2plus1d_26``
-   (:func:`pipelines.bench.models.bench_models`).
+   (:func:`vcorr.pipelines.bench.models.bench_models`).
 4. ``vcorr eval`` at 10 clips x 3 crops of 8x112x112 views: views/s and the share of time
-   outside the model (:func:`pipelines.bench.eval.bench_eval`) on synthetic Kinetics-like
+   outside the model (:func:`vcorr.pipelines.bench.eval.bench_eval`) on synthetic Kinetics-like
    videos (or a prepared folder given as ``data``).
 
 Targets (issue 16): Triton at least 5x the PyTorch loop and 10x unfold with at most 1/10 of
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 TARGETS = {"triton_vs_loop": 5.0, "triton_vs_unfold": 10.0, "memory_vs_unfold": 0.1,
            "step_ratio": 1.3, "eval_outside_model": 0.15}
@@ -60,14 +60,14 @@ def correlation_method(method: str) -> Callable[..., Tensor]:
     """A callable ``f(x, weight, **kwargs)`` computing the correlation by ``method``.
 
     ``"torch"`` and ``"triton"`` pick the operator's backend where
-    :func:`models.ops.correlation` has a ``backend`` argument; a checkout without it has only
-    the PyTorch operator. ``"unfold"``: :func:`pipelines.bench.correlation.unfold_reference`.
+    :func:`vcorr.models.ops.correlation` has a ``backend`` argument; a checkout without it has only
+    the PyTorch operator. ``"unfold"``: :func:`vcorr.pipelines.bench.correlation.unfold_reference`.
 
     Raises:
         Unavailable: Triton asked for where the checkout has no Triton kernels.
     """
-    from models.ops import correlation
-    from pipelines.bench.correlation import unfold_reference
+    from vcorr.models.ops import correlation
+    from vcorr.pipelines.bench.correlation import unfold_reference
 
     if method == "unfold":
         return unfold_reference
@@ -76,16 +76,16 @@ def correlation_method(method: str) -> Callable[..., Tensor]:
         return lambda x, weight, **kw: correlation(x, weight, backend=method, **kw)
     if method == "torch":
         return correlation
-    if importlib.util.find_spec("models.ops.triton_correlation") is None:
+    if importlib.util.find_spec("vcorr.models.ops.triton_correlation") is None:
         raise Unavailable("this checkout has no Triton kernels (models/ops/triton_correlation.py)")
-    raise Unavailable("models.ops.correlation has no backend argument to select the kernels")
+    raise Unavailable("vcorr.models.ops.correlation has no backend argument to select the kernels")
 
 
 def default_correlation_backend() -> str:
     """What the models' correlation layers use for CUDA tensors (recorded with the steps)."""
     import sys
 
-    ops = sys.modules.get("models.ops.correlation")
+    ops = sys.modules.get("vcorr.models.ops.correlation")
     default = getattr(ops, "DEFAULT_BACKEND", None)
     return default if default is not None else "torch (no backend option in this checkout)"
 
@@ -94,8 +94,8 @@ def dcf_largest_correlation(device: torch.device, clip: tuple[int, ...] | None =
     """The call arguments and per-clip input shape of the largest correlation (multiply-adds)
     in ``dcf_x3d_s``, found by one forward pass at ``clip`` (C, T, H, W; default the
     registered clip) with hooks on its correlation layers."""
-    import models
-    from models.dcf import DCFCorrelation
+    from vcorr import models
+    from vcorr.models.dcf import DCFCorrelation
 
     entry = models.get_model_entry("dcf_x3d_s")
     clip = tuple(clip or entry.input_shape)
@@ -127,8 +127,8 @@ def _bench_correlation_case(name: str, batch: int, call: dict, weighted: bool, r
                             unfold_repeats: int, device: torch.device,
                             say: Callable[[str], None]) -> dict:
     """Every method and dtype at one size; see the module doc."""
-    from pipelines.bench.correlation import _timings
-    from pipelines.runtime import peak_memory
+    from vcorr.pipelines.bench.correlation import _timings
+    from vcorr.pipelines.runtime import peak_memory
 
     kw = {k: call[k] for k in ("kernel_size", "groups", "offsets", "dilations", "clip_ends",
                                "scale")}
@@ -211,7 +211,7 @@ def run_gpu_bench(device: str | torch.device = "cuda", *, tiny: bool = False,
     Raises:
         UserError: CUDA absent, or the full sizes asked for on the CPU.
     """
-    from pipelines.runtime import resolve_device
+    from vcorr.pipelines.runtime import resolve_device
 
     dev = resolve_device(device)
     if data is not None and not (Path(data) / "index.csv").is_file():
@@ -219,7 +219,7 @@ def run_gpu_bench(device: str | torch.device = "cuda", *, tiny: bool = False,
     if dev.type != "cuda" and not tiny:
         raise UserError("vcorr bench gpu measures a GPU: use --device cuda (on the CPU only the "
                         "--tiny check of the script runs)")
-    from pipelines.bench.models import torch_threads
+    from vcorr.pipelines.bench.models import torch_threads
 
     # tiny: one CPU thread, as the test suite (tiny tensors; a shared machine)
     with torch_threads(1 if tiny else None):
@@ -229,8 +229,8 @@ def run_gpu_bench(device: str | torch.device = "cuda", *, tiny: bool = False,
 def _run_gpu_bench(dev: torch.device, tiny: bool, data: str | Path | None,
                    workdir: str | Path | None, repeats: int,
                    say: Callable[[str], None]) -> dict:
-    from pipelines.bench.eval import bench_eval
-    from pipelines.bench.models import bench_knn, bench_models
+    from vcorr.pipelines.bench.eval import bench_eval
+    from vcorr.pipelines.bench.models import bench_knn, bench_models
 
     t_start = time.perf_counter()
     sections: dict[str, float] = {}
@@ -289,7 +289,7 @@ def _run_gpu_bench(dev: torch.device, tiny: bool, data: str | Path | None,
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vcorr-bench-gpu-") as tmp:
         if data is None:
-            from pipelines.bench.loader import make_synthetic_dataset
+            from vcorr.pipelines.bench.loader import make_synthetic_dataset
 
             say("making synthetic videos for the eval figure")
             folder = Path(workdir) if workdir is not None else Path(tmp)

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.data.annotations import parse_annotations
-from pipelines.data.dataset import VideoClipDataset, decode_frames
-from pipelines.data.samplers import DenseSampler
-from pipelines.data.transforms import train_transform
-from pipelines.data.decode import VideoReader
-from pipelines.data.video_io import ffmpeg_exe
-from pipelines.errors import UserError
+from vcorr.pipelines.data.annotations import parse_annotations
+from vcorr.pipelines.data.dataset import VideoClipDataset, decode_frames
+from vcorr.pipelines.data.samplers import DenseSampler
+from vcorr.pipelines.data.transforms import train_transform
+from vcorr.pipelines.data.decode import VideoReader
+from vcorr.pipelines.data.video_io import ffmpeg_exe
+from vcorr.pipelines.errors import UserError
 
 
 def make_synthetic_videos(folder: str | Path, videos: int = 24, seconds: float = 10.0,
@@ -50,7 +50,7 @@ def make_synthetic_dataset(folder: str | Path, videos: int = 24, seconds: float 
                            short_side: int = 128, workers: int = 2) -> Path:
     """Kinetics-like test data: ``videos`` noisy testsrc2 clips (H.264, ``size``, ``fps``)
     prepared with ``--every`` and ``--short-side``. Returns the prepared folder."""
-    from pipelines.data.prepare import PrepareOptions, prepare
+    from vcorr.pipelines.data.prepare import PrepareOptions, prepare
 
     folder = Path(folder)
     rows = ["path,label,split"]

@@ -3,18 +3,18 @@ training steps on CPU (issue 3).
 
 k-NN (:func:`bench_knn`), by default at B=8, C=128, T x H x W = 8 x 28 x 28 (N = 6272), k=8:
 
-* chunked: :func:`models.cp.knn_other_frames`, what the CP module runs;
-* naive: :func:`models.cp.knn_other_frames_dense`, the whole (B, N, N) float32 distance matrix;
+* chunked: :func:`vcorr.models.cp.knn_other_frames`, what the CP module runs;
+* naive: :func:`vcorr.models.cp.knn_other_frames_dense`, the whole (B, N, N) float32 distance matrix;
 * floor: the distance matmul alone, ``torch.bmm`` of (B, N, C) x (B, C, N) into a preallocated
   (B, N, N) output (no allocation or page faults timed: the strictest form of the floor);
-* chunked with BLAS only: the chunked k-NN with :data:`models.cp.USE_ONEDNN` off, i.e. on the
+* chunked with BLAS only: the chunked k-NN with :data:`vcorr.models.cp.USE_ONEDNN` off, i.e. on the
   same BLAS as the floor (the default chunked run uses oneDNN's matmul where available).
 
 ``same_neighbours``: the chunked and naive indices are identical, or every row where they
 differ returns the same float64 distances up to float32 rounding (a tie at float32 precision:
 the two orders of near-equal distances are both correct results of a float32 k-NN).
 Memory: peak bytes held by tensors during one chunked call (profiler, as in
-:mod:`pipelines.bench.correlation`), against the naive matrix's B*N^2*4 bytes.
+:mod:`vcorr.pipelines.bench.correlation`), against the naive matrix's B*N^2*4 bytes.
 Targets: peak memory <= 1/8 of the naive matrix, time <= 1.5x the floor.
 
 Models (:func:`bench_models`): one training step (``model.train()``, forward, cross-entropy,
@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 KNN_TIME_TARGET = 1.5          # chunked k-NN time / matmul floor
 KNN_MEMORY_TARGET = 1 / 8      # chunked k-NN peak memory / naive B*N^2*4 bytes
@@ -59,9 +59,9 @@ def _time_interleaved(fns: dict[str, Callable[[], object]], repeats: int,
                       say: Callable[[str], None], device: torch.device | None = None,
                       warmup: dict[str, float] | None = None) -> dict[str, list[float]]:
     """Wall times of every function, one warm-up each, then ``repeats`` interleaved rounds.
-    On CUDA each call is timed up to the end of its kernels (:func:`pipelines.runtime.time_call`).
+    On CUDA each call is timed up to the end of its kernels (:func:`vcorr.pipelines.runtime.time_call`).
     ``warmup``, if given, receives each warm-up call's time (compilation, for compiled models)."""
-    from pipelines.runtime import time_call
+    from vcorr.pipelines.runtime import time_call
 
     dev = device or torch.device("cpu")
     for name, fn in fns.items():
@@ -117,8 +117,8 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
               device: str | torch.device = "cpu") -> dict:
     """Time and measure the chunked k-NN against the naive matrix and the matmul floor on
     ``device`` (CUDA: timed to the end of the kernels, peak memory from the CUDA allocator)."""
-    from models import cp
-    from pipelines.runtime import memory_method, peak_memory, resolve_device, time_call
+    from vcorr.models import cp
+    from vcorr.pipelines.runtime import memory_method, peak_memory, resolve_device, time_call
 
     dev = resolve_device(device)
 
@@ -217,8 +217,8 @@ def bench_knn(batch: int = 8, channels: int = 128, frames: int = 8, size: int = 
 
 def parse_model_list(text: str | Sequence[str]) -> list[str]:
     """``"cpnet_r18,c2d_r18"`` -> registered names; UserError for unknown ones or fewer than 1."""
-    from models import get_model_entry
-    from models.registry import UnknownModelError
+    from vcorr.models import get_model_entry
+    from vcorr.models.registry import UnknownModelError
 
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
     if not names:
@@ -250,17 +250,17 @@ def bench_models(models: Sequence[str] = ("cpnet_r18", "c2d_r18"), frames: int |
     part (CorrNet's per-time-step weights, TRN's frame count) is built for ``frames``.
     ``amp``: ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA only): forward and loss under autocast.
     ``variants``: each model is also timed, interleaved with the others, as
-    ``"compile"`` (:func:`pipelines.runtime.compile_model` with ``compile_backend``; the
+    ``"compile"`` (:func:`vcorr.pipelines.runtime.compile_model` with ``compile_backend``; the
     warm-up call, which compiles, is reported as ``warmup_s``), ``"channels_last"``
-    (:func:`pipelines.runtime.to_channels_last`) or both; ``"eager"`` is the plain model.
+    (:func:`vcorr.pipelines.runtime.to_channels_last`) or both; ``"eager"`` is the plain model.
     Results: ``results[name]`` is the first variant (eager by default) with its ratios against
     the baseline; ``results[name]["variants"][v]`` every variant with ``speedup_vs_first``.
 
     Raises:
         UserError: bad sizes, an unknown model or variant, fp16 on the CPU, CUDA absent.
     """
-    from models import create_model, get_model_entry
-    from pipelines.runtime import (
+    from vcorr.models import create_model, get_model_entry
+    from vcorr.pipelines.runtime import (
         compile_model,
         memory_method,
         peak_memory,

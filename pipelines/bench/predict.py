@@ -1,7 +1,7 @@
 """``vcorr bench predict``: the share of ``vcorr predict``'s wall time spent outside the model
 (decoding, resizing, cutting views, waiting for workers) on raw videos.
 
-It runs the loop of ``vcorr predict`` (:func:`pipelines.predict.predict.run_raw_videos`) over
+It runs the loop of ``vcorr predict`` (:func:`vcorr.pipelines.predict.predict.run_raw_videos`) over
 generated Kinetics-like videos with a randomly initialised registered model, synchronising the
 device around the model so its time is real. A first pass over ``warmup`` videos (decoder and
 thread-pool start-up, oneDNN kernel selection) is left out; the timed pass includes starting
@@ -27,12 +27,12 @@ def bench_predict(folder: str | Path, model: str = "c2d_r18", *, frames: int = 8
     Raises:
         ValueError: no video could be predicted.
     """
-    import models
-    from pipelines.bench.loader import make_synthetic_videos
-    from pipelines.predict.loader import ClipSpec
-    from pipelines.predict.plan import Sampling
-    from pipelines.predict.predict import Inference, run_raw_videos
-    from pipelines.runtime import resolve_device
+    from vcorr import models
+    from vcorr.pipelines.bench.loader import make_synthetic_videos
+    from vcorr.pipelines.predict.loader import ClipSpec
+    from vcorr.pipelines.predict.plan import Sampling
+    from vcorr.pipelines.predict.predict import Inference, run_raw_videos
+    from vcorr.pipelines.runtime import resolve_device
 
     dev = resolve_device(device)  # before generating videos: a bad --device fails at once
     paths = make_synthetic_videos(folder, videos + warmup, seconds, fps, size)

@@ -24,11 +24,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipelines.data.annotations import VIDEO_SUFFIXES
-from pipelines.data.decode import VideoError, probe
-from pipelines.data.prepare import _resize_shape
-from pipelines.data.video_io import ffmpeg_exe
-from pipelines.errors import UserError
+from vcorr.pipelines.data.annotations import VIDEO_SUFFIXES
+from vcorr.pipelines.data.decode import VideoError, probe
+from vcorr.pipelines.data.prepare import _resize_shape
+from vcorr.pipelines.data.video_io import ffmpeg_exe
+from vcorr.pipelines.errors import UserError
 
 
 def _videos(folder: Path) -> list[Path]:
@@ -65,7 +65,7 @@ def _run_ffmpeg(commands: list[tuple[list[str], Path]], parallel: int) -> float:
 def _run_prepare(annotations: Path, root: Path, out: Path, workers: int, every: int,
                  short_side: int, quality: int) -> tuple[float, float]:
     """Wall time of the ``vcorr prepare`` command and the time inside it (seconds)."""
-    cmd = [sys.executable, "-m", "vcorr_cli.main", "prepare", "--format", "list",
+    cmd = [sys.executable, "-m", "vcorr.cli.main", "prepare", "--format", "list",
            "--annotations", str(annotations), "--root", str(root), "--out", str(out),
            "--every", str(every), "--short-side", str(short_side), "--quality", str(quality),
            "--workers", str(workers), "--no-progress"]

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.data.shards import INDEX_COLUMNS, MAX_OPEN_SHARDS, ShardWriter, shard_name
-from pipelines.fileio import write_atomic
+from vcorr.pipelines.data.shards import INDEX_COLUMNS, MAX_OPEN_SHARDS, ShardWriter, shard_name
+from vcorr.pipelines.fileio import write_atomic
 
 
 def make_many_shards(folder: str | Path, shards: int = 1000, videos_per_shard: int = 2,
@@ -70,9 +70,9 @@ def walk_shards(folder: str | Path, max_open: int = MAX_OPEN_SHARDS,
     """Read one clip of every video of ``folder`` in shard order with a reader that keeps at
     most ``max_open`` shards open. Returns samples ``[(shards walked, open fds, RSS MiB,
     reader's open shards, cached offsets)]`` every ``every`` shards, and the first and last."""
-    from pipelines.data.dataset import VideoClipDataset
-    from pipelines.data.samplers import DenseSampler
-    from pipelines.data.shards import ShardReader
+    from vcorr.pipelines.data.dataset import VideoClipDataset
+    from vcorr.pipelines.data.samplers import DenseSampler
+    from vcorr.pipelines.data.shards import ShardReader
 
     ds = VideoClipDataset(folder, "train", DenseSampler(2), None, train=False)
     ds.reader = ShardReader(Path(folder) / "shards", max_open=max_open)

@@ -1,6 +1,6 @@
 """``vcorr bench train``: training throughput and the share of step time spent waiting for data.
 
-It runs the real training loop (:func:`pipelines.train.train`) for a few steps with per-step
+It runs the real training loop (:func:`vcorr.pipelines.train.train`) for a few steps with per-step
 metrics, so what it measures is what ``vcorr train`` does: the shard loader in DataLoader
 workers feeding a model's forward, loss, backward and SGD step. The first ``warmup`` steps
 (worker start-up, allocator warm-up) are left out of the figures.
@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from pipelines.train.config import DEFAULTS
+from vcorr.pipelines.train.config import DEFAULTS
 
 
 def bench_train(data: str | Path, model: str = "c2d_r18", *, frames: int = 8, crop: int = 112,
                 batch: int = 8, workers: int = 1, steps: int = 12, warmup: int = 2,
                 device: str | None = None) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` on the prepared dataset ``data``."""
-    from pipelines.train import train
+    from vcorr.pipelines.train import train
 
     cfg = copy.deepcopy(DEFAULTS)
     cfg["data"].update(root=str(data), frames=frames, crop=crop, workers=workers,

@@ -9,11 +9,11 @@ import torch
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.data.inspect import read_classes, read_index, read_meta
-from pipelines.data.samplers import DenseSampler, SegmentSampler
-from pipelines.data.shards import ShardReader
-from pipelines.data.transforms import SWAP_MAPS, as_video
-from pipelines.errors import UserError
+from vcorr.pipelines.data.inspect import read_classes, read_index, read_meta
+from vcorr.pipelines.data.samplers import DenseSampler, SegmentSampler
+from vcorr.pipelines.data.shards import ShardReader
+from vcorr.pipelines.data.transforms import SWAP_MAPS, as_video
+from vcorr.pipelines.errors import UserError
 
 
 def decode_frames(encoded: list[np.ndarray] | np.ndarray) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data.shards import ShardReader
-from pipelines.errors import UserError
+from vcorr.pipelines.data.shards import ShardReader
+from vcorr.pipelines.errors import UserError
 
 
 def read_index(out: str | Path) -> list[dict]:
@@ -107,7 +107,7 @@ def verify_shards(out: Path, rows: list[dict], sample_frames: int = 3,
     errors = []
     it = rows
     if progress:
-        from pipelines.progress import make_progress
+        from vcorr.pipelines.progress import make_progress
         it = make_progress(len(rows), "verify", unit="video", iterable=rows)
     for r in it:
         n = r["num_frames"]

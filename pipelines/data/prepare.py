@@ -6,7 +6,7 @@ order, are cut into shards of ``videos_per_shard``; shard j belongs to part ``j 
 rerun skips shards that are complete and current, redoes the rest, and the index is always
 rebuilt from the shards on disk: a killed run loses nothing finished and duplicates nothing.
 
-Videos are read through :mod:`pipelines.data.decode` (display orientation, frames selected by
+Videos are read through :mod:`vcorr.pipelines.data.decode` (display orientation, frames selected by
 presentation time, PyAV where decord is wrong). A video whose frames decode only in part is
 stored from the frames that decode and listed in ``warnings.csv`` (a failure with
 ``--strict``); it is a failure only when no frame decodes. Decoder messages go to
@@ -38,13 +38,13 @@ import torch
 from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
-from pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
+from vcorr.pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
+from vcorr.pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
                                    VideoReader, first_line, stored_fps)
-from pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
+from vcorr.pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
                                    ShardWriter, read_shard_tables, shard_name)
-from pipelines.errors import UserError
-from pipelines.fileio import write_atomic
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.fileio import write_atomic
 
 # Options that change what is stored; a rerun into the same OUT must agree on them.
 _DATA_OPTIONS = ("format", "every", "fps", "short_side", "codec", "quality",
@@ -164,7 +164,7 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
     Returns ``{"row": index row, "jpegs": [bytes]}`` (or ``"frames"``: array, for raw), with
     ``"warning"`` when only part of the video decoded, or ``{"failure": reason}``; and
     ``"log"``: the decoder's messages. Never raises for bad input: every problem becomes a
-    reason that starts with a fixed phrase (:mod:`pipelines.data.decode`).
+    reason that starts with a fixed phrase (:mod:`vcorr.pipelines.data.decode`).
     """
     src = Path(sample.source) if sample.source else None
     if src is None:
@@ -465,6 +465,6 @@ class _NoBar:
 def _progress(total: int, enabled: bool):
     if not enabled or total == 0:
         return _NoBar()
-    from pipelines.progress import make_progress
+    from vcorr.pipelines.progress import make_progress
 
     return make_progress(total, "prepare", unit="video")

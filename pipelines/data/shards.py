@@ -29,7 +29,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from pipelines.data.annotations import safe_key
+from vcorr.pipelines.data.annotations import safe_key
 
 SHARD_FORMAT_VERSION = 1
 INDEX_COLUMNS = ("id", "split", "label", "label_index", "shard", "num_frames", "fps",

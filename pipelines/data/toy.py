@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data.video_io import write_videos_segmented
-from pipelines.fileio import write_atomic
-from pipelines.errors import UserError
+from vcorr.pipelines.data.video_io import write_videos_segmented
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.errors import UserError
 
 CLASSES = ("up", "down", "left", "right")
 # (dy, dx) unit motion of each class, in image coordinates (y grows downwards).

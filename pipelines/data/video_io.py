@@ -1,6 +1,6 @@
 """Writing videos (the toy dataset, test videos, rendered figures).
 
-Reading goes through :mod:`pipelines.data.decode`, the one decoding layer. Writing uses the
+Reading goes through :mod:`vcorr.pipelines.data.decode`, the one decoding layer. Writing uses the
 ffmpeg binary through ffmpeg-python (:class:`TimedVideoWriter`: the binary fed a NUT stream
 that PyAV muxes, for frames with their own times). The binary is, in order of preference:
 ``$VCORR_FFMPEG``, an ``ffmpeg`` on PATH, or the one bundled with imageio-ffmpeg, so no

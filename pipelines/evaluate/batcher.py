@@ -1,7 +1,7 @@
 """The test-time view loop shared by ``vcorr eval``, ``vcorr predict`` and ``vcorr extract``.
 
 Clips arrive per video (or per window of a video) as one resized uint8 tensor; the spatial
-views are cut from it on the device (:func:`pipelines.evaluate.views.build_views`), converted
+views are cut from it on the device (:func:`vcorr.pipelines.evaluate.views.build_views`), converted
 to float and normalised, and queued. Views of several videos share a forward pass up to
 ``max_views`` views (a video's views may also span passes); once every view of a video has
 been through the model, its stacked outputs are reduced (e.g. averaged softmax) and handed on.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pipelines.evaluate.views import build_views, crop_boxes
+from vcorr.pipelines.evaluate.views import build_views, crop_boxes
 
 # reduce(outputs (V, ...) of one video's views in view order, which views are flipped) -> result
 Reduce = Callable[[torch.Tensor, list[bool]], torch.Tensor]

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.fileio import write_atomic
-from pipelines.outputs import check_folder, move_aside
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.outputs import check_folder, move_aside
 
 
 def load_result(folder: str | Path) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def _md(rows: list[dict[str, Any]], summary: dict[str, Any], name: str) -> str:
 
 def plot_gains(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Sorted bar chart of the per-class gains (points) with class names, written atomically."""
-    from pipelines.visualize.figures import plt, save
+    from vcorr.pipelines.visualize.figures import plt, save
 
     n = max(len(rows), 1)
     fig, ax = plt().subplots(figsize=(max(6.0, 0.16 * n + 1.5), 4.8))

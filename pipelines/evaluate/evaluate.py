@@ -8,7 +8,7 @@ scores averaged per video (softmax probabilities or logits; flipped views label-
 A video that cannot be read is reported in ``failed_videos`` and counted, never dropped.
 
 Outputs (atomic): ``metrics.json``, ``predictions.csv``, ``scores.npz``. A folder that holds
-them already is refused before the model runs (:mod:`pipelines.outputs`), unless
+them already is refused before the model runs (:mod:`vcorr.pipelines.outputs`), unless
 ``overwrite``, which moves it aside once the new results are ready.
 """
 from __future__ import annotations
@@ -26,15 +26,15 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from pipelines.data.dataset import VideoClipDataset
-from pipelines.data.inspect import read_classes, read_meta
-from pipelines.data.samplers import make_sampler
-from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
-from pipelines.errors import UserError
-from pipelines.evaluate.batcher import Prefetched, ViewBatcher
-from pipelines.evaluate.views import CROP_CHOICES, average_views
-from pipelines.fileio import write_atomic
-from pipelines.outputs import check_folder, move_aside
+from vcorr.pipelines.data.dataset import VideoClipDataset
+from vcorr.pipelines.data.inspect import read_classes, read_meta
+from vcorr.pipelines.data.samplers import make_sampler
+from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
+from vcorr.pipelines.evaluate.views import CROP_CHOICES, average_views
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.outputs import check_folder, move_aside
 
 # What `vcorr eval` writes into its output folder.
 EVAL_OUTPUTS = ("metrics.json", "predictions.csv", "scores.npz")
@@ -100,7 +100,7 @@ def _first(batch: list) -> Any:
 
 def clip_settings(cfg: dict) -> tuple[int, int, str]:
     """(frames, interval, sampler) of the last training phase."""
-    from pipelines.train.config import phases
+    from vcorr.pipelines.train.config import phases
 
     return phases(cfg)[-1]["frames"], cfg["data"]["interval"], cfg["data"]["sampler"]
 
@@ -178,7 +178,7 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
     order = list(range(rank, n_videos, world_size)) if only is None else list(only)
     bar = None
     if progress:
-        from pipelines.progress import make_progress
+        from vcorr.pipelines.progress import make_progress
 
         bar = make_progress(len(order), progress, unit="video")
         scored = batcher.on_done
@@ -265,8 +265,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
             they are moved aside to ``out.old-N`` when the new ones are written), the
             checkpoint or data do not load, or the classes differ.
     """
-    from pipelines.train.distributed import cleanup_distributed, setup_distributed
-    from pipelines.train.trainer import model_from_checkpoint
+    from vcorr.pipelines.train.distributed import cleanup_distributed, setup_distributed
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     s = settings or EvalSettings()
     t_start = time.perf_counter()
@@ -290,7 +290,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     try:
         model.to(dev)
         if s.compile:
-            from pipelines.runtime import compile_model
+            from vcorr.pipelines.runtime import compile_model
             model = compile_model(model)
         r = run_views(model, root, split, frames=frames, interval=interval, sampler=sampler,
                       crop_size=crop_size, short_side=short_side,

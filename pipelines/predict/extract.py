@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
-from pipelines.evaluate.batcher import ViewBatcher
-from pipelines.evaluate.views import CROP_CHOICES
-from pipelines.predict.plan import WHOLE
-from pipelines.runtime import resolve_device
-from pipelines.train.interrupts import fault_point
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.evaluate.batcher import ViewBatcher
+from vcorr.pipelines.evaluate.views import CROP_CHOICES
+from vcorr.pipelines.predict.plan import WHOLE
+from vcorr.pipelines.runtime import resolve_device
+from vcorr.pipelines.train.interrupts import fault_point
 
 
 class _Stop(Exception):
@@ -162,8 +162,8 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
         UserError: both or neither of ``data`` and ``inputs``; a bad layer; ``out`` written
             with other settings; a checkpoint or dataset that does not load.
     """
-    from pipelines.predict.inputs import collect_inputs
-    from pipelines.predict.predict import load_inference, run_raw_videos
+    from vcorr.pipelines.predict.inputs import collect_inputs
+    from vcorr.pipelines.predict.predict import load_inference, run_raw_videos
 
     if (data is None) == (not inputs):
         raise UserError("give either --data (a prepared folder) or INPUT videos, not both")
@@ -202,8 +202,8 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
     try:
         done = h5.done()
         if data is not None:
-            from pipelines.data.inspect import read_index
-            from pipelines.evaluate.evaluate import feed_prepared
+            from vcorr.pipelines.data.inspect import read_index
+            from vcorr.pipelines.evaluate.evaluate import feed_prepared
 
             root = Path(data)
             if not (root / "index.csv").is_file():

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.data.annotations import VIDEO_SUFFIXES
-from pipelines.data.decode import IMAGE_SUFFIXES
-from pipelines.errors import UserError
+from vcorr.pipelines.data.annotations import VIDEO_SUFFIXES
+from vcorr.pipelines.data.decode import IMAGE_SUFFIXES
+from vcorr.pipelines.errors import UserError
 
 LIST_SUFFIXES = (".txt", ".lst")
 

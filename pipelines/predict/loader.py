@@ -1,7 +1,7 @@
 """Raw videos to test clips, in DataLoader workers.
 
 Each worker takes the next video not yet taken (a shared counter, so one long video does not
-hold up a queue of short ones), plans its clips (:mod:`pipelines.predict.plan`), decodes only
+hold up a queue of short ones), plans its clips (:mod:`vcorr.pipelines.predict.plan`), decodes only
 the frames they use through the decoding layer, resizes each such frame once (short side, with
 antialiasing, as ``vcorr eval`` resizes stored frames) and hands out each group of clips (the
 whole video, a window) as soon as its frames are decoded, then one closing item per video. A
@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.data.decode import (
+from vcorr.pipelines.data.decode import (
     NO_FRAME,
     FrameChunk,
     VideoError,
     VideoReader,
     first_line,
 )
-from pipelines.predict.plan import Group, Sampling, plan_groups, sampled_frames
+from vcorr.pipelines.predict.plan import Group, Sampling, plan_groups, sampled_frames
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.data.decode import VideoInfo
-from pipelines.data.samplers import make_sampler
-from pipelines.errors import UserError
+from vcorr.pipelines.data.decode import VideoInfo
+from vcorr.pipelines.data.samplers import make_sampler
+from vcorr.pipelines.errors import UserError
 
 FALLBACK = ("every frame (prepare's default --every 1): the checkpoint does not record the "
             "frame rate of its training data and {why}; give --fps or --every to set it")

@@ -3,9 +3,9 @@
 Every video gets the view protocol of ``vcorr eval`` (``clips`` clips x ``crops`` crops,
 softmax probabilities averaged; the checkpoint's clip length, interval, sampler, crop size,
 short side and normalisation), on frames taken at the training data's rate
-(:mod:`pipelines.predict.plan`). Videos are decoded in DataLoader workers
-(:mod:`pipelines.predict.loader`) and their views batched across videos
-(:class:`pipelines.evaluate.batcher.ViewBatcher`). With ``window`` the video is also cut into
+(:mod:`vcorr.pipelines.predict.plan`). Videos are decoded in DataLoader workers
+(:mod:`vcorr.pipelines.predict.loader`) and their views batched across videos
+(:class:`vcorr.pipelines.evaluate.batcher.ViewBatcher`). With ``window`` the video is also cut into
 windows of ``window`` seconds every ``stride`` seconds by presentation time, each predicted
 alone (same clips x crops): ``OUT/<id>.timeline.csv`` and ``.png``; ``render`` writes
 ``OUT/<id>.render.mp4`` with the current window's top-3 labels on the frames.
@@ -31,17 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.data.transforms import SWAP_MAPS
-from pipelines.errors import UserError
-from pipelines.evaluate.batcher import Prefetched, ViewBatcher
-from pipelines.evaluate.evaluate import clip_settings, view_geometry
-from pipelines.evaluate.views import CROP_CHOICES, average_views
-from pipelines.fileio import write_atomic
-from pipelines.outputs import check_folder, move_aside
-from pipelines.predict.inputs import collect_inputs
-from pipelines.predict.loader import ClipSpec, RawVideos
-from pipelines.predict.plan import WHOLE, resolve_sampling, training_data_meta
-from pipelines.runtime import resolve_device
+from vcorr.pipelines.data.transforms import SWAP_MAPS
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
+from vcorr.pipelines.evaluate.evaluate import clip_settings, view_geometry
+from vcorr.pipelines.evaluate.views import CROP_CHOICES, average_views
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.outputs import check_folder, move_aside
+from vcorr.pipelines.predict.inputs import collect_inputs
+from vcorr.pipelines.predict.loader import ClipSpec, RawVideos
+from vcorr.pipelines.predict.plan import WHOLE, resolve_sampling, training_data_meta
+from vcorr.pipelines.runtime import resolve_device
 
 PREDICT_OUTPUTS = ("predictions.csv", "predictions.json", "*.timeline.csv", "*.timeline.png",
                    "*.render.mp4")
@@ -108,7 +108,7 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     Raises:
         UserError: the checkpoint does not load; bad ``fps``/``every``.
     """
-    from pipelines.train.trainer import model_from_checkpoint
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(checkpoint)
     cfg = ckpt["config"]
@@ -160,7 +160,7 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
             "emitted": 0, "counted": False, "gen": 0} for i in range(len(paths))}
     bar = None
     if progress:
-        from pipelines.progress import make_progress
+        from vcorr.pipelines.progress import make_progress
 
         bar = make_progress(len(paths), progress, unit="video")
 
@@ -337,7 +337,7 @@ def write_timeline(out: Path, vid: str, starts: list[float], ends: list[float],
                    scores: np.ndarray, classes: list[str], k: int) -> str:
     """``OUT/<vid>.timeline.csv`` (window, start, end, top-k classes and probabilities) and
     ``.png``; returns the CSV's name."""
-    from pipelines.predict.render import timeline_figure
+    from vcorr.pipelines.predict.render import timeline_figure
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -358,12 +358,12 @@ def render_all(out: Path, rows: list[dict[str, Any]], results: list[dict[str, An
     """``OUT/<id>.render.mp4`` for every predicted video (see :func:`render_video`): the
     windows' top-3 labels, or the whole video's without windows. A video that fails to render
     gets a ``render_error`` in its row."""
-    from pipelines.predict.render import render_video
+    from vcorr.pipelines.predict.render import render_video
 
     done = [(row, res) for row, res in zip(rows, results) if not row["error"]]
     bar = None
     if progress:
-        from pipelines.progress import make_progress
+        from vcorr.pipelines.progress import make_progress
 
         bar = make_progress(len(done), "render", unit="video")
     written = []

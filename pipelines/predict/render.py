@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data.decode import FrameChunk, VideoReader
-from pipelines.data.video_io import TimedVideoWriter
+from vcorr.pipelines.data.decode import FrameChunk, VideoReader
+from vcorr.pipelines.data.video_io import TimedVideoWriter
 
 TIMELINE_CLASSES = 5
 
@@ -27,7 +27,7 @@ def timeline_figure(path: Path, starts: Sequence[float], ends: Sequence[float],
                     scores: np.ndarray, classes: Sequence[str], title: str) -> None:
     """PNG of the probabilities of :func:`timeline_classes` over time: one step per window,
     flat from its start to its end (overlapping windows: drawn at their centres)."""
-    from pipelines.visualize.figures import plt, save
+    from vcorr.pipelines.visualize.figures import plt, save
 
     p = plt()
     starts, ends = np.asarray(starts, float), np.asarray(ends, float)

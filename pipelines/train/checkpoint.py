@@ -1,5 +1,5 @@
 """Checkpoints: atomic writes and safe loads (``weights_only=True``). Initial weights from other
-checkpoints and other libraries' files are :mod:`pipelines.weights`.
+checkpoints and other libraries' files are :mod:`vcorr.pipelines.weights`.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
-from pipelines.fileio import replace_atomic
-from pipelines.train.interrupts import fault_point
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.fileio import replace_atomic
+from vcorr.pipelines.train.interrupts import fault_point
 
 FORMAT = "vcorr-checkpoint-1"
 
@@ -45,8 +45,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # --- initial weights ---------------------------------------------------------------------------
 
 def load_weights(model: nn.Module, path: str | Path, **kwargs: Any):
-    """:func:`pipelines.weights.load_weights` (exact initial weights with a report); imported
-    here lazily because :mod:`pipelines.weights` reads this module's checkpoints."""
-    from pipelines.weights import load_weights as _load_weights
+    """:func:`vcorr.pipelines.weights.load_weights` (exact initial weights with a report); imported
+    here lazily because :mod:`vcorr.pipelines.weights` reads this module's checkpoints."""
+    from vcorr.pipelines.weights import load_weights as _load_weights
 
     return _load_weights(model, path, **kwargs)

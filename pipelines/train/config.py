@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

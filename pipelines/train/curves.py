@@ -2,7 +2,7 @@
 the trainer after every validation) and the overlay of several runs' validation curves
 (``vcorr runs --plot``).
 
-A record is one line of ``metrics.jsonl`` (see :mod:`pipelines.train.trainer`): ``split`` is
+A record is one line of ``metrics.jsonl`` (see :mod:`vcorr.pipelines.train.trainer`): ``split`` is
 ``"train"`` (a window of ``train.log_every`` steps, ``epoch`` fractional) or ``"val"`` (after an
 epoch, ``epoch`` = epochs done); ``loss``, ``top1`` (0-1), ``top5`` (val, None under 6 classes),
 ``lr``. Epochs on the x axes are counted over all phases.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.visualize.figures import plt, save
+from vcorr.pipelines.visualize.figures import plt, save
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 def phase_spans(plan: Sequence[dict[str, Any]]) -> list[tuple[float, float, str]]:
     """(first epoch, last epoch, label) of each phase of a plan
-    (:func:`pipelines.train.config.phases`), e.g. ``(0, 4, "phase 1: 8f, lr 0.01")``."""
+    (:func:`vcorr.pipelines.train.config.phases`), e.g. ``(0, 4, "phase 1: 8f, lr 0.01")``."""
     spans, start = [], 0.0
     for i, p in enumerate(plan):
         label = f"phase {i + 1}: {p['frames']}f, lr {p['lr']:g}"

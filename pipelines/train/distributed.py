@@ -35,7 +35,7 @@ def setup_distributed(device: str | None = None) -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is not None:   # "cuda" without CUDA: one clear line (UserError), not a traceback
-        from pipelines.runtime import resolve_device
+        from vcorr.pipelines.runtime import resolve_device
         device = resolve_device(device).type
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda:

@@ -14,7 +14,7 @@ together, which cannot be undone half-way. So a signal that arrives
   a checkpoint) is held until the block ends, then stops the run the same way.
 
 ``kill -9`` cannot be caught; checkpoints are written to a temporary file and renamed
-(:func:`pipelines.fileio.replace_atomic`), so ``last.pt`` is always one that loads.
+(:func:`vcorr.pipelines.fileio.replace_atomic`), so ``last.pt`` is always one that loads.
 
 Fault injection: :func:`fault_point` marks the places a test may interrupt (``data``,
 ``forward``, ``backward``, ``optimizer``, ``validation``, ``checkpoint``). A hook set with

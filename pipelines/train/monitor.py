@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pipelines.train.curves import plot_run_curves, read_records
+from vcorr.pipelines.train.curves import plot_run_curves, read_records
 
 MIB = 2 ** 20
 

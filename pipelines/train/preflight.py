@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.outputs import aside_name, folder_results, move_aside
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.outputs import aside_name, folder_results, move_aside
 
 # What a run folder holds (an `eval_*` folder is an evaluation of its checkpoints).
 RUN_PATTERNS = ("last.pt", "best.pt", "summary.json", "metrics.jsonl", "config.toml",
@@ -44,7 +44,7 @@ SAFE_ON_RESUME = ("data.root", "data.train_split", "data.val_split", "data.worke
 
 def run_epochs(cfg: dict, position: dict[str, int]) -> tuple[int, int, int]:
     """(epochs done, epochs in all, steps done in the current epoch) of a checkpoint position."""
-    from pipelines.train.config import phases
+    from vcorr.pipelines.train.config import phases
 
     plan = phases(cfg)
     total = sum(p["epochs"] for p in plan)
@@ -61,14 +61,14 @@ def describe_run(out: Path) -> tuple[str, bool]:
 
     E.g. ``("a run of cpnet_r18 (3 of 10 epochs done, best val top-1 45.2%)", False)``.
     """
-    from pipelines.train.checkpoint import load_checkpoint
+    from vcorr.pipelines.train.checkpoint import load_checkpoint
 
     last = out / "last.pt"
     if not last.is_file():
         model = "?"
         if (out / "config.toml").is_file():
             try:
-                from pipelines.train.config import load_config
+                from vcorr.pipelines.train.config import load_config
                 model = load_config(out / "config.toml")["model"]["name"]
             except UserError:
                 pass
@@ -251,8 +251,8 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
     """Check a run's config against its prepared data before anything is written.
 
     Args:
-        cfg: the resolved config; plan: its phases (:func:`pipelines.train.config.phases`).
-        rows: ``index.csv`` rows (:func:`pipelines.data.inspect.read_index`); classes: the
+        cfg: the resolved config; plan: its phases (:func:`vcorr.pipelines.train.config.phases`).
+        rows: ``index.csv`` rows (:func:`vcorr.pipelines.data.inspect.read_index`); classes: the
             dataset's class list; root: the dataset folder (for messages).
         world_size: training processes; device_type: ``cpu`` or ``cuda``.
 

@@ -1,6 +1,6 @@
 """``vcorr train``: the training loop behind the command.
 
-One function, :func:`train`, runs a config (see :mod:`pipelines.train.config`) on one CPU/GPU or
+One function, :func:`train`, runs a config (see :mod:`vcorr.pipelines.train.config`) on one CPU/GPU or
 as one rank of a torchrun job (DistributedDataParallel), through its phases (clip length, epochs,
 frozen BN, lr), validating every ``train.val_every`` epochs and writing ``RUN_DIR/last.pt``,
 ``best.pt``, ``metrics.jsonl``, ``config.toml`` and ``summary.json``.
@@ -11,13 +11,13 @@ optimiser, scaler, torch RNG states and the position (phase, epoch, step within 
 a resumed run repeats the uninterrupted one step for step. The DataLoader gets its own
 generator so that starting an epoch never draws from the global RNG that dropout uses.
 
-Interrupts (:mod:`pipelines.train.interrupts`): SIGINT and SIGTERM at any moment leave a
+Interrupts (:mod:`vcorr.pipelines.train.interrupts`): SIGINT and SIGTERM at any moment leave a
 ``last.pt`` equal to the state after the last completed step, buffers included: a step's
 forward/backward is undone (BN statistics restored) when it is cut, and the optimiser step
 with its bookkeeping, the end of an epoch and checkpoint writes finish before the run stops.
 ``metrics.jsonl`` is cut back on resume to the records the checkpoint had seen.
 
-Before the first step (:mod:`pipelines.train.preflight`): the output-folder rule (a run is
+Before the first step (:mod:`vcorr.pipelines.train.preflight`): the output-folder rule (a run is
 never trained over without ``overwrite``), the resume rules (only keys that do not change the
 experiment may change, on the same training data), and the config checked against the data.
 A start that fails leaves no run folder behind.
@@ -38,22 +38,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models
-from pipelines.data.dataset import VideoClipDataset
-from pipelines.data.inspect import read_classes, read_index
-from pipelines.data.samplers import make_sampler
-from pipelines.data.transforms import test_transform, train_transform
-from pipelines.errors import UserError
-from pipelines import progress as plain_progress
-from pipelines.fileio import write_atomic
-from pipelines.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from pipelines.train.config import phases as config_phases
-from pipelines.train.config import to_toml, with_defaults
-from pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, barrier,
+from vcorr import models
+from vcorr.pipelines.data.dataset import VideoClipDataset
+from vcorr.pipelines.data.inspect import read_classes, read_index
+from vcorr.pipelines.data.samplers import make_sampler
+from vcorr.pipelines.data.transforms import test_transform, train_transform
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines import progress as plain_progress
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from vcorr.pipelines.train.config import phases as config_phases
+from vcorr.pipelines.train.config import to_toml, with_defaults
+from vcorr.pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, barrier,
                                          cleanup_distributed, setup_distributed)
-from pipelines.train import preflight as pf
-from pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
-from pipelines.train.monitor import TrainingMonitor, peak_memory_mib
+from vcorr.pipelines.train import preflight as pf
+from vcorr.pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
+from vcorr.pipelines.train.monitor import TrainingMonitor, peak_memory_mib
 
 
 class NonFiniteLoss(UserError):
@@ -308,7 +308,7 @@ def _record_step(line: str) -> float:
 
 class _PlainProgress:
     """Progress as plain lines, for output that is not a terminal (a log file, a pipe): one
-    line per task every :data:`pipelines.progress.PLAIN_SECONDS` and when the task completes
+    line per task every :data:`vcorr.pipelines.progress.PLAIN_SECONDS` and when the task completes
     (the part of rich.Progress's interface the loop uses)."""
 
     def __init__(self) -> None:
@@ -360,11 +360,11 @@ def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | P
     """Run the config ``cfg`` into ``out_dir``; returns the summary (also ``summary.json``).
 
     ``resume`` continues from ``out_dir/last.pt`` (keys of
-    :data:`pipelines.train.preflight.SAFE_ON_RESUME` may differ from the run's config; they
+    :data:`vcorr.pipelines.train.preflight.SAFE_ON_RESUME` may differ from the run's config; they
     are recorded). Without it, a folder that holds a run is refused unless ``overwrite``,
     which moves that run aside to ``out_dir.old-N``. ``init`` loads initial weights (a vcorr
     checkpoint, a state dict, torchvision 2D ResNet weights to inflate, or a torchvision /
-    PyTorchVideo Kinetics checkpoint; :func:`pipelines.weights.load_weights`), refusing a
+    PyTorchVideo Kinetics checkpoint; :func:`vcorr.pipelines.weights.load_weights`), refusing a
     partial load unless ``init_partial``; its report is printed and saved as
     ``out_dir/init_report.json``. ``stop_after_steps`` stops like Ctrl-C after that many
     optimiser steps of this call (for tests and time-boxed jobs).
@@ -456,14 +456,14 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     if env.distributed and cfg["train"]["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg["train"]["channels_last"]:
-        from pipelines.runtime import to_channels_last
+        from vcorr.pipelines.runtime import to_channels_last
         to_channels_last(model)
     net: nn.Module = model
     if env.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
     if cfg["train"]["compile"]:   # training steps only; validation and checkpoints use `model`
-        from pipelines.runtime import compile_model
+        from vcorr.pipelines.runtime import compile_model
         net = compile_model(net)
     optimizer = build_optimizer(cfg, model)
     amp = cfg["precision"]["amp"]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
+from vcorr.pipelines.errors import UserError
 
 # Frames side by side in one row of a figure: more are shrunk past reading (a 32-frame row was
 # 7260 px wide, each panel a smudge); the GIF (--animate) has every frame.
@@ -99,11 +99,10 @@ class LoadedModel:
 def load_model(checkpoint: str | Path | None = None, name: str | None = None) -> LoadedModel:
     """A model in eval mode from a training checkpoint (with its clip settings), or a freshly
     built registered model (random weights; its default clip length, interval 1)."""
-    import models
-
+    from vcorr import models
     if checkpoint is not None:
-        from pipelines.evaluate.evaluate import clip_settings
-        from pipelines.train.trainer import model_from_checkpoint
+        from vcorr.pipelines.evaluate.evaluate import clip_settings
+        from vcorr.pipelines.train.trainer import model_from_checkpoint
 
         model, ckpt = model_from_checkpoint(checkpoint)
         cfg = ckpt["config"]
@@ -122,7 +121,7 @@ def load_model(checkpoint: str | Path | None = None, name: str | None = None) ->
 
 def sample_indices(n: int, frames: int, interval: int = 1, sampler: str = "dense") -> list[int]:
     """The frames of the single evaluation clip (the centred one)."""
-    from pipelines.data.samplers import make_sampler
+    from vcorr.pipelines.data.samplers import make_sampler
 
     if n < 1:
         raise UserError("the video has no frames")
@@ -133,13 +132,13 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
               data: str | Path | None = None, video_id: str | None = None) -> Clip:
     """Frames of ``video`` (a file or frame folder) or of prepared video ``video_id`` in
     ``data`` (a ``vcorr prepare`` output folder), with their presentation times (a file: the
-    stream's timestamps, through :mod:`pipelines.data.decode`; prepared: frame / fps)."""
+    stream's timestamps, through :mod:`vcorr.pipelines.data.decode`; prepared: frame / fps)."""
     if data is not None or video_id is not None:
         if data is None or video_id is None:
             raise UserError("--data and --id go together")
-        from pipelines.data.dataset import decode_frames
-        from pipelines.data.inspect import read_index
-        from pipelines.data.shards import ShardReader
+        from vcorr.pipelines.data.dataset import decode_frames
+        from vcorr.pipelines.data.inspect import read_index
+        from vcorr.pipelines.data.shards import ShardReader
 
         rows = [r for r in read_index(data) if r["id"] == video_id]
         if not rows:
@@ -161,7 +160,7 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
     path = Path(video)
     if not path.exists():
         raise UserError(f"{path}: video not found")
-    from pipelines.data.decode import VideoError, VideoReader
+    from vcorr.pipelines.data.decode import VideoError, VideoReader
 
     try:
         src = VideoReader(path)
@@ -196,7 +195,7 @@ def resize_frames(frames: np.ndarray, short_side: int | None) -> np.ndarray:
 
 def model_input(frames: np.ndarray, normalize: bool = True) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (1, 3, T, H, W) in [0, 1], ImageNet-normalised if asked."""
-    from pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255)
     x = x.permute(3, 0, 1, 2).unsqueeze(0)

@@ -1,7 +1,7 @@
 """Dominant displacements of correlation volumes (DCF Figs 4-5).
 
 For a correlation volume (channel ``p*G*K*K + g*K*K + iy*K + ix``, see
-:mod:`models.ops.correlation`), the volume of one temporal offset ``tau`` is summed over the
+:mod:`vcorr.models.ops.correlation`), the volume of one temporal offset ``tau`` is summed over the
 groups and the argmax over the K x K displacements is taken at every position. Correlating
 frame ``t`` with frame ``t + tau`` at displacement ``(dy, dx)`` means that the content at
 ``(y, x)`` in frame t is found at ``(y + dy, x + dx)`` in frame t + tau, so the shown *motion*
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.visualize.clip import Clip, LoadedModel, model_input, shown_frames
-from pipelines.visualize.figures import (blend, flow_colors, frames_grid, grey, save,
+from vcorr.pipelines.visualize.clip import Clip, LoadedModel, model_input, shown_frames
+from vcorr.pipelines.visualize.figures import (blend, flow_colors, frames_grid, grey, save,
                                          upsample_nearest, write_gif)
 
 # Default --min-confidence (peak minus mean over the K x K grid): above what pure noise reaches
@@ -138,7 +138,7 @@ def pixel_correlation(frames: np.ndarray, patch: int = 5, kernel_size: int = 9,
     (T, H, W): the best match's cosine similarity minus the mean over the K x K grid (frame
     0, which has no previous frame: 0), by correlating normalised patches of uint8 frames
     (T, H, W, 3)."""
-    from models.ops.correlation import correlation
+    from vcorr.models.ops.correlation import correlation
 
     feat = pixel_features(frames, patch)
     vol = correlation(feat, None, kernel_size=kernel_size, offsets=(-1,), dilations=dilation,
@@ -155,8 +155,8 @@ def pixel_correlation(frames: np.ndarray, patch: int = 5, kernel_size: int = 9,
 def correlation_modules(model: nn.Module) -> list[tuple[str, nn.Module, dict]]:
     """(name, module, geometry) of every correlation operator in ``model``, in network order.
     geometry: kernel_size, offsets, dilations, groups."""
-    from models.dcf import DCFCorrelation
-    from models.ops.correlation import DenseCorrelation, LearnableCorrelation, dcf_offsets
+    from vcorr.models.dcf import DCFCorrelation
+    from vcorr.models.ops.correlation import DenseCorrelation, LearnableCorrelation, dcf_offsets
 
     found = []
     for name, m in model.named_modules():
@@ -180,7 +180,7 @@ def correlation_modules(model: nn.Module) -> list[tuple[str, nn.Module, dict]]:
 def model_stages(model: nn.Module, x: torch.Tensor, offset: int | None = None) -> list[Stage]:
     """Run ``model`` on ``x`` (1, 3, T, H, W) and turn each correlation module's volume into a
     :class:`Stage` (offset -1 where the module has it, else its first; or ``offset``)."""
-    from pipelines.errors import UserError
+    from vcorr.pipelines.errors import UserError
 
     mods = correlation_modules(model)
     if not mods:
@@ -251,14 +251,14 @@ def draw_stages(clip: Clip, stages: list[Stage], out_dir: Path, stem: str,
     """``OUT/<stem>.png``: clip frames on top, one row per stage with the dominant motion
     colour-coded over the frames where its confidence reaches ``min_confidence`` (grey
     elsewhere), and the colour wheel as legend; at most
-    :data:`pipelines.visualize.clip.MAX_COLUMNS` frames (``times``: the frames nearest those
+    :data:`vcorr.pipelines.visualize.clip.MAX_COLUMNS` frames (``times``: the frames nearest those
     presentation times, seconds; default evenly spaced), at most
-    :data:`pipelines.visualize.figures.MAX_WIDTH_PX` wide. ``<stem>.gif`` (``animate``): every
+    :data:`vcorr.pipelines.visualize.figures.MAX_WIDTH_PX` wide. ``<stem>.gif`` (``animate``): every
     frame of the clip.
 
     Raises:
         UserError: ``times`` that do not select frames of the clip
-            (:func:`pipelines.visualize.clip.shown_frames`).
+            (:func:`vcorr.pipelines.visualize.clip.shown_frames`).
     """
     written: list[Path] = []
     t = len(clip.frames)

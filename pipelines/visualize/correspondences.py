@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
-from pipelines.visualize.clip import (
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.visualize.clip import (
     MAX_COLUMNS,
     Clip,
     LoadedModel,
     model_input,
     shown_frames,
 )
-from pipelines.visualize.figures import frames_grid, save, upsample_nearest, write_gif
+from vcorr.pipelines.visualize.figures import frames_grid, save, upsample_nearest, write_gif
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Correspondences:
 
 
 def cp_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from models.cp import CPModule
+    from vcorr.models.cp import CPModule
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, CPModule)]
 
@@ -60,7 +60,7 @@ def mlp_outputs(module: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.
     ``module.eval()`` first for running statistics)."""
     import torch.nn.functional as F
 
-    from models.cp import grid_positions
+    from vcorr.models.cp import grid_positions
 
     f = module.knn_features(x)
     b, c, t, h, w = f.shape
@@ -180,9 +180,9 @@ def _to_pixels(yx: np.ndarray, grid_hw: tuple[int, int], img_hw: tuple[int, int]
 def correspondence_frames(clip: Clip, corr: Correspondences,
                           times: list[float] | None = None) -> list[int]:
     """Clip frames the figure shows: those of ``times``
-    (:func:`pipelines.visualize.clip.shown_frames`), or by default the frames that hold the
+    (:func:`vcorr.pipelines.visualize.clip.shown_frames`), or by default the frames that hold the
     queries and their proposals, filled up with evenly spaced ones to
-    :data:`pipelines.visualize.clip.MAX_COLUMNS` (if more frames hold them: the queries'
+    :data:`vcorr.pipelines.visualize.clip.MAX_COLUMNS` (if more frames hold them: the queries'
     frames, then those with the most proposals)."""
     if times is not None:
         return shown_frames(clip, times)
@@ -213,12 +213,12 @@ def draw_correspondences(clip: Clip, frames: np.ndarray, corr: Correspondences, 
     """``OUT/correspondences.png``: frames with the queries (stars) and their k proposals
     (filled circle with channel count: in A; hollow x: not in A), one colour per query; below,
     the per-frame heatmap of the L1 change. At most
-    :data:`pipelines.visualize.clip.MAX_COLUMNS` frames (:func:`correspondence_frames`);
+    :data:`vcorr.pipelines.visualize.clip.MAX_COLUMNS` frames (:func:`correspondence_frames`);
     proposals on frames not shown are counted in the title. (+ ``correspondences.gif``, every
     frame.)"""
     from matplotlib.patches import ConnectionPatch
 
-    from pipelines.visualize.figures import plt
+    from vcorr.pipelines.visualize.figures import plt
 
     written: list[Path] = []
     t_n = len(frames)

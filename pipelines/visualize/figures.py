@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipelines.fileio import write_atomic
+from vcorr.pipelines.fileio import write_atomic
 
 # Figures stay readable in any viewer: at most this wide (pixels at DPI).
 MAX_WIDTH_PX = 2500

@@ -1,7 +1,7 @@
 """Learned CorrNet correlation weights (CorrNet Fig. 4).
 
 Every 4-D ``*.weight`` of a correlation operator in a checkpoint's state dict (shape
-(C, T or 1, K, K), :class:`models.ops.LearnableCorrelation`) is drawn as a time x channel grid
+(C, T or 1, K, K), :class:`vcorr.models.ops.LearnableCorrelation`) is drawn as a time x channel grid
 of K x K maps, with an arrow from the centre (zero displacement) to the map's largest weight.
 Map pixel (iy, ix) is displacement ((iy - r) * D, (ix - r) * D) into the previous frame.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.errors import UserError
-from pipelines.visualize.figures import plt, save
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.visualize.figures import plt, save
 
 
 def correlation_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,7 +70,7 @@ def draw_filters(name: str, weight: torch.Tensor, path: Path, written: list[Path
 def visualize_filters(checkpoint: str | Path, out_dir: str | Path, *, max_channels: int = 16,
                       max_times: int = 8) -> list[Path]:
     """One PNG per correlation operator of the checkpoint's model."""
-    from pipelines.train.checkpoint import load_checkpoint
+    from vcorr.pipelines.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("model")

@@ -1,10 +1,10 @@
 """Reading weight files and renaming other libraries' state dicts onto vcorr's module names.
 
 A converter is a name map: it renames every tensor of the source state dict to the name the
-same tensor has in the vcorr model of the same layout (:mod:`models.zoo_sources`) and changes
+same tensor has in the vcorr model of the same layout (:mod:`vcorr.models.zoo_sources`) and changes
 no value (one reshape: PyTorchVideo's X3D ``post_conv`` is a 1x1x1 conv, ours the equivalent
 ``nn.Linear``). Whether every tensor then lands, with the right shape, is checked by
-:func:`pipelines.weights.load.plan_load`, never assumed.
+:func:`vcorr.pipelines.weights.load.plan_load`, never assumed.
 
 Formats recognised (:func:`read_weights`): a vcorr checkpoint; torchvision's 2D ``resnet*``
 (ImageNet); torchvision's video ResNets (``r3d_18``, ``mc3_18``, ``r2plus1d_18``); PyTorchVideo
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import UserError
-from pipelines.weights.sources import kinetics400_classes
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.weights.sources import kinetics400_classes
 
 CHECKPOINT_FORMAT = "vcorr-checkpoint-1"   # pipelines.train.checkpoint.FORMAT
 
@@ -119,12 +119,12 @@ _TVV_OTHER = re.compile(r"^layer([1-4])\.(\d+)\.downsample\.(.+)$")
 
 
 def torchvision_video_names(state: Tensors) -> dict[str, str]:
-    """torchvision ``VideoResNet`` names -> vcorr (:mod:`models.zoo_sources` ``tv_*``).
+    """torchvision ``VideoResNet`` names -> vcorr (:mod:`vcorr.models.zoo_sources` ``tv_*``).
 
     A block's ``convJ`` is ``Sequential(conv builder, BN, ReLU)``: ``convJ.0`` -> ``convJ`` (its
     inner ``Conv2Plus1D`` indices kept: ``convJ.0.3`` -> ``convJ.3``), ``convJ.1`` -> ``bnJ``;
     ``downsample`` -> ``shortcut``; ``fc`` -> ``head.fc``. The R(2+1)D stem ``(conv 45, BN, ReLU,
-    conv 64, BN, ReLU)`` maps to our stem conv :class:`models.layers.Conv2Plus1d` plus stem BN.
+    conv 64, BN, ReLU)`` maps to our stem conv :class:`vcorr.models.layers.Conv2Plus1d` plus stem BN.
     """
     r2plus1d_stem = "stem.3.weight" in state
     stem_map = ({"0": "stem.0.0", "1": "stem.0.1", "3": "stem.0.3", "4": "stem.1"} if r2plus1d_stem
@@ -190,7 +190,7 @@ def _swap_prefix(rest: str, table: tuple[tuple[str, str], ...]) -> str | None:
 
 
 def pytorchvideo_names(state: Tensors, path: Path | str = "") -> dict[str, str]:
-    """PyTorchVideo ``Net`` names -> vcorr (:mod:`models.zoo_sources` ``ptv_*``).
+    """PyTorchVideo ``Net`` names -> vcorr (:mod:`vcorr.models.zoo_sources` ``ptv_*``).
 
     ``blocks.0`` is the stem, the blocks holding ``res_blocks`` are res2..res5 in order (a
     parameter-free pool block may sit between them), the block with ``proj`` is the head.

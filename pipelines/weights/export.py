@@ -2,7 +2,7 @@
 checkpoint that ``vcorr eval`` evaluates and ``vcorr train --init`` starts from.
 
 The file's layout is identified by fitting it against every known source of its library
-(:data:`pipelines.weights.sources.SOURCES`): the renamed tensors must be exactly the model's
+(:data:`vcorr.pipelines.weights.sources.SOURCES`): the renamed tensors must be exactly the model's
 (names and shapes). X3D-XS, -S and -M share one set of weights; the published file name or
 ``--model`` tells them apart (their input clips differ). The written checkpoint carries the
 Kinetics-400 class list, a config whose ``data`` section is the source's input (clip length,
@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-import models
-from pipelines.errors import UserError
-from pipelines.weights.convert import WeightsFile, read_weights
-from pipelines.weights.load import LoadReport, load_weights
-from pipelines.weights.sources import KnownSource, kinetics400_classes, sources_for
+from vcorr import models
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.weights.convert import WeightsFile, read_weights
+from vcorr.pipelines.weights.load import LoadReport, load_weights
+from vcorr.pipelines.weights.sources import KnownSource, kinetics400_classes, sources_for
 
 LIBRARIES = ("torchvision", "pytorchvideo")
 
@@ -80,7 +80,7 @@ def identify(wf: WeightsFile, library: str, model: str | None = None) -> KnownSo
 
 def converted_config(source: KnownSource, model_name: str) -> dict[str, Any]:
     """A vcorr config (defaults plus the source's model and input) for the checkpoint."""
-    from pipelines.train.config import load_config
+    from vcorr.pipelines.train.config import load_config
 
     cfg = load_config(None)
     d = cfg["data"]
@@ -101,7 +101,7 @@ def convert_weights(path: str | Path, library: str, out: str | Path, *,
     unknown or unreadable file, a file of another library, an ImageNet 2D ResNet, a classifier
     that is not Kinetics-400's, or a model the weights do not fill completely.
     """
-    from pipelines.train.checkpoint import save_checkpoint
+    from vcorr.pipelines.train.checkpoint import save_checkpoint
 
     if library not in LIBRARIES:
         raise UserError(f"--from must be one of {', '.join(LIBRARIES)}, got {library!r}")

@@ -11,11 +11,11 @@ How a 2D (ImageNet) ResNet becomes a video model so that a clip of identical fra
 * 1 x k x k convs take the 2D kernel; t x k x k convs take it repeated over t and divided by t
   (I3D, Carreira and Zisserman 2017, Sec. 2.3). With zero temporal padding this is exact only
   for frames farther from the clip's ends than the network's temporal reach.
-* A factorised temporal conv becomes the identity: in :class:`models.layers.ConvTemporalSpatial`
+* A factorised temporal conv becomes the identity: in :class:`vcorr.models.layers.ConvTemporalSpatial`
   (CorrNet / DCF order, t x 1 x 1 then 1 x k x k) the temporal conv is the centre tap 1 (full or
   channel-wise) and the BN between is neutral (gamma 1, beta 0, mean 0, var 1 - eps); the
   ReLU between passes its input unchanged, as that input is a ReLU output. In
-  :class:`models.layers.Conv2Plus1d` (the R(2+1)D paper's order, 1 x k x k to M channels then
+  :class:`vcorr.models.layers.Conv2Plus1d` (the R(2+1)D paper's order, 1 x k x k to M channels then
   t x 1 x 1) the ReLU sees signed values, so the spatial conv gets ``[W; -W]`` and the temporal
   conv subtracts the halves (relu(a) - relu(-a) = a); exact when M >= 2 C_out.
 * Plug-ins that start as the identity (CP, non-local, correlation-sum, DCF blocks: classes with
@@ -38,11 +38,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from models.artnet import SmartConv
-from models.layers import Conv2Plus1d, ConvTemporalSpatial
-from pipelines.errors import UserError
-from pipelines.fileio import write_atomic
-from pipelines.weights.convert import WeightsFile, read_weights
+from vcorr.models.artnet import SmartConv
+from vcorr.models.layers import Conv2Plus1d, ConvTemporalSpatial
+from vcorr.pipelines.errors import UserError
+from vcorr.pipelines.fileio import write_atomic
+from vcorr.pipelines.weights.convert import WeightsFile, read_weights
 
 Tensors = dict[str, torch.Tensor]
 
@@ -389,7 +389,7 @@ def load_weights(model: nn.Module, path: str | Path | WeightsFile, *,
                  classes: Sequence[str] | None = None, partial: bool = False,
                  model_name: str = "", hint: str = PARTIAL_HINT) -> LoadReport:
     """Initialise ``model`` from ``path`` (a vcorr checkpoint, a state dict in vcorr names, or
-    torchvision / PyTorchVideo weights; :func:`pipelines.weights.convert.read_weights`).
+    torchvision / PyTorchVideo weights; :func:`vcorr.pipelines.weights.convert.read_weights`).
 
     Raises :class:`UserError` (one line naming the file, the first tensors and why) when the
     load would be partial -- a model tensor without a value, a file tensor not used beyond the
