@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from vcorr.models.ops.precision import float32_convs_on_cpu
 from vcorr.models.layers import (ConvFactory, StemSpec, Stem, StrideLike, Triple, as_triple, conv_2d,
                            conv_temporal)
 
@@ -249,13 +250,17 @@ class VideoResNet(nn.Module):
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a clip of shape (B, {self.in_channels}, T, H, W), "
                              f"got {tuple(x.shape)}")
-        x = self.stem(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
+        # Under CPU autocast the convolutions run in float32 (exact gradients on every CPU).
+        with float32_convs_on_cpu():
+            x = self.stem(x)
+            for name in self.stage_names:
+                x = getattr(self, name)(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        x = self.forward_features(x)
+        with float32_convs_on_cpu():  # heads with convolutions (X3D's conv5)
+            return self.head(x)
 
 
 def init_weights(model: nn.Module) -> None:

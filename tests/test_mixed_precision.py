@@ -1,6 +1,7 @@
-"""Mixed precision (issue 16, item 3): every registered model trains one step under bfloat16
-autocast on CPU with a finite loss and finite gradients, and the CP module's k-NN ranks
-neighbours in float32 under autocast.
+"""Mixed precision (issue 16, item 3; issue 21): every registered model trains one step under
+bfloat16 autocast on CPU with a finite loss and finite gradients, the convolutions under CPU
+autocast give the float32 gradients of their bf16-rounded inputs on every CPU, and the CP
+module's k-NN ranks neighbours in float32 under autocast.
 
 The k-NN case is built so that bfloat16 arithmetic must reorder neighbours: features are
 32 + multiples of 1/4 below 36 (exact in bfloat16, whose spacing there is 1/4), so float32 (and
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 
 from vcorr import models
 from vcorr.models.cp import CPModule, grid_positions, knn_other_frames, knn_other_frames_dense
+from vcorr.models.ops.precision import float32_convs_on_cpu
+from vcorr.models.resnet import StageSpec, VideoResNet
 
 BF16 = torch.bfloat16
 
@@ -108,7 +111,7 @@ FRAMES, SIZE, TOY_SIZE, BATCH = 4, 16, 8, 2
 @pytest.mark.parametrize("name", models.list_models())
 def test_every_model_trains_a_step_under_bf16_autocast(name: str) -> None:
     """One training step (forward and loss under CPU bfloat16 autocast, backward, SGD step):
-    the convolutions really run in bfloat16 (the logits are bfloat16), the loss and every
+    autocast reaches the classifier (the logits are bfloat16), the loss and every
     trainable parameter's gradient are finite, and the step changes the weights. Clips of
     2 x 3 x 4 x 16 x 16 (toy models 8 x 8), models with per-clip-length parts built for 4 frames."""
     entry = models.get_model_entry(name)
@@ -132,3 +135,90 @@ def test_every_model_trains_a_step_under_bf16_autocast(name: str) -> None:
     assert not missing and not bad, f"{name}: no gradient {missing[:3]}, non-finite {bad[:3]}"
     opt.step()
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+# --------------------------------------------------------------------------- exact CPU convs
+# Shapes whose bfloat16 backward oneDNN gets wrong on AVX-512 CPUs (PyTorch 2.14.1; issue 21):
+# a kernel larger than a 1x1 map, with padding and spatial stride 2 (late ResNet stages on small
+# clips). (input (B, C, T, H, W), weight, stride, padding)
+ONEDNN_BAD_CASES = [
+    ((2, 256, 4, 1, 1), (512, 256, 1, 3, 3), (1, 2, 2), (0, 1, 1)),   # the reported case
+    ((2, 64, 4, 1, 1), (128, 64, 1, 3, 3), (2, 2, 2), (0, 1, 1)),
+    ((2, 64, 2, 1, 1), (128, 64, 3, 3, 3), (1, 2, 2), (1, 1, 1)),
+    ((2, 64, 4, 1, 1), (128, 64, 1, 7, 7), (1, 2, 2), (0, 3, 3)),
+    # A T=2 temporal conv, reported wrong in issue 24 (inside corrnet_26); not reproduced alone.
+    ((2, 64, 2, 4, 4), (64, 64, 3, 1, 1), (1, 1, 1), (1, 0, 0)),
+]
+
+
+def _one_conv_net(weight_shape, stride, padding) -> VideoResNet:
+    """A VideoResNet whose stem is exactly one convolution (no BN, ReLU or pool), head identity."""
+    from vcorr.models.layers import StemSpec
+
+    co, ci, kt, kh, kw = weight_shape
+    conv = torch.nn.Conv3d(ci, co, (kt, kh, kw), stride=stride, padding=padding, bias=False)
+    net = VideoResNet([], num_classes=1, in_channels=ci, stem=StemSpec(width=co, pool=False))
+    net.stem = conv
+    net.head = torch.nn.Identity()
+    return net
+
+
+@pytest.mark.parametrize("inp,weight,stride,padding", ONEDNN_BAD_CASES)
+def test_cpu_autocast_conv_gradients_are_the_float32_ones(inp, weight, stride, padding):
+    """Input and weight gradients of a convolution under CPU bf16 autocast, through a model's
+    forward, equal the float64 gradients of the same bf16-rounded values (what float32 gives).
+
+    Before the fix this fails on AVX-512 CPUs (relative errors up to 1e36, inf/NaN); on an
+    AVX2-only CPU oneDNN is right and it cannot fail there -- the fix's own logic is checked on
+    every CPU by the test below."""
+    net = _one_conv_net(weight, stride, padding)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*inp, generator=g).to(BF16).float().requires_grad_()
+    with torch.no_grad():
+        net.stem.weight.copy_(net.stem.weight.to(BF16).float())
+    with torch.autocast("cpu", dtype=BF16):
+        y = net(x)
+    grad_out = torch.randn(y.shape, generator=g).to(BF16)
+    y.backward(grad_out.to(y.dtype))
+    x64 = x.detach().double().requires_grad_()
+    w64 = net.stem.weight.detach().double().requires_grad_()
+    F.conv3d(x64, w64, stride=stride, padding=padding).backward(grad_out.double())
+    for got, ref in ((net.stem.weight.grad, w64.grad), (x.grad, x64.grad)):
+        err = (got.double() - ref).abs().max() / ref.abs().max()
+        assert err < 1e-5, f"relative error {err.item():.3g}"
+
+
+def test_float32_convs_on_cpu_is_a_float32_conv_of_the_inputs():
+    """The mode's logic, on any CPU: under CPU bf16 autocast a conv returns float32 equal to the
+    float32 conv of the same input (no bf16 rounding); linear layers still run in bf16; with autocast off,
+    or in float16/bf16 models without autocast, nothing changes."""
+    torch.manual_seed(0)
+    conv, lin = torch.nn.Conv3d(4, 6, 3, padding=1), torch.nn.Linear(6, 2)
+    x = torch.randn(2, 4, 3, 5, 5)
+    ref = F.conv3d(x, conv.weight, conv.bias, padding=1)
+    with torch.autocast("cpu", dtype=BF16):
+        plain = conv(x)
+        with float32_convs_on_cpu():
+            got = conv(x)
+            hidden = lin(got.mean(dim=(2, 3, 4)))
+    assert plain.dtype == BF16 and got.dtype == torch.float32 and hidden.dtype == BF16
+    assert torch.equal(got, ref)
+    with float32_convs_on_cpu():  # autocast off: the mode is not entered
+        assert torch.equal(conv(x), F.conv3d(x, conv.weight, conv.bias, padding=1))
+        half = conv.to(BF16)(x.to(BF16))
+    assert half.dtype == BF16
+
+
+def test_every_video_resnet_forward_runs_its_convs_in_float32_under_cpu_autocast():
+    """What the registered models rely on: the stem's and a stage's conv outputs are float32
+    under CPU bf16 autocast (forward hooks see them), and the logits still bfloat16."""
+    torch.manual_seed(0)
+    model = models.create_model("c2d_r18", num_classes=3).train()
+    seen = {}
+    for name in ("stem.0", "res5.0.conv1"):
+        mod = model.get_submodule(name)
+        mod.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.dtype))
+    with torch.autocast("cpu", dtype=BF16):
+        out = model(torch.randn(2, 3, 4, 16, 16))
+    assert seen == {"stem.0": torch.float32, "res5.0.conv1": torch.float32}
+    assert out.dtype == BF16
