@@ -10,13 +10,13 @@ from vcorr.models import zoo_sources as _zoo_sources  # noqa: F401  (torchvision
 from vcorr.models.cp import CPModule, knn_other_frames, knn_other_frames_dense
 from vcorr.models.heads import ClassifierHead, TRNHead
 from vcorr.models.layers import (Conv2Plus1d, StemSpec, conv_2d, conv_2plus1d, conv_3d,
-                           r2plus1d_mid_width)
+                                 r2plus1d_mid_width)
 from vcorr.models.nonlocal_block import NonLocalBlock
 from vcorr.models.artnet import SmartConv, smart_block, smart_conv
 from vcorr.models.registry import (ModelEntry, UnknownModelError, create_model, get_model_entry,
-                             list_models, register_model)
+                                   list_models, register_model)
 from vcorr.models.resnet import (DEPTHS, BasicBlock, Bottleneck, PlainBlock, StageSpec, VideoResNet,
-                           build_stage)
+                                 build_stage)
 from vcorr.models.zoo import place, video_resnet
 
 __all__ = [

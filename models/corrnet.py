@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from vcorr.models.layers import (ConvFactory, StemSpec, conv_2d, conv_2d_tpool, conv_2plus1d,
-                           conv_temporal_spatial, zero_init_bn)
+                                 conv_temporal_spatial, zero_init_bn)
 from vcorr.models.ops import LearnableCorrelation
 from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, HeadFactory, PluginFactory, StageSpec,
-                           VideoResNet)
+                                 VideoResNet)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
 

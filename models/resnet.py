@@ -30,7 +30,7 @@ from torch import nn
 
 from vcorr.models.ops.precision import float32_convs_on_cpu
 from vcorr.models.layers import (ConvFactory, StemSpec, Stem, StrideLike, Triple, as_triple, conv_2d,
-                           conv_temporal)
+                                 conv_temporal)
 
 PluginFactory = Callable[[int], nn.Module]
 BlockFactory = Callable[..., nn.Module]

@@ -25,7 +25,7 @@ from torch import nn
 
 from vcorr.models.heads import window_mean
 from vcorr.models.layers import (ConvFactory, StemSpec, StrideLike, conv_2d, conv_depthwise,
-                           conv_temporal, zero_init_bn)
+                                 conv_temporal, zero_init_bn)
 from vcorr.models.resnet import STAGE_NAMES, PluginFactory, StageSpec, VideoResNet, _shortcut
 
 X3D_WIDTHS = (24, 48, 96, 192)   # 12 * 2.0 * (1, 2, 4, 8)

@@ -17,7 +17,7 @@ from vcorr.models.layers import ConvFactory, StemSpec, conv_2d, conv_3d, resolve
 from vcorr.models.nonlocal_block import NonLocalBlock
 from vcorr.models.registry import register_model
 from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory,
-                           PlainBlock, PluginFactory, StageSpec, VideoResNet)
+                                 PlainBlock, PluginFactory, StageSpec, VideoResNet)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
 BASE_WIDTHS = (64, 128, 256, 512)

@@ -9,7 +9,7 @@ import pytest
 from conftest import DIVING_VOCAB, JESTER_CLASSES, SSV1_CLASSES, SSV2_LABELS, UCF_CLASSES
 
 from vcorr.pipelines.data.annotations import (normalise_split, parse_annotations, safe_key,
-                                        split_from_filename)
+                                              split_from_filename)
 from vcorr.pipelines.errors import UserError
 
 

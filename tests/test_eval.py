@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from vcorr.pipelines.data.samplers import DenseSampler, SegmentSampler
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate import (EvalSettings, average_views, build_views, compare_results,
-                                compute_metrics, crop_boxes, evaluate_checkpoint, swap_scores)
+                                      compute_metrics, crop_boxes, evaluate_checkpoint, swap_scores)
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_C2D = REPO / "examples" / "configs" / "toy_c2d.toml"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from vcorr import models
 from vcorr.models.cp import CPModule, grid_positions, knn_other_frames, knn_other_frames_dense
 from vcorr.models.ops.precision import float32_convs_on_cpu
-from vcorr.models.resnet import StageSpec, VideoResNet
+from vcorr.models.resnet import VideoResNet
 
 BF16 = torch.bfloat16
 

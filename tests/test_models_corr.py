@@ -17,7 +17,7 @@ from torch import nn
 
 from vcorr import models
 from vcorr.models.corrnet import (CorrelationConcatBlock, CorrelationSumBlock, CorrNetCorrelation,
-                            correlation_macs)
+                                  correlation_macs)
 from vcorr.models.dcf import CorrelationPyramid, DCFBlock, DCFCorrelation
 from vcorr.models.layers import ConvTemporalSpatial
 from vcorr.models.ops import DenseCorrelation, LearnableCorrelation, dcf_offsets

@@ -26,8 +26,8 @@ from torch import nn
 from vcorr import models
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.train import (DEFAULTS, EpochSampler, NonFiniteLoss, apply_set, load_checkpoint,
-                             load_config, load_weights, lr_at, phases, save_checkpoint, to_toml,
-                             train)
+                                   load_config, load_weights, lr_at, phases, save_checkpoint, to_toml,
+                                   train)
 from vcorr.pipelines.train import trainer as trainer_mod
 from vcorr.pipelines.train.checkpoint import FORMAT
 from vcorr.pipelines.train.distributed import DistEnv

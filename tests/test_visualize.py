@@ -14,7 +14,7 @@ from vcorr.models.cp import CPModule, grid_positions
 from vcorr.pipelines.visualize.clip import Clip
 from vcorr.pipelines.visualize.correlation import draw_stages, model_stages, pixel_correlation
 from vcorr.pipelines.visualize.correspondences import (module_correspondences, mlp_outputs,
-                                                 parse_points, winners)
+                                                       parse_points, winners)
 
 SQ, STEP = 8, 8
 

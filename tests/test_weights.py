@@ -32,7 +32,7 @@ from torch import nn
 from vcorr import models
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.weights import (SOURCES, find_source, kinetics400_classes, load_weights,
-                               read_weights)
+                                     read_weights)
 from vcorr.pipelines.weights.sources import TV_VIDEO_MEAN, TV_VIDEO_STD
 
 REPO = Path(__file__).resolve().parents[1]

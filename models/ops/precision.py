@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["float32_convs_on_cpu", "Float32ConvsOnCPU"]
+__all__ = ["Float32ConvsOnCPU", "float32_convs_on_cpu"]
 
 _CONVS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
                     F.conv_transpose3d})
@@ -42,7 +42,7 @@ class Float32ConvsOnCPU(TorchFunctionMode):
     with autocast off; everything else is untouched. The output is float32 (the next op under
     autocast casts it as it casts any input)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _CONVS and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
             with torch.autocast("cpu", enabled=False):

@@ -40,9 +40,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from vcorr.pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
 from vcorr.pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
-                                   VideoReader, first_line, stored_fps)
+                                         VideoReader, first_line, stored_fps)
 from vcorr.pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
-                                   ShardWriter, read_shard_tables, shard_name)
+                                         ShardWriter, read_shard_tables, shard_name)
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.fileio import write_atomic
 

@@ -50,7 +50,7 @@ from vcorr.pipelines.train.checkpoint import load_checkpoint, load_weights, save
 from vcorr.pipelines.train.config import phases as config_phases
 from vcorr.pipelines.train.config import to_toml, with_defaults
 from vcorr.pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, barrier,
-                                         cleanup_distributed, setup_distributed)
+                                               cleanup_distributed, setup_distributed)
 from vcorr.pipelines.train import preflight as pf
 from vcorr.pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
 from vcorr.pipelines.train.monitor import TrainingMonitor, peak_memory_mib

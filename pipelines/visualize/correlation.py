@@ -37,7 +37,7 @@ from torch import nn
 
 from vcorr.pipelines.visualize.clip import Clip, LoadedModel, model_input, shown_frames
 from vcorr.pipelines.visualize.figures import (blend, flow_colors, frames_grid, grey, save,
-                                         upsample_nearest, write_gif)
+                                               upsample_nearest, write_gif)
 
 # Default --min-confidence (peak minus mean over the K x K grid): above what pure noise reaches
 # with 5 x 5 patches (median 0.27, 99th percentile 0.41, cosine units), below what a moving
