@@ -137,13 +137,52 @@ def test_every_command_help_has_examples(path: list[str]) -> None:
 
 
 def test_help_in_a_real_process() -> None:
-    """``python -m vcorr.cli`` works as an entry point and lists the subcommands."""
-    p = subprocess.run([sys.executable, "-m", "vcorr.cli", "--help"], capture_output=True,
+    """``python -m vcorr`` works as an entry point and lists the subcommands."""
+    p = subprocess.run([sys.executable, "-m", "vcorr", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     for name in SUBCOMMANDS:
         assert f"\n  {name} " in p.stdout, name
     assert p.stderr == ""
+
+
+def _project_with_its_own_packages(root: Path) -> Path:
+    """A research project's folder whose own ``models`` and ``pipelines`` packages fail loudly
+    when imported (so importing them instead of vcorr's is seen)."""
+    for name in ("models", "pipelines", "cli"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(f"raise ImportError('the project\'s own {name}')\n")
+    return root
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_vcorr_runs_from_a_folder_with_its_own_models_and_pipelines(tmp_path: Path,
+                                                                    launcher: str) -> None:
+    """``python -m vcorr`` and ``torchrun -m vcorr`` (README's multi-GPU form) from a project
+    folder that holds packages named ``models``, ``pipelines`` and ``cli``: vcorr imports its own
+    (``vcorr.models``...), and a plain ``import models`` there gets the project's."""
+    proj = _project_with_its_own_packages(tmp_path)
+    args = ["-m", "vcorr", "models", "--no-flops", "--json", "c2d_r18"]
+    if launcher == "torchrun":
+        args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"] + args
+    p = subprocess.run([sys.executable, *args], cwd=proj, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert '"c2d_r18"' in p.stdout
+    q = subprocess.run([sys.executable, "-c", "import models"], cwd=proj, capture_output=True,
+                       text=True, timeout=60)
+    assert "the project's own models" in q.stderr
+
+
+def test_vcorr_installs_no_top_level_models_or_pipelines(tmp_path: Path) -> None:
+    """Outside the repository, ``models``, ``pipelines`` and ``vcorr_cli`` are not importable:
+    vcorr installs one name, ``vcorr``."""
+    code = ("import importlib.util as u, vcorr.models, vcorr.pipelines, vcorr.cli.main; "
+            "print([n for n in ('models', 'pipelines', 'vcorr_cli') if u.find_spec(n)])")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- end to end
