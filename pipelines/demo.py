@@ -55,7 +55,8 @@ def configs_dir() -> Path:
     return d
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A stage's JSON result; a missing or broken file is a UserError naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -129,8 +130,8 @@ def run_demo(out: str | Path, plan: DemoPlan, run: Callable[[list[str]], None],
 
     rows = []
     for key, label, model in MODELS:
-        s = _read_json(runs / key / "summary.json")
-        m = _read_json(evals / key / "metrics.json")
+        s = read_json(runs / key / "summary.json")
+        m = read_json(evals / key / "metrics.json")
         rows.append({"key": key, "label": label, "model": model,
                      "train_top1": s["last_train"]["top1"], "val_top1": m["top1"],
                      "val_top1_1view": s["last_val"]["top1"], "num_val": m["num_videos"],

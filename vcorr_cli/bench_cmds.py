@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -68,6 +69,7 @@ def bench() -> None:
       vcorr bench eval data/k400_12 --model c2d_r18 --clips 25 --crops 10
       vcorr bench predict /tmp/bench_videos --json bench_predict.json
       vcorr bench gpu --out results/bench_gpu
+      vcorr bench learn --quick
     """
 
 
@@ -653,3 +655,70 @@ def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: i
     click.echo(table)
     click.echo(f"took {r['seconds']['total']:.0f} s; wrote {out / 'bench_gpu.json'} and "
                f"{out / 'bench_gpu.md'}")
+
+
+@bench.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("vcorr-learn"),
+              show_default=True, help="Output folder (must be new or empty).")
+@click.option("--quick", is_flag=True,
+              help="Fewer videos and epochs, C2D against CPNet, CorrNet and DCF only.")
+@click.option("--models", "model_keys", default=None,
+              help="Comma-separated model keys (c2d,c3d,r2plus1d,x3d,nl,artnet,cpnet,corrnet,dcf); "
+                   "c2d is required (the baseline).")
+@click.option("--videos", type=click.IntRange(min=32), default=None,
+              help="Generated videos in all (default 3000, --quick 1200).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs of every model (default 12, --quick 8).")
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
+              help="tiny: the CPU-size models (*_tiny); full: the registered paper sizes (GPU).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the videos and training.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Device of training and evaluation [default: CUDA when present].")
+def learn(out_dir: Path, quick: bool, model_keys: str | None, videos: int | None,
+          epochs: int | None, size: str, seed: int, device: str | None) -> None:
+    """Does each model learn motion? Generate the motion dataset (time-reversal pairs and
+    appearance controls), prepare it, train every model with one recipe, evaluate on the test
+    split in original and reversed frame order, compare each with C2D; writes OUT/report.md,
+    OUT/learn.json, OUT/pairs.png and OUT/curves.png.
+
+    \b
+    Examples:
+      vcorr bench learn --quick
+      vcorr bench learn --out results/learn
+      vcorr bench learn --models c2d,corrnet --epochs 4 --videos 600
+      vcorr bench learn --size full --device cuda --out results/learn_gpu
+    """
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from vcorr.cli.demo_cmd import run_vcorr
+    from vcorr.pipelines.bench.learn import FULL, QUICK, run_learn
+
+    plan = QUICK if quick else FULL
+    changes: dict[str, Any] = {"size": size, "seed": seed}
+    if model_keys:
+        changes["models"] = tuple(k.strip() for k in model_keys.split(",") if k.strip())
+    if videos:
+        changes["videos"] = videos
+    if epochs:
+        changes["epochs"] = epochs
+    plan = dataclasses.replace(plan, **changes)
+    r = run_learn(out_dir, plan, run_vcorr, echo=click.echo, device=device)
+    t = Table(title=f"Does it learn motion? {plan.videos} videos, {plan.epochs} epochs, "
+                    f"test split ({r['seconds']:.0f} s)")
+    for col in ("model", "params (M)", "test top-1", "pairs", "controls", "gain vs C2D",
+                "drop reversed", "train time"):
+        t.add_column(col, justify="right")
+    for row in r["rows"].values():
+        t.add_row(row["label"], f"{row['params'] / 1e6:.2f}", f"{100 * row['top1']:.1f}%",
+                  f"{100 * (row['pair_mean'] or 0):.1f}%",
+                  f"{100 * (row['controls'] or 0):.1f}%",
+                  f"{100 * (row['pair_gain_over_c2d'] or 0):+.1f}",
+                  f"{100 * row['drop_reversed']:+.1f}", f"{row['train_seconds']:.0f} s")
+    Console().print(t)
+    for c in r["checks"]:
+        click.echo(f"{'ok ' if c['holds'] else 'NO '} {c['check']}")
+    for name, path in r["artefacts"].items():
+        click.echo(f"{name}: {path}")

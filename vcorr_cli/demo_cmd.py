@@ -6,6 +6,20 @@ from pathlib import Path
 import click
 
 
+def run_vcorr(args: list[str]) -> None:
+    """Run ``vcorr *args`` in this process (what the demo and ``bench learn`` stages call).
+
+    Raises:
+        UserError: the command exited with a non-zero code (it printed its one-line error).
+    """
+    from vcorr.cli.main import cli
+    from vcorr.pipelines.errors import UserError
+
+    code = cli.main(args, prog_name="vcorr", standalone_mode=False)
+    if code not in (None, 0):
+        raise UserError(f"stopped: `vcorr {args[0]}` exited with code {code}")
+
+
 @click.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("vcorr-demo"),
               show_default=True, help="Output folder (must be new or empty).")
@@ -26,15 +40,8 @@ def demo(out_dir: Path, quick: bool) -> None:
     from rich.table import Table
 
     from vcorr.pipelines.demo import FULL, QUICK, run_demo
-    from vcorr.pipelines.errors import UserError
-    from vcorr.cli.main import cli
 
-    def run(args: list[str]) -> None:
-        code = cli.main(args, prog_name="vcorr", standalone_mode=False)
-        if code not in (None, 0):  # the command already printed its one-line error
-            raise UserError(f"stopped: `vcorr {args[0]}` exited with code {code}")
-
-    r = run_demo(out_dir, QUICK if quick else FULL, run, echo=click.echo)
+    r = run_demo(out_dir, QUICK if quick else FULL, run_vcorr, echo=click.echo)
     p = r["plan"]
     t = Table(title=f"CPNet toy experiment: {p['videos']} videos, {p['epochs']} epochs "
                     f"({r['seconds']:.0f} s)")
