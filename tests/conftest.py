@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,11 +17,29 @@ import numpy as np
 import pytest
 import torch
 
+_FFMPEG_BEFORE: str | None = None
+
+
 def pytest_configure(config):
     # torchvision.io warns on every JPEG call that TorchCodec will replace it; not our concern.
     config.addinivalue_line(
         "filterwarnings",
         "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+    # Every ffmpeg the tests run (video_io.ffmpeg_exe: $VCORR_FFMPEG, else PATH, else
+    # imageio-ffmpeg's) is imageio-ffmpeg's binary, the one `pip install` brings everywhere,
+    # never an ffmpeg that happens to be on PATH; the CLI subprocesses inherit the choice.
+    import imageio_ffmpeg
+
+    global _FFMPEG_BEFORE
+    _FFMPEG_BEFORE = os.environ.get("VCORR_FFMPEG")
+    os.environ["VCORR_FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def pytest_unconfigure(config):
+    if _FFMPEG_BEFORE is None:
+        os.environ.pop("VCORR_FFMPEG", None)
+    else:
+        os.environ["VCORR_FFMPEG"] = _FFMPEG_BEFORE
 
 
 # --------------------------------------------------------------------------- frame content

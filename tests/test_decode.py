@@ -281,30 +281,155 @@ def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
 
 
 # --------------------------------------------------------------------------- damage
-@pytest.fixture(scope="module")
-def damaged(tmp_path_factory) -> dict:
-    """A clean 4 s H.264 video (100 frames, one GOP, index at the front), a copy with the
-    payload of one packet in the middle overwritten, and one cut at 60% of its bytes."""
+def _nal_units(data: bytes, pos: int, size: int, length_size: int) -> list[tuple[int, int]]:
+    """(file offset, length) of each NAL unit of the AVCC packet ``data[pos:pos + size]``,
+    where every unit follows its length as a ``length_size``-byte big-endian number."""
+    units, at, end = [], pos, pos + size
+    while at < end:
+        n = int.from_bytes(data[at:at + length_size], "big")
+        units.append((at + length_size, n))
+        at += length_size + n
+    assert at == end, f"the NAL lengths of the packet at byte {pos} overrun its {size} bytes"
+    return units
+
+
+def _avcc_packets(path: Path) -> tuple[int, list[tuple[int, int, int, bool]]]:
+    """The NAL length size of an H.264 mp4 (from its avcC record) and its video packets in
+    decode order: (pts, file offset, size, key frame)."""
     import av
 
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        avcc = stream.codec_context.extradata
+        assert stream.codec_context.name == "h264" and avcc and avcc[0] == 1, \
+            f"{path}: not H.264 with length-prefixed (AVCC) NAL units"
+        packets = [(p.pts, p.pos, p.size, p.is_keyframe) for p in c.demux(stream) if p.size]
+    return (avcc[4] & 3) + 1, packets
+
+
+def _pyav_decode(path: Path) -> dict:
+    """What PyAV's decoder itself says about ``path``, on one thread as the decoding layer
+    runs it: every output frame (pts, marked corrupt, RGB pixels) in output order, the pts
+    of the frames marked corrupt (error-concealed), the packets it rejected, and FFmpeg's
+    messages at warning level or worse."""
+    import av
+    import av.logging
+
+    frames, rejected = [], 0
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)
+    try:
+        with av.logging.Capture() as logs, av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.codec_context.thread_count = 1
+            for packet in c.demux(stream):  # ends with an empty packet: flushes the decoder
+                try:
+                    out = stream.decode(packet)
+                except av.error.FFmpegError:
+                    rejected += 1
+                    continue
+                frames += [(f.pts, f.is_corrupt, f.to_ndarray(format="rgb24")) for f in out]
+    finally:
+        av.logging.set_level(level)
+    return {"frames": frames, "rejected": rejected,
+            "corrupt": [pts for pts, bad, _ in frames if bad],
+            "messages": [f"[{name}] {text.strip()}" for _, name, text in logs]}
+
+
+def _damage_one_slice(data: bytes, nal: tuple[int, int], seed: int) -> tuple[bytes, int, int]:
+    """``data`` with random bytes over the last three quarters of one slice NAL unit's
+    payload, and the overwritten range: the length fields and the NAL header stay intact,
+    and so do the slice header and first macroblocks, so the decoder starts the slice, runs
+    into the damage and conceals it (a damaged length field or slice header makes it reject
+    the packet: a different damage)."""
+    start, n = nal
+    lo, hi = start + 1 + n // 4, start + n  # 1: the NAL header byte of slice types 1 and 5
+    out = bytearray(data)
+    out[lo:hi] = np.random.default_rng(seed).integers(0, 256, hi - lo, np.uint8).tobytes()
+    return bytes(out), lo, hi
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> dict:
+    """A clean 4 s H.264 video (100 frames, one GOP, index at the front), a copy with one
+    slice in the middle damaged, and one cut at 60% of its bytes.
+
+    The damage does not depend on how the encoder laid out its packets: the packet's NAL units
+    are parsed, only the payload of one slice of a reference frame is overwritten, and the
+    fixture keeps the first such damage that PyAV's decoder reports (frames marked corrupt
+    and error messages, every frame still decoded, no packet rejected). Random bytes can by
+    chance decode without the decoder noticing, or be concealed without a message, hence up
+    to 8 tries (slices nearest the middle first); the fixture fails if the decoder reports
+    none of them."""
     root = tmp_path_factory.mktemp("damaged")
     clean = root / "clean.mp4"
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=4", "-vf",
             "noise=alls=20:allf=t", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250",
             "-movflags", "+faststart", str(clean))
     data = clean.read_bytes()
-    with av.open(str(clean)) as c:
-        packets = sorted((p.pts, p.pos, p.size) for p in c.demux(video=0) if p.size)
-    _, pos, size = packets[50]
-    corrupt = bytearray(data)
-    lo, hi = pos + 16, pos + size - 4  # keep the NAL length fields: the decoder conceals
-    corrupt[lo:hi] = np.random.default_rng(1).integers(0, 256, hi - lo, np.uint8).tobytes()
-    (root / "corrupt.mp4").write_bytes(bytes(corrupt))
+    length_size, packets = _avcc_packets(clean)
+    reference = _pyav_decode(clean)
+    assert (len(reference["frames"]) == 100 and not reference["corrupt"]
+            and not reference["rejected"]), f"{clean}: the clean video does not decode cleanly"
+    # slices of reference frames (nal_ref_idc > 0: later frames predict from them, so the
+    # damage spreads) other than the key frame, nearest the middle first
+    slices = [(abs(i - len(packets) // 2), pts, unit)
+              for i, (pts, pos, size, _) in enumerate(packets)
+              for unit in _nal_units(data, pos, size, length_size)
+              if data[unit[0]] & 0x1F == 1 and data[unit[0]] & 0x60 and unit[1] > 64]
+    corrupt = root / "corrupt.mp4"
+    tried = []
+    for _, pts, unit in sorted(slices)[:8]:
+        damaged_data, lo, hi = _damage_one_slice(data, unit, seed=len(tried))
+        corrupt.write_bytes(damaged_data)
+        got = _pyav_decode(corrupt)
+        tried.append(f"pts {pts}: {len(got['frames'])} frames, {len(got['corrupt'])} corrupt, "
+                     f"{got['rejected']} packets rejected, {len(got['messages'])} messages")
+        if (got["corrupt"] and got["messages"] and len(got["frames"]) == 100
+                and not got["rejected"]):
+            break
+    else:
+        pytest.fail("no damaged slice that PyAV's decoder reports as damaged (frames marked "
+                    "corrupt and error messages, all 100 frames decoded, no packet rejected): "
+                    + "; ".join(tried))
     (root / "truncated.mp4").write_bytes(data[:int(len(data) * 0.6)])
     (root / "ann.csv").write_text("path,label,split,id\nclean.mp4,a,train,clean\n"
                                   "corrupt.mp4,a,train,corrupt\n"
                                   "truncated.mp4,a,train,truncated\n")
-    return {"root": root}
+    return {"root": root, "damaged_pts": pts, "damaged_bytes": (lo, hi)}
+
+
+def test_damaged_fixture_is_damage_the_decoder_reports(damaged):
+    """The fixture against PyAV's decoder itself: the clean video decodes without errors or
+    messages; the corrupt one differs only inside one slice's payload (every NAL length field
+    intact), decodes all 100 frames with messages from the H.264 decoder, the damaged frame
+    marked corrupt and unlike the clean one, every frame decoded before it unmarked and
+    identical to the clean one."""
+    root = damaged["root"]
+    clean, corrupt = (root / "clean.mp4").read_bytes(), (root / "corrupt.mp4").read_bytes()
+    lo, hi = damaged["damaged_bytes"]
+    assert len(clean) == len(corrupt) and clean[:lo] == corrupt[:lo]
+    assert clean[hi:] == corrupt[hi:] and clean[lo:hi] != corrupt[lo:hi]
+    size, packets = _avcc_packets(root / "corrupt.mp4")
+    assert (size, packets) == _avcc_packets(root / "clean.mp4")
+    for _, pos, n, _ in packets:  # the same NAL layout: no length field was touched
+        assert _nal_units(corrupt, pos, n, size) == _nal_units(clean, pos, n, size)
+    ref, got = _pyav_decode(root / "clean.mp4"), _pyav_decode(root / "corrupt.mp4")
+    assert ref["corrupt"] == [] and ref["rejected"] == 0 and len(ref["frames"]) == 100
+    assert ref["messages"] == []
+    assert got["rejected"] == 0 and len(got["frames"]) == 100
+    assert any(m.startswith("[h264] ") for m in got["messages"]), got["messages"]
+    hit = damaged["damaged_pts"]
+    assert hit in got["corrupt"]
+    clean_frames = {pts: rgb for pts, _, rgb in ref["frames"]}
+    assert not np.array_equal({p: a for p, _, a in got["frames"]}[hit], clean_frames[hit])
+    # frames decoded before the damaged packet (decode order; output is display order)
+    k = [pts for pts, *_ in packets].index(hit)
+    before = {pts for pts, *_ in packets[:k]}
+    assert len(before) >= 30
+    for pts, marked, rgb in got["frames"]:
+        if pts in before:
+            assert not marked and np.array_equal(rgb, clean_frames[pts]), pts
 
 
 def test_damaged_videos_keep_what_decodes_and_say_so(tmp_path, dh, damaged):

@@ -59,18 +59,21 @@ def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory, toy_train_prepared: Path) -> dict:
     """Run A: stopped after 8 steps (in epoch 2, after one validation), a stale event file with
-    a step the resumed run will redo planted in tb/, then resumed to the end."""
-    pytest.importorskip("tensorboard")
+    a step the resumed run will redo planted in tb/ (where the tensorboard package is
+    installed; the other checks of run A hold without it), then resumed to the end."""
     out = tmp_path_factory.mktemp("views") / "a"
     cfg = tiny(toy_train_prepared, "phases=[{frames=3, epochs=2}, "
                                    "{frames=2, epochs=1, freeze_bn=true, lr=0.001}]")
     first = train_quietly(cfg, out, stop_after_steps=STEPS + 2)
     after_stop = {"curves": (out / "curves.png").is_file(),
                   "events": sorted(p.name for p in (out / "tb").glob("events.out.*"))}
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(out / "tb")) as stale:  # as if written after the checkpoint
-        stale.add_scalar("train/loss", 123.0, STEPS + 3)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        pass
+    else:
+        with SummaryWriter(str(out / "tb")) as stale:  # as if written after the checkpoint
+            stale.add_scalar("train/loss", 123.0, STEPS + 3)
     resumed = train_quietly(cfg, out, resume=True)
     return {"out": out, "cfg": cfg, "printed": first + resumed, "after_stop": after_stop}
 
@@ -97,6 +100,7 @@ def test_curves_png_after_every_validation(run_a: dict) -> None:
 
 
 def test_tensorboard_events_equal_the_records_after_resume(run_a: dict) -> None:
+    pytest.importorskip("tensorboard")
     out = run_a["out"]
     assert len(run_a["after_stop"]["events"]) == 1
     # the resumed run rebuilt the events from metrics.jsonl: one file, no stale step 9
