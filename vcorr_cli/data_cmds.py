@@ -8,28 +8,62 @@ import click
 from vcorr.pipelines.errors import UserError
 
 
+_SQUARE_ONLY = ("frames", "canvas", "square", "min_step", "max_step", "wrap", "margin")
+_MOTION_ONLY = ("test_fraction", "fps", "seconds", "size", "qp", "workers", "no_progress")
+
+
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--videos", default=2000, show_default=True, help="Number of videos.")
-@click.option("--val-fraction", default=0.2, show_default=True, help="Share of the val split.")
-@click.option("--frames", default=3, show_default=True, help="Frames per video.")
-@click.option("--canvas", default=32, show_default=True, help="Frame size in pixels.")
-@click.option("--square", default=2, show_default=True, help="Square size in pixels.")
-@click.option("--min-step", default=7, show_default=True, help="Smallest move per frame.")
-@click.option("--max-step", default=9, show_default=True, help="Largest move per frame.")
-@click.option("--wrap/--no-wrap", default=False, show_default=True,
-              help="Wrap around the borders (for long clips) instead of staying inside.")
-@click.option("--margin", default=3, show_default=True,
-              help="Pixels kept free between the square and every border (without --wrap), so "
-                   "a two-layer 3x3 net cannot read the direction from a border.")
+@click.option("--kind", type=click.Choice(["square", "motion"]), default="square",
+              show_default=True, help="square: the CPNet poster's moving square; motion: the "
+              "motion benchmark's scenes (7 time-reversal pairs of classes and 2 controls).")
+@click.option("--videos", type=int, default=None,
+              help="Number of videos [default: 2000 square, 3200 motion].")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share of the val split [default: 0.2 square, 0.1 motion].")
 @click.option("--seed", default=0, show_default=True, help="Random seed (output is "
               "deterministic for a seed).")
-def toy(out: str, **kw) -> None:
-    """Write the CPNet moving-square toy dataset to OUT as lossless videos.
+@click.option("--frames", type=int, default=None, help="[square] Frames per video [default: 3].")
+@click.option("--canvas", type=int, default=None,
+              help="[square] Frame size in pixels [default: 32].")
+@click.option("--square", type=int, default=None,
+              help="[square] Square size in pixels [default: 2].")
+@click.option("--min-step", type=int, default=None,
+              help="[square] Smallest move per frame [default: 7].")
+@click.option("--max-step", type=int, default=None,
+              help="[square] Largest move per frame [default: 9].")
+@click.option("--wrap/--no-wrap", default=None,
+              help="[square] Wrap around the borders (for long clips) instead of staying "
+                   "inside [default: no-wrap].")
+@click.option("--margin", type=int, default=None,
+              help="[square] Pixels kept free between the square and every border (without "
+                   "--wrap), so a two-layer 3x3 net cannot read the direction from a border "
+                   "[default: 3].")
+@click.option("--test-fraction", type=float, default=None,
+              help="[motion] Share of the test split [default: 0.4].")
+@click.option("--fps", type=float, default=None,
+              help="[motion] Frames per second [default: 25].")
+@click.option("--seconds", type=float, default=None,
+              help="[motion] Video length [default: 2].")
+@click.option("--size", type=int, default=None,
+              help="[motion] Frame width and height in pixels, even [default: 128].")
+@click.option("--qp", type=int, default=None,
+              help="[motion] H.264 constant quantizer, 0-51 (higher: stronger artefacts) "
+                   "[default: 26].")
+@click.option("--workers", type=int, default=None,
+              help="[motion] Processes rendering and encoding [default: 1].")
+@click.option("--no-progress", is_flag=True, default=None,
+              help="[motion] Hide the progress bar.")
+def toy(out: str, kind: str, **kw) -> None:
+    """Write a synthetic dataset to OUT: the CPNet moving square or the motion benchmark.
 
-    A white square on a black canvas moves 7-9 pixels per frame up, down, left or right
-    (the four labels). Writes OUT/videos/*.mp4, OUT/annotations.csv (format 'list') and
-    OUT/classes.txt.
+    --kind square (default): a white square on a black canvas moves 7-9 pixels per frame up,
+    down, left or right (the four labels); lossless videos. --kind motion: textured scenes
+    whose target moves left/right, up/down (slow and fast), approaches/recedes, rotates
+    clockwise/counter-clockwise or is covered/uncovered; each class's pair partner is its exact
+    time reversal, so frame order is the only cue (see README). Both write OUT/videos/*.mp4,
+    OUT/annotations.csv (format 'list') and OUT/classes.txt; motion also OUT/motion.json.
+    Options marked [square] or [motion] belong to that kind only.
 
     \b
     Examples:
@@ -38,12 +72,34 @@ def toy(out: str, **kw) -> None:
       vcorr prepare --format list --annotations data/toy/annotations.csv \\
           --labels data/toy/classes.txt --root data/toy --out data/toy_h5 --short-side 0 \\
           --codec raw
+      vcorr toy data/motion --kind motion --workers 2
+      vcorr prepare --format list --annotations data/motion/annotations.csv \\
+          --labels data/motion/classes.txt --root data/motion --out data/motion64 \\
+          --short-side 64 --every 2
     """
-    from vcorr.pipelines.data.toy import ToyOptions, make_toy
+    other = _MOTION_ONLY if kind == "square" else _SQUARE_ONLY
+    wrong = [name for name in other if kw[name] is not None]
+    if wrong:
+        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+        raise UserError(f"{flags} {'is an option' if len(wrong) == 1 else 'are options'} of "
+                        f"--kind {'motion' if kind == 'square' else 'square'}, not of --kind "
+                        f"{kind}")
+    given = {k: v for k, v in kw.items() if v is not None and k not in other}
+    if kind == "square":
+        from vcorr.pipelines.data.toy import ToyOptions, make_toy
 
-    summary = make_toy(out, ToyOptions(**kw))
-    click.echo(f"wrote {summary['videos']} videos ({summary['train']} train, "
-               f"{summary['val']} val) to {summary['out']}")
+        summary = make_toy(out, ToyOptions(**given))
+        click.echo(f"wrote {summary['videos']} videos ({summary['train']} train, "
+                   f"{summary['val']} val) to {summary['out']}")
+        return
+    from vcorr.pipelines.data.motion import MotionOptions, make_motion
+
+    given["progress"] = not given.pop("no_progress", False)
+    summary = make_motion(out, MotionOptions(**given))
+    click.echo(f"wrote {summary['videos']} videos ({summary['train']} train, {summary['val']} "
+               f"val, {summary['test']} test; {len(summary['classes'])} classes, "
+               f"{summary['frames']} frames of {summary['size']}x{summary['size']} at "
+               f"{summary['fps']:g} fps) to {summary['out']}")
 
 
 def _parse_part(value: str) -> tuple[int, int]:

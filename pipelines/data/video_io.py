@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Self
@@ -41,7 +42,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, lossless
     import ffmpeg
 
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     path = Path(path)
     if lossless:
         out_kw = {"vcodec": codec or "libx264rgb", "qp": 0}
@@ -65,25 +66,138 @@ def write_videos_segmented(pattern: str | Path, frames: np.ndarray, frames_per_v
     segment muxer into files named by ``pattern`` (e.g. ``videos/toy_%05d.mp4``). One process
     instead of N keeps ``vcorr toy`` at about a second for 2000 videos.
     """
-    import ffmpeg
-
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
     n_total, h, w, _ = frames.shape
-    t = frames_per_video
-    if n_total % t:
+    if n_total % frames_per_video:
         raise ValueError("number of frames is not a multiple of frames_per_video")
-    cuts = ",".join(str(i) for i in range(t, n_total, t)) or str(n_total)
-    (
-        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", r=fps)
-        # A key frame at every cut, so every file starts cleanly and holds exactly t frames.
-        .output(str(pattern), vcodec="libx264rgb", qp=0, g=t, keyint_min=t, sc_threshold=0,
-                f="segment", segment_frames=cuts, reset_timestamps=1, segment_format="mp4")
-        .overwrite_output()
-        .run(cmd=ffmpeg_exe(), input=frames.tobytes(), quiet=True)
-    )
+    with SegmentedVideoWriter(pattern, n_total // frames_per_video, frames_per_video, h, w,
+                              fps) as writer:
+        writer.write(frames)
 
 
-class TimedVideoWriter:
+class _FfmpegWriter:
+    """What the writers feeding an ffmpeg process share: as a context manager, ``close()``
+    (finish the output) when the block succeeds and ``abort()`` when it raises."""
+
+    _proc: subprocess.Popen
+    _closed: bool
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Stop without finishing the output (the caller removes it)."""
+        self._closed = True
+        self._proc.kill()
+        self._proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class SegmentedVideoWriter(_FfmpegWriter):
+    """Many equally long videos from one ffmpeg process, frames streamed in.
+
+    The stream is cut every ``frames_per_video`` frames by ffmpeg's segment muxer into files
+    named by ``pattern`` (``%05d`` counts from ``start_number``). Two encodings:
+
+    - ``intra_qp=None``: lossless H.264 in RGB (qp 0), a key frame at every cut.
+    - ``intra_qp=Q``: H.264 yuv420p with every frame a key frame (``-g 1``), constant quantizer
+      ``Q`` (no rate control, hence no adaptive quantization either) and one encoder thread.
+      Each decoded frame then depends on that frame's pixels alone: not on its position, its
+      neighbours or the file, so reordering frames (time reversal) reorders the decoded
+      frames exactly, and a video's first frame is no sharper than its others.
+
+    ``rgbx``: frames come as (N, H, W, 4) RGBx (the 4th byte ignored) instead of RGB.
+
+    >>> with SegmentedVideoWriter("videos/v_%05d.mp4", 10, 50, 128, 128, 25.0, intra_qp=26) as w:
+    ...     w.write(frames)   # uint8 (N, H, W, 3) RGB, any N; 10 * 50 frames in all
+
+    Raises:
+        RuntimeError: ffmpeg failed (its last lines in the message).
+        ValueError: frames of the wrong size, or not ``videos * frames_per_video`` in all.
+    """
+
+    def __init__(self, pattern: str | Path, videos: int, frames_per_video: int, height: int,
+                 width: int, fps: float, *, intra_qp: int | None = None,
+                 preset: str = "veryfast", start_number: int = 0, rgbx: bool = False) -> None:
+        import ffmpeg
+
+        t = frames_per_video
+        self.pattern, self.height, self.width = str(pattern), height, width
+        self.channels = 4 if rgbx else 3
+        self.expected, self.written = videos * t, 0
+        cuts = ",".join(str(i) for i in range(t, videos * t, t)) or str(videos * t)
+        if intra_qp is None:
+            # A key frame at every cut, so every file starts cleanly and holds exactly t frames.
+            codec = {"vcodec": "libx264rgb", "qp": 0, "g": t, "keyint_min": t,
+                     "sc_threshold": 0}
+        else:
+            codec = {"vcodec": "libx264", "preset": preset, "qp": intra_qp, "g": 1,
+                     "keyint_min": 1, "bf": 0, "sc_threshold": 0, "threads": 1,
+                     "pix_fmt": "yuv420p"}
+        cmd = (
+            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb0" if rgbx else "rgb24",
+                         s=f"{width}x{height}", r=fps)
+            .output(self.pattern, **codec, f="segment", segment_frames=cuts,
+                    segment_start_number=start_number, reset_timestamps=1,
+                    segment_format="mp4")
+            .global_args("-loglevel", "error")
+            .overwrite_output()
+            .compile(cmd=ffmpeg_exe())
+        )
+        # stderr to a file: a pipe nobody reads until the end could fill up and stall ffmpeg.
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()/abort()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err)
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames, uint8 (N, H, W, 3) RGB, or (N, H, W, 4) RGBx with ``rgbx``."""
+        shape = (self.height, self.width, self.channels)
+        if frames.ndim != 4 or frames.shape[1:] != shape:
+            raise ValueError(f"frames {frames.shape} are not (N, {', '.join(map(str, shape))})")
+        self.written += len(frames)
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames, dtype=np.uint8).data)
+        except BrokenPipeError:
+            self._closed = True
+            self._proc.wait()
+            raise RuntimeError(self._failure()) from None
+
+    def _failure(self) -> str:
+        self._err.seek(0)
+        err = self._err.read().decode("utf-8", "replace")
+        return (f"ffmpeg failed writing {self.pattern} (exit {self._proc.returncode}): "
+                + " | ".join(err.strip().splitlines()[-3:]))
+
+    def close(self) -> None:
+        """Finish the files (waits for ffmpeg)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._proc.stdin.close()
+        code = self._proc.wait()
+        try:
+            if code:
+                raise RuntimeError(self._failure())
+            if self.written != self.expected:
+                raise ValueError(f"{self.pattern}: {self.written} frames written, "
+                                 f"{self.expected} announced")
+        finally:
+            self._err.close()
+
+    def abort(self) -> None:
+        """Stop without finishing the files (the caller removes them)."""
+        super().abort()
+        self._err.close()
+
+
+class TimedVideoWriter(_FfmpegWriter):
     """H.264 (yuv420p) mp4 of frames that keep their presentation times, written frame by
     frame (a long video never sits in memory).
 
@@ -158,17 +272,3 @@ class TimedVideoWriter:
             raise RuntimeError(f"ffmpeg failed on {self.path} (exit {code}): "
                                + " | ".join(err.strip().splitlines()[-3:]))
 
-    def abort(self) -> None:
-        """Stop without finishing the file (the caller removes it)."""
-        self._closed = True
-        self._proc.kill()
-        self._proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
