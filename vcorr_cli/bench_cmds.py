@@ -666,7 +666,7 @@ def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: i
               help="Comma-separated model keys (c2d,c3d,r2plus1d,x3d,nl,artnet,cpnet,corrnet,dcf); "
                    "c2d is required (the baseline).")
 @click.option("--videos", type=click.IntRange(min=32), default=None,
-              help="Generated videos in all (default 3000, --quick 1200).")
+              help="Generated videos in all (default 3200, --quick 1200).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs of every model (default 12, --quick 8).")
 @click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,

@@ -69,7 +69,7 @@ class LearnPlan:
     seed: int = 0
 
 
-FULL = LearnPlan(videos=3000, epochs=12)
+FULL = LearnPlan(videos=3200, epochs=12)
 QUICK = LearnPlan(videos=1200, epochs=8, models=(BASELINE, *MOTION_MODELS))
 
 
@@ -233,7 +233,7 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
     meta = read_json(videos / "motion.json")
     stage(["prepare", "--format", "list", "--annotations", str(videos / "annotations.csv"),
            "--labels", str(videos / "classes.txt"), "--root", str(videos), "--out", str(data),
-           *[str(a) for a in meta["prepare_args"]], "--workers", "2"])
+           *meta["recommended"]["prepare"].split(), "--workers", "2"])
     for key, (_, model) in names.items():
         # One validation, after the last epoch; the report's numbers are the test split's.
         stage(["train", str(config), "--data", str(data), "--out", str(runs / key),
@@ -253,8 +253,8 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
                    str(evals / f"{BASELINE}_original"), "--out", str(compares / key)])
     stage(["runs", *[str(runs / k) for k in names], "--plot", str(out / "curves.png")])
 
-    pairs = [tuple(p) for p in meta["pairs"]]
-    controls = list(meta["controls"])
+    pairs = [tuple(p) for p in meta["reversal_pairs"]]
+    controls = list(meta["control_classes"])
     rows: dict[str, dict[str, Any]] = {}
     for key, (label, model) in names.items():
         s = read_json(runs / key / "summary.json")
