@@ -36,8 +36,17 @@ import click
 @click.option("--compile", "with_compile", is_flag=True,
               help="Run the model under torch.compile (compiles at the first batch, and once "
                    "more if the batch size changes).")
+@click.option("--frame-order", type=click.Choice(["original", "reversed", "shuffled"]),
+              default="original", show_default=True,
+              help="Feed every clip's frames in this order (after sampling; all crops of a "
+                   "clip alike): reversed in time, or a fixed random permutation per clip "
+                   "(never the original order). For `vcorr compare --order`.")
+@click.option("--seed", type=int, default=None,
+              help="With --frame-order shuffled: seeds each clip's permutation together with "
+                   "its video id and clip index [default: 0].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>].")
+              help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>, "
+                   "then _reversed or _shuffled (_shuffled_seed<N>) for another frame order].")
 @click.option("--overwrite", is_flag=True,
               help="Replace earlier results in the output folder (they are moved aside to "
                    "OUT.old-N).")
@@ -45,8 +54,8 @@ import click
 def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops: str,
              full_frame: bool, crop_size: int | None, short_side: int | None, average: str,
              max_views_per_batch: int, workers: int, device: str | None, no_amp: bool,
-             with_compile: bool, out_dir: Path | None, overwrite: bool,
-             no_progress: bool) -> None:
+             with_compile: bool, frame_order: str, seed: int | None, out_dir: Path | None,
+             overwrite: bool, no_progress: bool) -> None:
     """Evaluate a training checkpoint with multi-view testing (clips x crops per video).
 
     Clips have the training clip length, interval and sampler; the frames of a video are read
@@ -56,29 +65,39 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
     A folder that holds results already is refused (--overwrite moves them aside). Top-5 is
     not reported for datasets of fewer than 6 classes (it would always be 100%).
 
+    With --frame-order reversed or shuffled the same views are fed with their frames
+    reordered (recorded as frame_order and frame_order_seed in metrics.json); `vcorr compare
+    ORIGINAL --order REORDERED` then shows per class how much accuracy drops, i.e. which
+    classes need motion.
+
     \b
     Examples:
       vcorr eval runs/toy/best.pt --data data/toy_h5 --clips 1 --crops 1
       vcorr eval runs/k400_c2d/best.pt --clips 25 --crops 10 --out results/c2d_25x10
       vcorr eval runs/ssv2_cpnet/best.pt --split val --clips 2 --crops 3 --average logits
       vcorr eval runs/k400_c2d/best.pt --clips 10 --full-frame --short-side 128
+      vcorr eval runs/ssv2_cpnet/best.pt --clips 2 --crops 3 --frame-order reversed
     """
     from rich.console import Console
     from rich.table import Table
 
+    from vcorr.pipelines.errors import UserError
     from vcorr.pipelines.evaluate import EvalSettings, evaluate_checkpoint
 
+    if seed is not None and frame_order != "shuffled":
+        raise UserError("--seed applies to --frame-order shuffled only")
     s = EvalSettings(clips=clips, crops=int(crops), crop_size=crop_size, short_side=short_side,
                      full_frame=full_frame, average=average,
                      max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp,
-                     compile=with_compile)
+                     compile=with_compile, frame_order=frame_order, frame_order_seed=seed or 0)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
                             progress=not no_progress, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     views = "full frame" if full_frame else f"{m['crops']} crop(s) of {m['crop_size']}"
+    order = "" if frame_order == "original" else f", frames {frame_order}"
     t = Table(title=f"{m['model_name']} on {split}: {clips} clip(s) x {views}, "
-                    f"{m['averaging']} averaged")
+                    f"{m['averaging']} averaged{order}")
     for col in ("videos", "failed", "top-1", "top-5", "mean class acc", "views/video",
                 "videos/s"):
         t.add_column(col, justify="right")
@@ -102,47 +121,82 @@ eval = eval_cmd  # registered in vcorr.cli.main as ("vcorr.cli.eval_cmds", "eval
 
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--baseline", required=True, type=click.Path(path_type=Path),
-              help="The baseline's `vcorr eval` output folder.")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="The baseline's `vcorr eval` output folder: per-class gains of each RESULT.")
+@click.option("--order", "reordered", multiple=True, type=click.Path(path_type=Path),
+              help="Instead of --baseline: a `vcorr eval --frame-order reversed|shuffled` result "
+                   "of the same checkpoint and views as RESULT (the original order); per-class "
+                   "drop. Repeat for several (one subfolder each).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("compare"),
               show_default=True,
-              help="Output folder (one subfolder per model when several are given).")
+              help="Output folder (one subfolder per model, or per --order result, when "
+                   "several are given).")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0),
-              help="How many largest gains and losses the summary lists.")
+              help="How many largest gains and losses (drops and rises) the summary lists.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier comparison in the output folder (moved aside to "
                    "OUT.old-N).")
-def compare(results: tuple[Path, ...], baseline: Path, out_dir: Path, top: int,
-            overwrite: bool) -> None:
-    """Per-class top-1 accuracy gain of each RESULT_DIR (a `vcorr eval` output) over the
+def compare(results: tuple[Path, ...], baseline: Path | None, reordered: tuple[Path, ...],
+            out_dir: Path, top: int, overwrite: bool) -> None:
+    """Per-class top-1 accuracy gain of each RESULT (a `vcorr eval` output folder) over the
     baseline: OUT/gains.png (sorted bar chart), gains.csv, gains.md, summary.json.
+
+    Which classes need motion? With --order, RESULT is one checkpoint's evaluation with the
+    frames in their original order and each --order result the same evaluation with
+    --frame-order reversed or shuffled; per class: accuracy original, accuracy reordered and
+    the drop (original - reordered), sorted by drop: OUT/drop.png, drop.csv, drop.md,
+    summary.json (mean drop). Results of other checkpoints (weights), views or class lists
+    are refused.
 
     \b
     Examples:
       vcorr compare results/cpnet --baseline results/c2d --out results/cpnet_vs_c2d
       vcorr compare results/cpnet results/corrnet --baseline results/c2d --top 5
+      vcorr compare runs/cpnet/eval_val_2x3 --order runs/cpnet/eval_val_2x3_reversed \\
+          --order runs/cpnet/eval_val_2x3_shuffled --out results/cpnet_order
     """
     from rich.console import Console
     from rich.table import Table
 
-    from vcorr.pipelines.evaluate import compare_results
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.evaluate import compare_orders, compare_results
 
-    summaries = compare_results(list(results), baseline, out_dir, top, overwrite=overwrite)
+    if (baseline is None) == (not reordered):
+        raise UserError("give either --baseline (gains over a baseline) or --order "
+                        "(drop with the frames reordered)")
     console = Console()
-    t = Table(title=f"per-class top-1 gain over {baseline}")
-    for col in ("model", "top-1", "overall gain", "mean class gain", "improved", "worse",
-                "equal"):
-        t.add_column(col, justify="right")
-    for s in summaries:
-        t.add_row(s["name"], f"{100 * s['model_top1']:.2f}%", f"{100 * s['overall_gain']:+.2f}",
-                  f"{100 * s['mean_per_class_gain']:+.2f}", str(s["improved"]),
-                  str(s["worse"]), str(s["equal"]))
+    if reordered:
+        if len(results) != 1:
+            raise UserError(f"--order compares one original-order RESULT, got {len(results)}")
+        summaries = compare_orders(results[0], list(reordered), out_dir, top,
+                                   overwrite=overwrite)
+        t = Table(title=f"{summaries[0]['model']}: per-class top-1 drop with reordered frames")
+        for col in ("frames", "top-1", "reordered top-1", "top-1 drop", "mean class drop",
+                    "dropped", "rose", "equal"):
+            t.add_column(col, justify="right")
+        for s in summaries:
+            t.add_row(s["frame_order"], f"{100 * s['original_top1']:.2f}%",
+                      f"{100 * s['reordered_top1']:.2f}%", f"{100 * s['top1_drop']:+.2f}",
+                      f"{100 * s['mean_drop']:+.2f}", str(s["dropped"]), str(s["rose"]),
+                      str(s["equal"]))
+        lists = (("largest drops", "largest_drops", "drop"),
+                 ("largest rises", "largest_rises", "drop"))
+    else:
+        summaries = compare_results(list(results), baseline, out_dir, top, overwrite=overwrite)
+        t = Table(title=f"per-class top-1 gain over {baseline}")
+        for col in ("model", "top-1", "overall gain", "mean class gain", "improved", "worse",
+                    "equal"):
+            t.add_column(col, justify="right")
+        for s in summaries:
+            t.add_row(s["name"], f"{100 * s['model_top1']:.2f}%",
+                      f"{100 * s['overall_gain']:+.2f}", f"{100 * s['mean_per_class_gain']:+.2f}",
+                      str(s["improved"]), str(s["worse"]), str(s["equal"]))
+        lists = (("largest gains", "largest_gains", "gain"),
+                 ("largest losses", "largest_losses", "gain"))
     console.print(t)
     for s in summaries:
-        if s["largest_gains"]:
-            console.print(f"{s['name']} largest gains: " + ", ".join(
-                f"{r['class']} {100 * r['gain']:+.1f}" for r in s["largest_gains"]))
-        if s["largest_losses"]:
-            console.print(f"{s['name']} largest losses: " + ", ".join(
-                f"{r['class']} {100 * r['gain']:+.1f}" for r in s["largest_losses"]))
+        for what, key, value in lists:
+            if s[key]:
+                console.print(f"{s['name']} {what}: " + ", ".join(
+                    f"{r['class']} {100 * r[value]:+.1f}" for r in s[key]))
         click.echo(f"wrote {s['out']}")

@@ -6,6 +6,9 @@ dataset's test mode with ``num_clips`` and no crop); the ``crops`` spatial views
 that tensor on the device, batched across videos up to ``max_views_per_batch``, and the view
 scores averaged per video (softmax probabilities or logits; flipped views label-swapped back).
 A video that cannot be read is reported in ``failed_videos`` and counted, never dropped.
+``frame_order`` reversed or shuffled feeds every clip's frames in that order
+(:func:`vcorr.pipelines.evaluate.views.order_frames`, in the workers, after sampling), for the
+temporal-order analysis of ``vcorr compare --order``.
 
 Outputs (atomic): ``metrics.json``, ``predictions.csv``, ``scores.npz``. A folder that holds
 them already is refused before the model runs (:mod:`vcorr.pipelines.outputs`), unless
@@ -14,6 +17,7 @@ them already is refused before the model runs (:mod:`vcorr.pipelines.outputs`), 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -32,7 +36,8 @@ from vcorr.pipelines.data.samplers import make_sampler
 from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
-from vcorr.pipelines.evaluate.views import CROP_CHOICES, average_views
+from vcorr.pipelines.evaluate.views import (CROP_CHOICES, FRAME_ORDERS, average_views,
+                                            order_frames)
 from vcorr.pipelines.fileio import write_atomic
 from vcorr.pipelines.outputs import check_folder, move_aside
 
@@ -52,6 +57,8 @@ class EvalSettings:
     workers: int = 2
     amp: bool = True                  # autocast on CUDA
     compile: bool = False             # torch.compile the model (pipelines.runtime)
+    frame_order: str = "original"     # original | reversed | shuffled (views.FRAME_ORDERS)
+    frame_order_seed: int = 0         # shuffled: seeds each clip's permutation with its video
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -70,10 +77,12 @@ class _Resize(nn.Module):
 
 
 class _SafeVideos(torch.utils.data.Dataset):
-    """Items of a test-mode dataset as dicts; a video that fails to read gives its error."""
+    """Items of a test-mode dataset as dicts, the clips' frames in ``frame_order``; a video
+    that fails to read gives its error."""
 
-    def __init__(self, ds: VideoClipDataset) -> None:
-        self.ds = ds
+    def __init__(self, ds: VideoClipDataset, frame_order: str = "original",
+                 seed: int = 0) -> None:
+        self.ds, self.frame_order, self.seed = ds, frame_order, seed
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -83,6 +92,7 @@ class _SafeVideos(torch.utils.data.Dataset):
             clips, _ = self.ds[index]
             if clips.dim() == 4:  # num_clips == 1
                 clips = clips.unsqueeze(0)
+            clips = order_frames(clips, self.frame_order, self.ds.videos[index]["id"], self.seed)
             return {"index": index, "clips": clips, "error": ""}
         except Exception as exc:  # noqa: BLE001 - reported per video, never dropped
             return {"index": index, "clips": None,
@@ -118,6 +128,16 @@ def view_geometry(cfg: dict, crop_size: int | None = None,
     return int(crop), int(side) or None
 
 
+def check_settings(s: EvalSettings) -> None:
+    """Raises:
+        UserError: ``crops`` or ``frame_order`` is not one of the choices."""
+    if s.crops not in CROP_CHOICES:
+        raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
+    if s.frame_order not in FRAME_ORDERS:
+        raise UserError(f"--frame-order must be one of {', '.join(FRAME_ORDERS)}, "
+                        f"got {s.frame_order!r}")
+
+
 def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, interval: int,
               sampler: str, crop_size: int, short_side: int | None, normalize: bool,
               settings: EvalSettings, swap_map: dict[int, int], device: torch.device,
@@ -130,8 +150,7 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
     spent waiting for data, building views and in the model. ``normalize``: subtract ``mean``
     and divide by ``std`` (0-1 RGB; the checkpoint's ``data.mean``/``data.std``)."""
     s = settings
-    if s.crops not in CROP_CHOICES:
-        raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
+    check_settings(s)
     model.eval()
     scores: dict[int, torch.Tensor] = {}
 
@@ -146,7 +165,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
     r = feed_prepared(batcher, root, split, frames=frames, interval=interval, sampler=sampler,
                       short_side=short_side, clips=s.clips, workers=s.workers, device=device,
                       limit=limit, rank=rank, world_size=world_size,
-                      progress="eval" if progress else None)
+                      progress="eval" if progress else None, frame_order=s.frame_order,
+                      seed=s.frame_order_seed)
     ds = r["dataset"]
     order = sorted(scores)
     return {
@@ -164,10 +184,12 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
                   interval: int, sampler: str, short_side: int | None, clips: int, workers: int,
                   device: torch.device, limit: int | None = None, rank: int = 0,
                   world_size: int = 1, progress: str | None = None,
-                  only: Sequence[int] | None = None) -> dict[str, Any]:
+                  only: Sequence[int] | None = None, frame_order: str = "original",
+                  seed: int = 0) -> dict[str, Any]:
     """Read the ``clips`` test clips of every video of a prepared ``split`` (this rank's share;
     ``only``: just these video indices) in DataLoader workers and ``batcher.add`` them under
-    the video's index; flushes at the end.
+    the video's index; flushes at the end. ``frame_order``/``seed``: the order of each clip's
+    frames (:func:`vcorr.pipelines.evaluate.views.order_frames`).
 
     Returns the dataset, the failed videos (id, label, error), the number of videos and the
     seconds spent waiting for data. ``progress``: a bar with this title counting videos done
@@ -189,7 +211,7 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
 
         batcher.on_done = on_done
     loader = torch.utils.data.DataLoader(
-        _SafeVideos(ds), batch_size=1, sampler=order,
+        _SafeVideos(ds, frame_order, seed), batch_size=1, sampler=order,
         num_workers=workers, collate_fn=_first, pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None)
     failed: list[dict[str, Any]] = []
@@ -247,10 +269,27 @@ def compute_metrics(scores: np.ndarray, labels: list[int] | np.ndarray,
 # --- the command -------------------------------------------------------------------------------
 
 def default_out(checkpoint: str | Path, split: str, settings: EvalSettings) -> Path:
-    """``CHECKPOINT's folder/eval_<split>_<clips>x<crops or full>``."""
+    """``CHECKPOINT's folder/eval_<split>_<clips>x<crops or full>``, then ``_reversed`` or
+    ``_shuffled`` (``_shuffled_seed<N>`` for a seed other than 0) when the frames are not in
+    their original order, so that the order runs sit beside the original one."""
     s = settings
-    return Path(checkpoint).parent / (
-        f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}")
+    name = f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}"
+    if s.frame_order != "original":
+        name += f"_{s.frame_order}"
+        if s.frame_order == "shuffled" and s.frame_order_seed:
+            name += f"_seed{s.frame_order_seed}"
+    return Path(checkpoint).parent / name
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes, in order): two results
+    with the same digest were computed with the same weights, wherever the checkpoint lay."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: str | Path | None,
@@ -273,7 +312,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     out = Path(out) if out is not None else default_out(checkpoint, split, s)
     move_old = check_folder(out, EVAL_OUTPUTS, overwrite=overwrite,
                             what="the results of an earlier `vcorr eval`")
+    check_settings(s)
     model, ckpt = model_from_checkpoint(checkpoint)
+    digest = weights_digest(model)
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])
     if not (root / "index.csv").is_file():
@@ -313,6 +354,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
         "short_side": short_side, "frames": frames, "interval": interval, "sampler": sampler,
         "label_swap": bool(swap_map), "dataset": str(root), "split": split,
         "checkpoint": str(checkpoint), "model_name": ckpt.get("model_name", cfg["model"]["name"]),
+        "weights_sha256": digest, "frame_order": s.frame_order,
+        "frame_order_seed": s.frame_order_seed if s.frame_order == "shuffled" else None,
         "device": str(dev), "settings": asdict(s), "timing": r["timing"],
     })
     metrics["seconds"] = time.perf_counter() - t_start
