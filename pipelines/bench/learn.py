@@ -216,7 +216,7 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     stages: list[dict[str, Any]] = []
-    total = 2 + 4 * len(names) + 1
+    total = 2 + 5 * len(names)
 
     def stage(args: list[str]) -> None:
         cmd = "vcorr " + shlex.join(args)
@@ -251,6 +251,9 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
         if key != BASELINE:
             stage(["compare", str(evals / f"{key}_original"), "--baseline",
                    str(evals / f"{BASELINE}_original"), "--out", str(compares / key)])
+        # Per class: how much accuracy the reversed order costs (how much it needs motion).
+        stage(["compare", str(evals / f"{key}_original"), "--order", str(evals / f"{key}_reversed"),
+               "--out", str(compares / f"{key}_order")])
     stage(["runs", *[str(runs / k) for k in names], "--plot", str(out / "curves.png")])
 
     pairs = [tuple(p) for p in meta["reversal_pairs"]]
@@ -276,7 +279,9 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
     result["artefacts"] = {"report": str(out / "report.md"), "learn.json": str(out / "learn.json"),
                            "pairs figure": str(figure), "curves": str(out / "curves.png"),
                            **{f"compare {k}": str(compares / k / "gains.png")
-                              for k in names if k != BASELINE}}
+                              for k in names if k != BASELINE},
+                           **{f"reversed {k}": str(compares / f"{k}_order" / "drop.png")
+                              for k in names}}
     missing = [p for p in result["artefacts"].values()
                if not p.endswith(("report.md", "learn.json")) and not Path(p).exists()]
     if missing:
@@ -364,6 +369,7 @@ def report_md(out: Path, r: dict[str, Any]) -> str:
     checks_md = "\n".join(f"- [{'x' if c['holds'] else ' '}] {c['check']}: measured "
                           f"{_fmt(c['measured'])}" for c in r["checks"])
     compares = "\n".join(f"![{k}]({v})" for k, v in rel.items() if k.startswith("compare "))
+    drops = "\n".join(f"![{k}]({v})" for k, v in rel.items() if k.startswith("reversed "))
     return f"""# vcorr bench learn: does each model learn motion?
 
 {p['videos']} generated videos ({len(r['classes'])} classes: {len(r['pairs'])} time-reversal
@@ -387,6 +393,10 @@ pair, the share of videos whose class scores above its reversed partner (chance 
 ## Per-class gains over C2D (`vcorr compare`)
 
 {compares}
+
+## Per-class drop under reversed frame order (`vcorr compare --order`)
+
+{drops}
 
 ## Training curves (`vcorr runs --plot`)
 
