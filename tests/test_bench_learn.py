@@ -61,9 +61,10 @@ def test_summary_and_checks_on_hand_made_scores():
     assert good["pair_mean"] == 1.0 and good["controls"] == 1.0
     assert good["pair_mean_reversed"] == 0.0 and good["drop_reversed"] == pytest.approx(0.8)
     assert base["drop_reversed"] == 0.0 and base["controls"] == 1.0
+    good["label"] = "CPNet"
     got = {c["check"]: c["holds"] for c in checks({BASELINE: base, "cpnet": good})}
     assert got["C2D at least 90% on the controls"] is True
-    assert got["cpnet at least 30 points above C2D on the pairs"] is (good["pair_mean"]
+    assert got["CPNet at least 30 points above C2D on the pairs"] is (good["pair_mean"]
                                                                       - base["pair_mean"] >= 0.3)
     assert got["C2D pair mean within 5 points of 50%"] is (abs(base["pair_mean"] - 0.5) <= 0.05)
 

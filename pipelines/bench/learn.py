@@ -182,18 +182,18 @@ def checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if base is None:
         return out
     pm = base["pair_mean"]
-    out.append({"check": "C2D pair mean within 5 points of 50%", "measured": pm,
+    out.append({"check": "C2D pair mean within 5 points of 50%", "measured": _pct(pm),
                 "holds": pm is not None and abs(pm - 0.5) <= 0.05})
-    outside = [p["pair"] for p in base["pairs"] if p["within_chance_interval"] is False]
+    outside = [" / ".join(p["pair"]) for p in base["pairs"] if p["within_chance_interval"] is False]
     out.append({"check": "no C2D pair outside the 99% binomial interval of chance",
-                "measured": outside, "holds": not outside})
-    out.append({"check": "C2D at least 90% on the controls", "measured": base["controls"],
+                "measured": ", ".join(outside) or "none outside", "holds": not outside})
+    out.append({"check": "C2D at least 90% on the controls", "measured": _pct(base["controls"]),
                 "holds": base["controls"] is not None and base["controls"] >= 0.9})
     for k in MOTION_MODELS:
         if k in rows and rows[k]["pair_mean"] is not None and pm is not None:
             gain = rows[k]["pair_mean"] - pm
-            out.append({"check": f"{k} at least 30 points above C2D on the pairs",
-                        "measured": gain, "holds": gain >= 0.30})
+            out.append({"check": f"{rows[k].get('label', k)} at least 30 points above C2D on the pairs",
+                        "measured": f"{_pct(gain, True)} points", "holds": gain >= 0.30})
     return out
 
 
@@ -367,7 +367,7 @@ def report_md(out: Path, r: dict[str, Any]) -> str:
     m = r["machine"]
     stages = "\n".join(f"{s['command']}    # {s['seconds']:.1f} s" for s in r["stages"])
     checks_md = "\n".join(f"- [{'x' if c['holds'] else ' '}] {c['check']}: measured "
-                          f"{_fmt(c['measured'])}" for c in r["checks"])
+                          f"{c['measured']}" for c in r["checks"])
     compares = "\n".join(f"![{k}]({v})" for k, v in rel.items() if k.startswith("compare "))
     drops = "\n".join(f"![{k}]({v})" for k, v in rel.items() if k.startswith("reversed "))
     return f"""# vcorr bench learn: does each model learn motion?
@@ -412,8 +412,3 @@ Machine: {m['cpus']} CPUs ({m['processor']}), {m['torch_threads']} torch threads
 Python {m['python']}, torch {m['torch']}; device {r['device']}.
 """
 
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{100 * x:.1f}" + ("%" if 0 <= x <= 1 else "")
-    return str(x)
