@@ -3,12 +3,15 @@ published binomial tables. The benchmark itself is a benchmark, not a test (READ
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vcorr.pipelines.bench.learn import (BASELINE, LearnPlan, binomial_interval, checks,
-                                         model_names, pair_accuracy, summarize_model)
+                                         model_names, pair_accuracy, read_scores,
+                                         summarize_model)
+from vcorr.pipelines.data.motion import REVERSAL_PAIRS
 from vcorr.pipelines.errors import UserError
 
 CLASSES = ["left", "right", "up", "down", "ctrl_a"]
@@ -75,3 +78,52 @@ def test_plan_needs_the_baseline_and_known_models():
     with pytest.raises(UserError, match="unknown model key"):
         model_names(LearnPlan(videos=100, epochs=1, models=("c2d", "nope")))
     assert list(model_names(LearnPlan(videos=100, epochs=1, models=("dcf", "c2d")))) == ["c2d", "dcf"]
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """``vcorr bench learn`` on 64 videos, C2D and CorrNet, one epoch: every stage as a real
+    command (about a minute on 2 cores). Learning is not the point here (the benchmark is)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("learn") / "out"
+    proc = subprocess.run([sys.executable, "-m", "vcorr", "bench", "learn", "--models",
+                           "c2d,corrnet", "--videos", "64", "--epochs", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_smoke_runs_every_stage_and_writes_the_report(smoke):
+    import json
+
+    out, proc = smoke
+    r = json.loads((out / "learn.json").read_text())
+    verbs = [s["command"].split()[1] for s in r["stages"]]
+    assert verbs == (["toy", "prepare", "train", "train"] + ["eval"] * 4
+                     + ["compare"] * 3 + ["runs"])
+    evals = [s["command"] for s in r["stages"] if s["command"].split()[1] == "eval"]
+    assert all("--split test" in c and "--crops 3" in c for c in evals)
+    assert sum("--frame-order reversed" in c for c in evals) == 2
+    for name, path in r["artefacts"].items():
+        assert Path(path).exists(), name
+        assert str(path) in proc.stdout, name
+    report = (out / "report.md").read_text()
+    assert "| C2D (`c2d_tiny`) |" in report and "| CorrNet (`corrnet_tiny`) |" in report
+    assert "![pairs](pairs.png)" in report and "![curves](curves.png)" in report
+    assert [tuple(p) for p in r["pairs"]] == [tuple(p) for p in REVERSAL_PAIRS]
+
+
+def test_smoke_c2d_scores_do_not_depend_on_frame_order(smoke):
+    """Through the whole pipeline (prepare, sampling, views, averaging), C2D's test scores on
+    reversed clips equal those on the original clips: its drop is zero by construction."""
+    out, _ = smoke
+    orig = read_scores(out / "eval" / "c2d_original")
+    rev = read_scores(out / "eval" / "c2d_reversed")
+    assert orig["ids"] == rev["ids"] and len(orig["ids"]) > 0
+    np.testing.assert_allclose(orig["scores"], rev["scores"], rtol=0, atol=1e-5)
+    corr = read_scores(out / "eval" / "corrnet_original")
+    corr_rev = read_scores(out / "eval" / "corrnet_reversed")
+    assert np.abs(corr["scores"] - corr_rev["scores"]).max() > 1e-4  # it does see order

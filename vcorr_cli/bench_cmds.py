@@ -690,10 +690,7 @@ def learn(out_dir: Path, quick: bool, model_keys: str | None, videos: int | None
     """
     import dataclasses
 
-    from rich.console import Console
-    from rich.table import Table
-
-    from vcorr.cli.demo_cmd import run_vcorr
+    from vcorr.cli.demo_cmd import echo_learn_result, run_vcorr
     from vcorr.pipelines.bench.learn import FULL, QUICK, run_learn
 
     plan = QUICK if quick else FULL
@@ -706,19 +703,5 @@ def learn(out_dir: Path, quick: bool, model_keys: str | None, videos: int | None
         changes["epochs"] = epochs
     plan = dataclasses.replace(plan, **changes)
     r = run_learn(out_dir, plan, run_vcorr, echo=click.echo, device=device)
-    t = Table(title=f"Does it learn motion? {plan.videos} videos, {plan.epochs} epochs, "
-                    f"test split ({r['seconds']:.0f} s)")
-    for col in ("model", "params (M)", "test top-1", "pairs", "controls", "gain vs C2D",
-                "drop reversed", "train time"):
-        t.add_column(col, justify="right")
-    for row in r["rows"].values():
-        t.add_row(row["label"], f"{row['params'] / 1e6:.2f}", f"{100 * row['top1']:.1f}%",
-                  f"{100 * (row['pair_mean'] or 0):.1f}%",
-                  f"{100 * (row['controls'] or 0):.1f}%",
-                  f"{100 * (row['pair_gain_over_c2d'] or 0):+.1f}",
-                  f"{100 * row['drop_reversed']:+.1f}", f"{row['train_seconds']:.0f} s")
-    Console().print(t)
-    for c in r["checks"]:
-        click.echo(f"{'ok ' if c['holds'] else 'NO '} {c['check']}")
-    for name, path in r["artefacts"].items():
-        click.echo(f"{name}: {path}")
+    echo_learn_result(r, f"Does it learn motion? {plan.videos} videos, {plan.epochs} epochs, "
+                         f"test split ({r['seconds']:.0f} s)")

@@ -71,6 +71,9 @@ class LearnPlan:
 
 FULL = LearnPlan(videos=3200, epochs=12)
 QUICK = LearnPlan(videos=1200, epochs=8, models=(BASELINE, *MOTION_MODELS))
+# `vcorr demo`: C2D and the three papers' models, sized for about 10 minutes on 2 CPU cores.
+DEMO = LearnPlan(videos=1200, epochs=6, models=(BASELINE, *MOTION_MODELS))
+DEMO_QUICK = LearnPlan(videos=320, epochs=3, models=(BASELINE, *MOTION_MODELS))
 
 
 def configs_dir() -> Path:
