@@ -7,6 +7,7 @@ Use the registry: ``create_model(name, num_classes=..., **overrides)``, ``list_m
 from vcorr.models import zoo as _zoo  # noqa: F401  (registers the variants)
 from vcorr.models import zoo_corr as _zoo_corr  # noqa: F401  (CorrNet / DCF / X3D variants)
 from vcorr.models import zoo_sources as _zoo_sources  # noqa: F401  (torchvision / PyTorchVideo layouts)
+from vcorr.models import zoo_tiny as _zoo_tiny  # noqa: F401  (CPU-size variants of every family)
 from vcorr.models.cp import CPModule, knn_other_frames, knn_other_frames_dense
 from vcorr.models.heads import ClassifierHead, TRNHead
 from vcorr.models.layers import (Conv2Plus1d, StemSpec, conv_2d, conv_2plus1d, conv_3d,

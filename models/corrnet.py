@@ -30,7 +30,7 @@ from vcorr.models.layers import (ConvFactory, StemSpec, conv_2d, conv_2d_tpool, 
                                  conv_temporal_spatial, zero_init_bn)
 from vcorr.models.ops import LearnableCorrelation
 from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, HeadFactory, PluginFactory, StageSpec,
-                                 VideoResNet)
+                                 VideoResNet, stage_layout)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
 
@@ -168,17 +168,21 @@ def stage_frames(num_frames: int, temporal_strides: Sequence[int]) -> list[int]:
 def resnet_backbone(depth: int, *, num_classes: int, conv: Any, stem: StemSpec,
                     strides: Sequence[int] = (1, 2, 2, 2),
                     temporal_strides: Sequence[int] = (1, 1, 1, 1),
+                    widths: Sequence[int] = (64, 128, 256, 512),
+                    stage_blocks: Sequence[int] | None = None,
                     after: Placement | None = None, head: HeadFactory | None = None,
                     dropout: float = 0.5, in_channels: int = 3) -> VideoResNet:
     """Bottleneck/basic ResNet-``depth`` with res2..res5 as data (what :func:`vcorr.models.zoo.video_resnet`
     does, plus a free stem and res2 stride, which CorrNet's Table 2 needs).
 
     ``conv``: one middle-conv factory, or one per stage. ``after``: plug-ins per stage name.
+    ``widths``: block widths of res2..res5; ``stage_blocks``: blocks per stage replacing the
+    depth's (:func:`vcorr.models.resnet.stage_layout`).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
-    if depth not in DEPTHS:
-        raise ValueError(f"unsupported depth {depth}; expected one of {sorted(DEPTHS)}")
-    block, layout = DEPTHS[depth]
+    block, layout = stage_layout(depth, stage_blocks)
+    if len(widths) != len(STAGE_NAMES):
+        raise ValueError(f"widths must give {len(STAGE_NAMES)} stage widths, got {tuple(widths)}")
     after = dict(after or {})
     unknown = set(after) - set(STAGE_NAMES)
     if unknown:
@@ -186,7 +190,7 @@ def resnet_backbone(depth: int, *, num_classes: int, conv: Any, stem: StemSpec,
     convs = list(conv) if isinstance(conv, (list, tuple)) else [conv] * 4
     stages = [StageSpec(name, n, w, stride=s, temporal_stride=ts, block=block, conv=c,
                         after=tuple(after.get(name, ())))
-              for name, n, w, s, ts, c in zip(STAGE_NAMES, layout, (64, 128, 256, 512), strides,
+              for name, n, w, s, ts, c in zip(STAGE_NAMES, layout, widths, strides,
                                               temporal_strides, convs)]
     return VideoResNet(stages, num_classes, stem=stem, in_channels=in_channels, head=head,
                        dropout=dropout)
@@ -206,11 +210,15 @@ CORRNET_TEMPORAL_STRIDES = (1, 1, 2, 2)  # Table 2: L, L, L/2, L/4
 def corr_resnet(depth: int = 26, *, num_classes: int, conv: str | ConvFactory = "2plus1d",
                 res2_conv: str | ConvFactory | None = None, stem_width: int = 64,
                 temporal_strides: Sequence[int] = CORRNET_TEMPORAL_STRIDES,
+                strides: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (64, 128, 256, 512),
+                stage_blocks: Sequence[int] | None = None,
                 after: Placement | None = None, dropout: float = 0.5,
                 in_channels: int = 3) -> VideoResNet:
     """The CorrNet backbone family (Table 2): R2D (``conv="2d"``) or R(2+1)D (``"2plus1d"``).
 
     ``res2_conv`` overrides res2's middle conv (CorrNet: "2d", no temporal convs there).
+    ``strides``, ``widths``, ``stage_blocks``: spatial strides, widths and blocks of res2..res5
+    (Table 2: res2 strided too; :func:`resnet_backbone`).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
     convs = [_resolve(conv)] * 4
@@ -219,8 +227,9 @@ def corr_resnet(depth: int = 26, *, num_classes: int, conv: str | ConvFactory = 
     # conv1 1x7x7 stride (1,2,2), no max-pool: res2 takes 112 px and strides to 56 (Table 2).
     stem = StemSpec(stem_width, partial(conv_2d, k=7), (1, 2, 2), pool=False)
     return resnet_backbone(depth, num_classes=num_classes, conv=convs, stem=stem,
-                           strides=(2, 2, 2, 2), temporal_strides=temporal_strides, after=after,
-                           dropout=dropout, in_channels=in_channels)
+                           strides=strides, temporal_strides=temporal_strides, widths=widths,
+                           stage_blocks=stage_blocks, after=after, dropout=dropout,
+                           in_channels=in_channels)
 
 
 def r2d(depth: int = 26, **kw: Any) -> VideoResNet:
@@ -248,7 +257,9 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
             dilation: int = 2, groups: int | None = None, group_size: int = 32,
             filtered: bool = True, share_time: bool = False, reduction: int = 4,
             stem_width: int = 32, res2_temporal: bool = False,
-            conv: str | ConvFactory = "2plus1d", dropout: float = 0.5,
+            conv: str | ConvFactory = "2plus1d", strides: Sequence[int] = (2, 2, 2, 2),
+            widths: Sequence[int] = (64, 128, 256, 512),
+            stage_blocks: Sequence[int] | None = None, dropout: float = 0.5,
             in_channels: int = 3) -> VideoResNet:
     """CorrNet-``depth`` (Sec. 4, 6.1, 6.3): the R(2+1)D backbone with correlation blocks.
 
@@ -256,7 +267,8 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
     or "concat" (Table 4). ``groups=1``: Table 4 "w/o grouping"; ``filtered=False``: "w/o
     filter"; ``kernel_size``: Fig. 3. ``stem_width=32`` and ``res2_temporal=False`` are the
     paper's FLOP-matching changes (Sec. 6.1); ``stem_width=64, res2_temporal=True`` is the plain
-    backbone plus correlation blocks.
+    backbone plus correlation blocks. ``strides``, ``widths``, ``stage_blocks``: the backbone's
+    (:func:`corr_resnet`).
     Shape: (B, in_channels, num_frames, H, W) -> (B, num_classes).
     """
     if block not in CORR_BLOCKS:
@@ -273,4 +285,5 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
         after[stage] = tuple((i, factory) for i in idx)
     return corr_resnet(depth, num_classes=num_classes, conv=conv,
                        res2_conv=None if res2_temporal else "2d", stem_width=stem_width,
+                       strides=strides, widths=widths, stage_blocks=stage_blocks,
                        after=after, dropout=dropout, in_channels=in_channels)

@@ -37,7 +37,7 @@ from vcorr.models.corrnet import correlation_macs, resnet_backbone
 from vcorr.models.layers import StemSpec, conv_2d, conv_temporal_spatial, zero_init_bn
 from vcorr.models.ops import correlation, dcf_offsets
 from vcorr.models.resnet import STAGE_NAMES, PluginFactory, VideoResNet
-from vcorr.models.x3d import x3d
+from vcorr.models.x3d import X3D_DEPTHS, X3D_WIDTHS, x3d
 
 DCF_STAGES = ("res2", "res3", "res4")                       # Sec. 3.3: stage2, stage3, stage4
 PLACES = ("stem",) + STAGE_NAMES                            # "stem" = DCF's stage1 (Table 2)
@@ -212,15 +212,20 @@ def dcf_plugins(stages: Sequence[str] = DCF_STAGES, *, reduction: int, kernel_si
 
 def r2plus1d_dw(depth: int = 50, *, num_classes: int,
                 after: Mapping[str, Sequence[tuple[int, PluginFactory]]] | None = None,
-                stem_after: Sequence[PluginFactory] = (), dropout: float = 0.5,
+                stem_after: Sequence[PluginFactory] = (), stem_width: int = 64,
+                stem_pool: bool = True, widths: Sequence[int] = (64, 128, 256, 512),
+                stage_blocks: Sequence[int] | None = None, dropout: float = 0.5,
                 in_channels: int = 3) -> VideoResNet:
     """DCF's R(2+1)D ResNet-``depth`` (appendix Table 6): channel-wise 3x1x1 + 1x3x3 middle conv,
-    no temporal downsampling, 1x7x7 stem with max-pool.
+    no temporal downsampling, 1x7x7 stem with max-pool. ``stem_width``, ``stem_pool``,
+    ``widths``, ``stage_blocks``: smaller backbones (:func:`vcorr.models.corrnet.resnet_backbone`).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes)."""
-    stem = StemSpec(64, partial(conv_2d, k=7), (1, 2, 2), pool=True, after=tuple(stem_after))
+    stem = StemSpec(stem_width, partial(conv_2d, k=7), (1, 2, 2), pool=stem_pool,
+                    after=tuple(stem_after))
     return resnet_backbone(depth, num_classes=num_classes,
                            conv=partial(conv_temporal_spatial, depthwise=True), stem=stem,
-                           after=after, dropout=dropout, in_channels=in_channels)
+                           widths=widths, stage_blocks=stage_blocks, after=after,
+                           dropout=dropout, in_channels=in_channels)
 
 
 def _split(plugins: Mapping[str, PluginFactory]) -> dict[str, Any]:
@@ -232,23 +237,34 @@ def _split(plugins: Mapping[str, PluginFactory]) -> dict[str, Any]:
 def dcf_r2plus1d(depth: int = 50, *, num_classes: int, dcf_stages: Sequence[str] = DCF_STAGES,
                  reduction: int = 4, kernel_size: int = 5,
                  temporal_ranges: Mapping[str, int] | None = None, long_term: bool = True,
-                 pyramid: bool = True, dropout: float = 0.5, in_channels: int = 3) -> VideoResNet:
-    """DCF on R(2+1)D-``depth`` (Sec. 3.3, Table 3-5); switches as :func:`dcf_plugins`.
+                 pyramid: bool = True, stem_width: int = 64, stem_pool: bool = True,
+                 widths: Sequence[int] = (64, 128, 256, 512),
+                 stage_blocks: Sequence[int] | None = None, dropout: float = 0.5,
+                 in_channels: int = 3) -> VideoResNet:
+    """DCF on R(2+1)D-``depth`` (Sec. 3.3, Table 3-5); switches as :func:`dcf_plugins`, backbone
+    sizes as :func:`r2plus1d_dw`.
     Shape: (B, in_channels, T, H, W) -> (B, num_classes)."""
     plugins = dcf_plugins(dcf_stages, reduction=reduction, kernel_size=kernel_size,
                           temporal_ranges=temporal_ranges, long_term=long_term, pyramid=pyramid)
-    return r2plus1d_dw(depth, num_classes=num_classes, dropout=dropout, in_channels=in_channels,
-                       **_split(plugins))
+    return r2plus1d_dw(depth, num_classes=num_classes, stem_width=stem_width, stem_pool=stem_pool,
+                       widths=widths, stage_blocks=stage_blocks, dropout=dropout,
+                       in_channels=in_channels, **_split(plugins))
 
 
 def dcf_x3d(*, num_classes: int, dcf_stages: Sequence[str] = DCF_STAGES, reduction: int = 2,
             kernel_size: int = 5, temporal_ranges: Mapping[str, int] | None = None,
             long_term: bool = True, pyramid: bool = True, dropout: float = 0.5,
-            stem_t: int = 3, shortcut_norm: str = "always", in_channels: int = 3) -> VideoResNet:
-    """DCF on X3D (Sec. 3.3, Tables 1-4); switches as :func:`dcf_plugins`. ``stem_t`` and
-    ``shortcut_norm`` as :func:`vcorr.models.x3d.x3d` (``stem_t=5`` takes a PyTorchVideo X3D backbone).
+            stem_t: int = 3, shortcut_norm: str = "always", stem_width: int = 24,
+            widths: Sequence[int] = X3D_WIDTHS, depths: Sequence[int] = X3D_DEPTHS,
+            strides: Sequence[int] = (2, 2, 2, 2), head_hidden: int = 2048,
+            in_channels: int = 3) -> VideoResNet:
+    """DCF on X3D (Sec. 3.3, Tables 1-4); switches as :func:`dcf_plugins`. ``stem_t``,
+    ``shortcut_norm`` and the backbone sizes (``stem_width``, ``widths``, ``depths``,
+    ``strides``, ``head_hidden``) as :func:`vcorr.models.x3d.x3d` (``stem_t=5`` takes a
+    PyTorchVideo X3D backbone).
     Shape: (B, in_channels, T, H, W) -> (B, num_classes)."""
     plugins = dcf_plugins(dcf_stages, reduction=reduction, kernel_size=kernel_size,
                           temporal_ranges=temporal_ranges, long_term=long_term, pyramid=pyramid)
     return x3d(num_classes=num_classes, dropout=dropout, in_channels=in_channels, stem_t=stem_t,
-               shortcut_norm=shortcut_norm, **_split(plugins))
+               shortcut_norm=shortcut_norm, stem_width=stem_width, widths=widths, depths=depths,
+               strides=strides, head_hidden=head_hidden, **_split(plugins))

@@ -285,3 +285,24 @@ DEPTHS: dict[int, tuple[BlockFactory, tuple[int, int, int, int]]] = {
     152: (Bottleneck, (3, 8, 36, 3)),
 }
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+
+
+def stage_layout(depth: int, stage_blocks: Sequence[int] | None = None
+                 ) -> tuple[BlockFactory, tuple[int, int, int, int]]:
+    """The block factory and blocks per stage (res2..res5) of ResNet-``depth``.
+
+    ``stage_blocks`` replaces the depth's blocks per stage and keeps its block kind (basic for
+    18/34, bottleneck from 26 up), e.g. ``(1, 1, 1, 1)`` for the CPU-size variants of
+    :mod:`vcorr.models.zoo_tiny`. Raises ``ValueError`` for an unknown depth or a layout that is
+    not four positive counts.
+    """
+    if depth not in DEPTHS:
+        raise ValueError(f"unsupported depth {depth}; expected one of {sorted(DEPTHS)}")
+    block, layout = DEPTHS[depth]
+    if stage_blocks is None:
+        return block, layout
+    counts = tuple(int(n) for n in stage_blocks)
+    if len(counts) != len(STAGE_NAMES) or min(counts) < 1:
+        raise ValueError(f"stage_blocks must be {len(STAGE_NAMES)} positive block counts "
+                         f"(res2..res5), got {tuple(stage_blocks)}")
+    return block, counts  # type: ignore[return-value]

@@ -145,12 +145,13 @@ def x3d(*, num_classes: int, widths: Sequence[int] = X3D_WIDTHS,
         stem_width: int = 24, stem_t: int = 3, se_ratio: float = 1 / 16, head_hidden: int = 2048,
         shortcut_norm: str = "always", head_pool: Sequence[int] | None = None,
         after: Mapping[str, Sequence[tuple[int, PluginFactory]]] | None = None,
-        stem_after: Sequence[PluginFactory] = (), dropout: float = 0.5,
-        in_channels: int = 3) -> VideoResNet:
+        stem_after: Sequence[PluginFactory] = (), strides: Sequence[int] = (2, 2, 2, 2),
+        dropout: float = 0.5, in_channels: int = 3) -> VideoResNet:
     """X3D-S/M (clip size picks the variant). ``after``: plug-ins per stage (res2..res5);
     ``stem_after``: plug-ins after the stem (DCF's "stage1"). ``stem_t`` (the stem's temporal
     kernel), ``shortcut_norm`` (:class:`X3DBlock`) and ``head_pool`` (:class:`X3DHead`'s
     ``pool_kernel``) also express PyTorchVideo's X3D (5, "widening", the training clip's size).
+    ``strides``: spatial stride of each stage's first block (X3D: 2 everywhere).
 
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
@@ -159,9 +160,12 @@ def x3d(*, num_classes: int, widths: Sequence[int] = X3D_WIDTHS,
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; expected {STAGE_NAMES}")
     block = partial(X3DBlock, bottleneck=bottleneck, se_ratio=se_ratio, shortcut_norm=shortcut_norm)
-    stages = [StageSpec(name, n, w, stride=2, block=block, conv=conv_depthwise,
+    if not len(widths) == len(depths) == len(strides) == len(STAGE_NAMES):
+        raise ValueError(f"widths, depths and strides need {len(STAGE_NAMES)} values each "
+                         f"(res2..res5), got {tuple(widths)}, {tuple(depths)}, {tuple(strides)}")
+    stages = [StageSpec(name, n, w, stride=s, block=block, conv=conv_depthwise,
                         after=tuple(after.get(name, ())), pass_index=True)
-              for name, n, w in zip(STAGE_NAMES, depths, widths)]
+              for name, n, w, s in zip(STAGE_NAMES, depths, widths, strides)]
     stem = StemSpec(stem_width, partial(x3d_stem_conv, t=stem_t), (1, 2, 2), pool=False,
                     after=tuple(stem_after))
     head = partial(X3DHead, inner=int(bottleneck * widths[-1]), hidden=head_hidden,

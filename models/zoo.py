@@ -16,8 +16,8 @@ from vcorr.models.heads import ClassifierHead, TRNHead
 from vcorr.models.layers import ConvFactory, StemSpec, conv_2d, conv_3d, resolve_conv
 from vcorr.models.nonlocal_block import NonLocalBlock
 from vcorr.models.registry import register_model
-from vcorr.models.resnet import (DEPTHS, STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory,
-                                 PlainBlock, PluginFactory, StageSpec, VideoResNet)
+from vcorr.models.resnet import (STAGE_NAMES, BlockFactory, Bottleneck, HeadFactory, PlainBlock,
+                                 PluginFactory, StageSpec, VideoResNet, stage_layout)
 
 Placement = Mapping[str, Sequence[tuple[int, PluginFactory]]]
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -39,7 +39,8 @@ def place(factory: PluginFactory, blocks: Mapping[str, Sequence[int]]) -> dict[s
 
 def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
                  stem_conv: str | ConvFactory = "2d", stem_t: int = 3, stem_width: int = 64,
-                 stem_pool: bool = True, widths: Sequence[int] = BASE_WIDTHS,
+                 stem_k: int = 7, stem_stride: int = 2, stem_pool: bool = True,
+                 stage_blocks: Sequence[int] | None = None, widths: Sequence[int] = BASE_WIDTHS,
                  strides: Sequence[int] = (1, 2, 2, 2),
                  temporal_strides: Sequence[int] = (1, 1, 1, 1), block: Any = None,
                  conv_a_t: Sequence[Any] = ((1,),) * 4,
@@ -50,8 +51,10 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
     """A ResNet-``depth`` video network (stages res2..res5, stem 7x7 stride 2 + max-pool).
 
     ``conv``: a conv kind ("2d", "3d", "2plus1d") or factory, or one per stage. ``block``: a
-    block factory (or one per stage) replacing the depth's default. ``stem_conv``: "2d" (1x7x7),
-    "3d" (``stem_t`` x7x7) or a factory. ``strides``: spatial stride of each stage's first block.
+    block factory (or one per stage) replacing the depth's default. ``stem_conv``: "2d"
+    (1 x ``stem_k`` x ``stem_k``), "3d" (``stem_t`` x ``stem_k`` x ``stem_k``) or a factory;
+    ``stem_stride``: its spatial stride. ``stage_blocks``: blocks per stage replacing the depth's
+    (:func:`vcorr.models.resnet.stage_layout`). ``strides``: spatial stride of each stage's first block.
     ``conv_a_t``: per stage, the cycle of temporal kernels of the blocks' first conv (bottleneck
     blocks; :class:`vcorr.models.resnet.Bottleneck`). ``stage_pools``: a max-pool after a stage
     (:class:`vcorr.models.resnet.StageSpec` ``pool``). ``head_pool``: the classifier's windowed
@@ -59,9 +62,7 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
     stage name.
     Shape: (B, in_channels, T, H, W) -> (B, num_classes).
     """
-    if depth not in DEPTHS:
-        raise ValueError(f"unsupported depth {depth}; expected one of {sorted(DEPTHS)}")
-    default_block, layout = DEPTHS[depth]
+    default_block, layout = stage_layout(depth, stage_blocks)
     post_add, after = dict(post_add or {}), dict(after or {})
     unknown = (set(post_add) | set(after)) - set(STAGE_NAMES)
     if unknown:
@@ -69,8 +70,8 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
     convs = [resolve_conv(c) for c in _per_stage(conv)]
     blocks: list[BlockFactory] = [b or default_block for b in _per_stage(block)]
     if isinstance(stem_conv, str):
-        stem_factory = (partial(conv_3d, k=7, t=stem_t) if stem_conv == "3d"
-                        else resolve_conv(stem_conv, k=7))
+        stem_factory = (partial(conv_3d, k=stem_k, t=stem_t) if stem_conv == "3d"
+                        else resolve_conv(stem_conv, k=stem_k))
     else:
         stem_factory = stem_conv
     stage_pools = dict(stage_pools or {})
@@ -92,7 +93,7 @@ def video_resnet(depth: int = 18, *, num_classes: int, conv: Any = "2d",
         for name, n, w, s, ts, b, c, cyc in zip(STAGE_NAMES, layout, widths, _per_stage(strides),
                                                 temporal_strides, blocks, convs, cycles)
     ]
-    return VideoResNet(stages, num_classes, stem=StemSpec(stem_width, stem_factory, (1, 2, 2), stem_pool),
+    return VideoResNet(stages, num_classes, stem=StemSpec(stem_width, stem_factory, (1, stem_stride, stem_stride), stem_pool),
                        in_channels=in_channels, head=head, dropout=dropout)
 
 
@@ -113,7 +114,7 @@ def artnet(depth: int = 18, *, smart_stages: Sequence[str] = ("res2", "res3", "r
     """ARTNet: C3D ResNet whose conv1 and the blocks of ``smart_stages`` use SMART units
     (ARTNet-ResNet-18 of Wang et al. 2018 as listed in CPNet supp. Table 1)."""
     blocks = [smart_block if name in smart_stages else None for name in STAGE_NAMES]
-    stem = partial(smart_conv, k=7, t=3) if smart_stem else "3d"
+    stem = partial(smart_conv, k=kw.get("stem_k", 7), t=3) if smart_stem else "3d"
     return video_resnet(depth, conv="3d", stem_conv=stem, block=blocks, **kw)
 
 

@@ -294,6 +294,9 @@ EXPECT: dict[str, tuple] = {
     "ptv_i3d_r50": ("centre", 40, 10),
     "ptv_slow_r50": ("centre", 19, 9),
     "ptv_csn_r101": ("refused", "64x1x3x3x3 in the model"),   # channel-wise 3x3x3 convs
+    **{n: ("none", "CPU-size variant: no ImageNet 2D ResNet of its widths") for n in (
+        "c2d_tiny", "c3d_tiny", "artnet_tiny", "nl_c2d_tiny", "cpnet_tiny", "r2plus1d_tiny",
+        "corrnet_tiny", "r2plus1d_dw_tiny", "dcf_tiny", "x3d_tiny", "dcf_x3d_tiny")},
 }
 
 
