@@ -668,7 +668,7 @@ def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: i
 @click.option("--videos", type=click.IntRange(min=32), default=None,
               help="Generated videos in all (default 3200, --quick 1200).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs of every model (default 12, --quick 8).")
+              help="Training epochs of every model (default 6, --quick 6).")
 @click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
               help="tiny: the CPU-size models (*_tiny); full: the registered paper sizes (GPU).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the videos and training.")
