@@ -393,7 +393,9 @@ def test_models_json() -> None:
     names = [row["name"] for row in rows]
     assert all(n.startswith("c2d_") for n in names) and len(set(names)) == len(names)
     for row in rows:
-        assert isinstance(row["params"], int) and row["params"] > 1_000_000
+        # millions for the paper sizes; c2d_tiny (the motion benchmark's CPU size) has 0.31 M
+        assert isinstance(row["params"], int) and row["params"] > (
+            100_000 if row["name"].endswith("_tiny") else 1_000_000)
         shape = row["input_shape"]
         assert len(shape) == 4 and shape[0] == 3 and all(isinstance(x, int) and x > 0
                                                          for x in shape)
