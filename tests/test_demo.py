@@ -1,4 +1,4 @@
-"""``vcorr demo --toy --quick`` end to end (issue 8): run as a real process, as a user types it.
+"""``vcorr demo --quick`` end to end (issue 8): run as a real process, as a user types it.
 
 Checks that every stage ran as a real ``vcorr`` command, every artefact exists, the report
 embeds the figures and the table, C2D stays at chance on the shortcut-free toy and CPNet beats
@@ -22,7 +22,7 @@ STAGES = ["toy", "prepare"] + ["train"] * 6 + ["eval"] * 6 + ["compare", "visual
 def quick_demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("demo") / "out"
     # A fresh process with torch's default threads (the suite pins itself to one thread).
-    proc = subprocess.run([sys.executable, "-m", "vcorr", "demo", "--toy", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "vcorr", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
