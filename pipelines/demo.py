@@ -81,6 +81,35 @@ def _table_md(rows: Sequence[dict[str, Any]], views: str) -> str:
     return "\n".join(lines)
 
 
+class Stages:
+    """Runs ``vcorr`` commands one at a time through ``run(args)``, printing each command first
+    (so every stage can be rerun by hand) and recording it with its time in seconds."""
+
+    def __init__(self, run: Callable[[list[str]], None], echo: Callable[[str], None],
+                 total: int) -> None:
+        self.run, self.echo, self.total = run, echo, total
+        self.done: list[dict[str, Any]] = []
+
+    def __call__(self, args: list[str]) -> None:
+        cmd = "vcorr " + shlex.join(args)
+        self.echo(f"\n[{len(self.done) + 1}/{self.total}] $ {cmd}")
+        t = time.perf_counter()
+        self.run(args)
+        self.done.append({"command": cmd, "seconds": round(time.perf_counter() - t, 2)})
+
+
+def new_folder(out: Path, what: str) -> None:
+    """Create ``out``, which must be new or empty.
+
+    Raises:
+        UserError: ``out`` holds files (``what`` never overwrites results).
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists and is not empty; give another --out "
+                        f"({what} never overwrites results)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def run_demo(out: str | Path, plan: DemoPlan, run: Callable[[list[str]], None],
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage into ``out`` (which must not hold files yet); returns demo.json's dict.
@@ -88,21 +117,11 @@ def run_demo(out: str | Path, plan: DemoPlan, run: Callable[[list[str]], None],
     ``run(args)`` executes ``vcorr *args`` and raises on failure.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not empty; give another --out "
-                        "(the demo never overwrites results)")
     configs = configs_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    new_folder(out, "the demo")
     start = time.perf_counter()
-    stages: list[dict[str, Any]] = []
-    total = 2 + 2 * len(MODELS) + 2
-
-    def stage(args: list[str]) -> None:
-        cmd = "vcorr " + shlex.join(args)
-        echo(f"\n[{len(stages) + 1}/{total}] $ {cmd}")
-        t = time.perf_counter()
-        run(args)
-        stages.append({"command": cmd, "seconds": round(time.perf_counter() - t, 2)})
+    stage = Stages(run, echo, total=2 + 2 * len(MODELS) + 2)
+    stages = stage.done
 
     toy, data, runs, evals = out / "toy", out / "toy_h5", out / "runs", out / "eval"
     stage(["toy", str(toy), "--videos", str(plan.videos), "--seed", "0"])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vcorr.pipelines.demo import machine, read_json
+from vcorr.pipelines.demo import Stages, machine, new_folder, read_json
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.fileio import write_atomic
 
@@ -214,22 +213,12 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
         UserError: ``out`` holds files, an unknown model key, or a stage's output is missing.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not empty; give another --out "
-                        "(the benchmark never overwrites results)")
     names = model_names(plan)
     config = configs_dir() / CONFIG
-    out.mkdir(parents=True, exist_ok=True)
+    new_folder(out, "the benchmark")
     start = time.perf_counter()
-    stages: list[dict[str, Any]] = []
-    total = 2 + 5 * len(names)
-
-    def stage(args: list[str]) -> None:
-        cmd = "vcorr " + shlex.join(args)
-        echo(f"\n[{len(stages) + 1}/{total}] $ {cmd}")
-        t = time.perf_counter()
-        run(args)
-        stages.append({"command": cmd, "seconds": round(time.perf_counter() - t, 2)})
+    stage = Stages(run, echo, total=2 + 5 * len(names))
+    stages = stage.done
 
     videos, data = out / "motion", out / "motion_h5"
     runs, evals, compares = out / "runs", out / "eval", out / "compare"
