@@ -22,7 +22,9 @@ setup(
         "torch",
         "torchvision",
         "decord>=0.6.0",
-        "av>=10",  # fallback decoder for the frame widths decord 0.6 cannot convert
+        # fallback decoder (frame widths decord 0.6 cannot convert, damaged files); 13.1:
+        # Packet.opaque/Frame.opaque, which carry decode positions to count damaged frames
+        "av>=13.1",
         "ffmpeg-python>=0.2.0",
         "imageio-ffmpeg>=0.4.9",
         "h5py>=3.8",

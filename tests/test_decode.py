@@ -336,6 +336,19 @@ def _pyav_decode(path: Path) -> dict:
             "messages": [f"[{name}] {text.strip()}" for _, name, text in logs]}
 
 
+def _reference_slices(path: Path) -> list[tuple[int, tuple[int, int]]]:
+    """(pts, NAL unit) of the slices of an H.264 mp4's reference frames (nal_ref_idc > 0:
+    later frames predict from them, so damage spreads) other than key frames, over 64 bytes,
+    the packets nearest the middle of the video first."""
+    data = path.read_bytes()
+    length_size, packets = _avcc_packets(path)
+    return [(pts, unit) for _, pts, unit in sorted(
+        (abs(i - len(packets) // 2), pts, unit)
+        for i, (pts, pos, size, _) in enumerate(packets)
+        for unit in _nal_units(data, pos, size, length_size)
+        if data[unit[0]] & 0x1F == 1 and data[unit[0]] & 0x60 and unit[1] > 64)]
+
+
 def _damage_one_slice(data: bytes, nal: tuple[int, int], seed: int) -> tuple[bytes, int, int]:
     """``data`` with random bytes over the last three quarters of one slice NAL unit's
     payload, and the overwritten range: the length fields and the NAL header stay intact,
@@ -367,19 +380,12 @@ def damaged(tmp_path_factory) -> dict:
             "noise=alls=20:allf=t", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250",
             "-movflags", "+faststart", str(clean))
     data = clean.read_bytes()
-    length_size, packets = _avcc_packets(clean)
     reference = _pyav_decode(clean)
     assert (len(reference["frames"]) == 100 and not reference["corrupt"]
             and not reference["rejected"]), f"{clean}: the clean video does not decode cleanly"
-    # slices of reference frames (nal_ref_idc > 0: later frames predict from them, so the
-    # damage spreads) other than the key frame, nearest the middle first
-    slices = [(abs(i - len(packets) // 2), pts, unit)
-              for i, (pts, pos, size, _) in enumerate(packets)
-              for unit in _nal_units(data, pos, size, length_size)
-              if data[unit[0]] & 0x1F == 1 and data[unit[0]] & 0x60 and unit[1] > 64]
     corrupt = root / "corrupt.mp4"
     tried = []
-    for _, pts, unit in sorted(slices)[:8]:
+    for pts, unit in _reference_slices(clean)[:8]:
         damaged_data, lo, hi = _damage_one_slice(data, unit, seed=len(tried))
         corrupt.write_bytes(damaged_data)
         got = _pyav_decode(corrupt)
@@ -464,6 +470,109 @@ def test_damaged_videos_keep_what_decodes_and_say_so(tmp_path, dh, damaged):
     assert min(dh.psnr(a, b) for a, b in zip(stored, ref)) > 35
     s = __import__("vcorr.pipelines.data.inspect", fromlist=["summarize"]).summarize(out)
     assert s["warnings"] == 2
+
+
+@pytest.fixture(scope="module")
+def bframe_damage(tmp_path_factory, dh) -> dict:
+    """A clean 4 s H.264 video with B-frames (crf 30, ``-bf 2``: frames decoded after a
+    reference frame are shown before it) and two copies with one slice of a reference frame
+    damaged, as in ``damaged`` (nearest the middle first, up to 8 tries):
+
+    * ``silent``: PyAV's decoder marks a frame corrupt (it concealed the damage) but says
+      nothing at warning level or worse, nor rejects a packet;
+    * ``bframes``: a damage the decoder marks, where frames shown *before* the marked one
+      differ visibly (PSNR < 30 dB) from the clean video: B-frames predicted from it.
+
+    Every damage that FFmpeg reports is one of the two kinds or both; some damages decode
+    without any sign (the random bytes parse as valid data) and are skipped."""
+    root = tmp_path_factory.mktemp("bframes")
+    clean = root / "clean.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=4", "-vf",
+            "noise=alls=20:allf=t", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250",
+            "-crf", "30", "-bf", "2", "-movflags", "+faststart", str(clean))
+    data = clean.read_bytes()
+    reference = _pyav_decode(clean)
+    assert len(reference["frames"]) == 100 and not reference["corrupt"]
+    found: dict = {"root": root, "clean": clean}
+    tried = []
+    for seed, (pts, unit) in enumerate(_reference_slices(clean)[:8]):
+        path = root / f"damage{seed}.mp4"
+        path.write_bytes(_damage_one_slice(data, unit, seed=seed)[0])
+        got = _pyav_decode(path)
+        shown = [p for p, *_ in got["frames"]]
+        visible = [dh.psnr(a, b) < 30 for (_, _, a), (_, _, b)
+                   in zip(got["frames"], reference["frames"])]
+        tried.append(f"pts {pts}: {len(got['corrupt'])} corrupt, {len(got['messages'])} "
+                     f"messages, {sum(visible)} visibly damaged")
+        if not got["corrupt"] or got["rejected"] or len(shown) != 100:
+            continue
+        if not got["messages"]:
+            found.setdefault("silent", path)
+        if any(visible[:shown.index(got["corrupt"][0])]):
+            found.setdefault("bframes", path)
+        if "silent" in found and "bframes" in found:
+            return found
+    pytest.fail(f"found only {sorted(found)} of silent and bframes damage: " + "; ".join(tried))
+
+
+def _visibly_damaged(path: Path, clean: Path) -> int:
+    """Frames of ``path`` (through the layer, on its default path) below 30 dB PSNR against
+    the same frames of the clean video: damage anyone would see."""
+    from conftest import psnr
+
+    got, ref = VideoReader(path).read(range(100)), VideoReader(clean).read(range(100))
+    return sum(psnr(a, b) < 30 for a, b in zip(got, ref))
+
+
+def test_damage_concealed_without_a_message_is_reported_on_the_fast_path(bframe_damage):
+    """FFmpeg conceals the damage and marks the frame corrupt, but says nothing an ERROR-level
+    log shows: decord (which hides the corrupt flag) must not pass the file as clean. The
+    clean file still takes the fast path."""
+    clean = VideoReader(bframe_damage["clean"])
+    clean.read(range(100))
+    assert clean.decord_ok and clean.report.decoder == "decord"
+    assert clean.report.problem() is None and clean.report.log == []
+    reader = VideoReader(bframe_damage["silent"])
+    assert reader.decord_ok  # nothing in the container says it is damaged
+    reader.read(range(100))
+    rep = reader.report
+    assert rep.problem() is not None and rep.frames_corrupt >= 1
+    assert any("concealing" in line for line in rep.log), rep.log
+    visible = _visibly_damaged(bframe_damage["silent"], bframe_damage["clean"])
+    assert 0 < visible <= rep.frames_corrupt + rep.frames_after_damage
+
+
+@pytest.mark.parametrize("force_pyav", [False, True])
+def test_b_frames_shown_before_a_damaged_frame_are_counted(bframe_damage, force_pyav):
+    """B-frames decoded after a damaged reference frame but shown before it predict from it:
+    the damaged-frame count covers every frame that differs visibly from the clean video."""
+    reader = VideoReader(bframe_damage["bframes"], force_pyav=force_pyav)
+    reader.read(range(100))
+    rep = reader.report
+    visible = _visibly_damaged(bframe_damage["bframes"], bframe_damage["clean"])
+    assert rep.frames_corrupt >= 1 and 0 < visible <= rep.frames_corrupt + rep.frames_after_damage
+
+
+def test_damage_spreads_in_decode_order_up_to_the_key_frames():
+    """A hand-made stream: I0 P3 b1 b2 P6 b4 b5 P9 b7 b8, then an open-GOP key frame I12 whose
+    leading frames b10 b11 predict from before it, P15 b13 b14, a second key frame I18, a
+    rejected packet, P21. P6 is marked corrupt: b4 b5 (shown before it, decoded after) and
+    P9 b7 b8 are damaged; so are b10 b11 (shown before I12), not P15 b13 b14 (after I12); and
+    P21, decoded after the rejected packet."""
+    from vcorr.pipelines.data.decode import DecodedFrame, count_damage
+
+    layout = [(0, True), (3, False), (1, False), (2, False), (6, False), (4, False),
+              (5, False), (9, False), (7, False), (8, False), (12, True), (10, False),
+              (11, False), (15, False), (13, False), (14, False), (18, True), (16, False),
+              (17, False), (None, False), (21, False)]
+    frames = [DecodedFrame(pos, n, n == 6, key) for pos, (n, key) in enumerate(layout)
+              if n is not None]
+    rejected = [pos for pos, (n, _) in enumerate(layout) if n is None]
+    # output (presentation) order must not matter
+    frames.sort(key=lambda f: f.number)
+    assert count_damage(frames, rejected) == (1, 5 + 2 + 1)
+    assert count_damage(frames) == (1, 7)
+    assert count_damage([f for f in frames if f.number != 6]) == (0, 0)
 
 
 def test_strict_turns_warnings_into_failures(tmp_path, dh, damaged):

@@ -8,13 +8,16 @@ chunks of bounded size (a 4K video never sits in memory whole):
 * **decord** is the fast path where it is known to be right: it opened the file, counts the
   same frames as the container, the frame rate is constant, the orientation is a pure
   rotation (decord 0.6 applies rotations but not mirroring), frames are at most 720p (above,
-  its decode-ahead buffers cost gigabytes and it is slower than PyAV), and it printed nothing
-  while decoding (FFmpeg reports damaged data on stderr; decord then conceals it silently).
+  its decode-ahead buffers cost gigabytes and it is slower than PyAV), and its FFmpeg printed
+  nothing while decoding, at INFO level (decord conceals damaged data and hides the corrupt
+  flag; FFmpeg's error concealment may say so only at INFO level).
 * **PyAV** (its wheel bundles FFmpeg) decodes everything else, sequentially, packet by packet:
   no duration or frame count in the header (piped Matroska, browser WebM), mirrored display
   matrices, variable frame rates, widths decord cannot convert, and damaged files. Frames that
-  decode are kept; packets the decoder rejects and frames it marks corrupt (error-concealed)
-  are counted in :class:`DecodeReport`, so the caller can say what happened.
+  decode are kept; packets the decoder rejects, frames it marks corrupt (error-concealed) and
+  frames decoded after them up to the next key frame (:func:`count_damage`) are counted in
+  :class:`DecodeReport`, so the caller can say what happened. Damage the decoder does not
+  notice (bytes that happen to parse as valid data) cannot be seen by either decoder.
 
 Selection is by time: ``fps=F`` keeps, for each time k/F from the first frame's presentation
 time up to the end of the video, the frame whose presentation time is nearest (exact ties go
@@ -444,7 +447,8 @@ class DecodeReport:
     frames_expected: int = 0
     frames_decoded: int = 0
     frames_corrupt: int = 0  # decoded with errors (error-concealed, marked corrupt)
-    frames_after_damage: int = 0  # predicted from damaged frames, before the next key frame
+    # decoded after a damaged frame (decode order), before the next key frame: count_damage
+    frames_after_damage: int = 0
     frames_repeated: int = 0  # repeated timestamps (the decoder filled a gap with a neighbour)
     packets_rejected: int = 0
     stream_end: float = 0.0  # seconds: end of the last decoded frame
@@ -640,6 +644,14 @@ class VideoReader:
         from torch.utils.dlpack import from_dlpack
 
         info = self.info
+        # decord shows no frame's corrupt flag, and FFmpeg's error concealment says what it
+        # hides only at INFO level ("concealing N DC, N AC, N MV errors"), with no error
+        # before it when the damaged data happens to parse: at decord's default (ERROR) such
+        # damage would pass unseen. Any message sends the video to PyAV, which counts; so
+        # does a process whose stderr cannot be captured (decord's messages unseen).
+        if not log.sees_stderr:
+            return 0
+        decord.logging.set_level(decord.logging.INFO)
         try:
             scale = {} if size is None else {"height": size[0], "width": size[1]}
             vr = decord.VideoReader(str(self.path), num_threads=1, **scale)
@@ -697,18 +709,24 @@ class VideoReader:
         with av.open(str(self.path)) as container:
             stream = video_stream(container)
             stream.codec_context.thread_count = 1  # parallelism comes from prepare's workers
+            # Each frame carries its packet's decode position (frame.opaque): damage spreads
+            # in decode order, which B-frames leave (see count_damage).
+            stream.codec_context.copy_opaque = True
             tb = float(stream.time_base) if stream.time_base else 0.0
             spacing = 1.0 / info.fps if info.fps > 0 else 0.04
             t0, number, last_time = info.start_pts, 0, None
-            # Damage spreads: frames predicted from a damaged or lost frame are damaged too,
-            # up to the next key frame, though the decoder marks only the first one.
-            tainted = False
+            position = -1  # decode position of the last packet sent
+            shown: list[DecodedFrame] = []
+            rejected: list[int] = []
             for packet in _packets(container, stream, log):
+                if packet is not None:
+                    position += 1
+                    packet.opaque = position
                 try:
                     frames = stream.decode(packet)
                 except av.error.FFmpegError as exc:
                     rep.packets_rejected += 1
-                    tainted = True
+                    rejected.append(position)
                     log.append(f"decoder: {_ffmpeg_message(exc)}")
                     continue
                 for frame in frames:
@@ -722,21 +740,65 @@ class VideoReader:
                     if last_time is not None and time <= last_time + 1e-9:
                         rep.frames_repeated += 1  # not later than the last frame: a filler
                         continue
-                    if frame.is_corrupt:
-                        rep.frames_corrupt += 1
-                        tainted = True
-                    elif frame.key_frame:
-                        tainted = False
-                    elif tainted:
-                        rep.frames_after_damage += 1
+                    # a decoder that does not pass opaque on: the latest packet's position,
+                    # an upper bound (counts the frame as damaged rather than clean)
+                    at = frame.opaque if isinstance(frame.opaque, int) else position
+                    shown.append(DecodedFrame(at, number, frame.is_corrupt, frame.key_frame))
                     last_time = times[number] = time
                     number += 1
                     convert(sel.feed(number - 1, time, frame))
             convert(sel.finish())
             out.flush()
+        rep.frames_corrupt, rep.frames_after_damage = count_damage(shown, rejected)
         rep.frames_decoded = number
         if last_time is not None:
             rep.stream_end = last_time + (info.duration - float(info.times[-1]))
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One frame the decoder output: its packet's position in decode order, its number in
+    presentation order, whether the decoder marked it corrupt (error-concealed), whether it
+    is a key frame."""
+
+    position: int
+    number: int
+    corrupt: bool
+    key: bool
+
+
+def count_damage(frames: Sequence[DecodedFrame], rejected: Sequence[int] = ()) -> tuple[int, int]:
+    """Frames decoded with errors, and frames damaged through prediction from them.
+
+    The decoder marks only the frame whose data is damaged (or none, for a packet it rejects:
+    ``rejected`` holds those packets' decode positions), but every frame decoded after it may
+    predict from it, directly or through other frames, up to the next key frame: in decode
+    order, so B-frames shown *before* a damaged reference frame but decoded after it count.
+    After a key frame, only frames shown before it (an open GOP's leading B-frames, which
+    may predict from the previous GOP) still count, up to the key frame after it. Frames
+    decoded before the damage never depend on it. This is an upper bound: a damaged frame
+    that no frame predicts from (a non-reference B-frame) is counted as if one did.
+
+    Returns:
+        (frames marked corrupt, other frames decoded after damage before the next key frame)
+    """
+    events = sorted([(f.position, 1, f) for f in frames] + [(p, 0, None) for p in rejected],
+                    key=lambda e: (e[0], e[1]))
+    corrupt = after = 0
+    damaged = False
+    clean_from: int | None = None  # number of the first key frame decoded after the damage
+    for _, _, f in events:
+        if f is None or f.corrupt:
+            corrupt += f is not None
+            damaged, clean_from = True, None
+        elif f.key:
+            if damaged and clean_from is not None:
+                damaged = False  # the second key frame: even leading frames predict from clean ones
+            elif damaged:
+                clean_from = f.number
+        elif damaged and (clean_from is None or f.number < clean_from):
+            after += 1
+    return corrupt, after
 
 
 def _packets(container, stream, log: list[str]) -> Iterator:
@@ -775,6 +837,17 @@ class _Chunker:
 
 
 # --------------------------------------------------------------------------- quiet decoding
+# FFmpeg messages that say nothing about a video's data, which decord's FFmpeg prints for
+# clean files at INFO level: swscale on the JPEG-range pixel formats of full-range video
+# (yuvj420p: phones, MJPEG), and the MPEG-4 parser on an AVI's extradata (the decoder reads
+# it itself). They are not kept and do not send a video to PyAV.
+_HARMLESS = re.compile(r"deprecated pixel format used|Failed to parse extradata")
+
+
+def _kept(line: str) -> bool:
+    return bool(line.strip()) and not _HARMLESS.search(line)
+
+
 class _Log(list):
     """Decoder messages of one video (a list of lines) that also sees native stderr."""
 
@@ -782,11 +855,21 @@ class _Log(list):
         super().__init__()
         self._tmp = tmp
 
+    @property
+    def sees_stderr(self) -> bool:
+        """Whether native code's messages (decord's FFmpeg) are captured."""
+        return self._tmp is not None
+
     def peek(self) -> bool:
-        """Whether anything was written so far (Python log records or native stderr)."""
+        """Whether anything was said so far (Python log records or native stderr), harmless
+        messages aside."""
         if len(self):
             return True
-        return self._tmp is not None and os.fstat(self._tmp.fileno()).st_size > 0
+        if self._tmp is None:
+            return False
+        fd = self._tmp.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+        return any(_kept(line) for line in text.splitlines())
 
 
 class _Handler(logging.Handler):
@@ -795,7 +878,7 @@ class _Handler(logging.Handler):
         self.sink: list[str] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.sink is not None:
+        if self.sink is not None and _kept(record.getMessage()):
             self.sink.append(f"[{record.name.removeprefix('libav.')}] {record.getMessage()}")
 
 
@@ -830,7 +913,7 @@ def capture_decoder_output() -> Iterator[_Log]:
             tmp.seek(0)
             text = tmp.read().decode("utf-8", "replace")
             tmp.close()
-            log.extend(line for line in text.splitlines() if line.strip())
+            log.extend(line for line in text.splitlines() if _kept(line))
 
 
 _PYAV_LOGGING = False
