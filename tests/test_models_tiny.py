@@ -100,16 +100,20 @@ def _frame_order_gap(model: nn.Module, x: torch.Tensor, perm: torch.Tensor) -> f
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_c2d_tiny_is_invariant_to_frame_order(mode: str) -> None:
+def test_c2d_and_nl_c2d_tiny_are_invariant_to_frame_order(mode: str) -> None:
     """C2D has no temporal conv, stride or pooling other than the head's global mean, so any
     permutation of the frames gives the same logits (train mode: BN batch statistics are over
     B, T, H, W and do not depend on the order either). Every zero-init BN is perturbed so all
-    residual branches contribute. The control: R(2+1)D and CPNet, run the same way, change."""
+    residual branches contribute. NL C2D is invariant too: a non-local block attends over all
+    positions with no position code, so permuting frames permutes its output alike (the
+    benchmark can expect chance from it on reversals). The controls, R(2+1)D and CPNet (its
+    MLP sees (dt, dh, dw)), run the same way, change."""
     torch.manual_seed(0)
     x = torch.randn(3, 3, 8, 64, 64)
     perm = torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
     reversal = torch.arange(7, -1, -1)
-    for name, invariant in (("c2d_tiny", True), ("r2plus1d_tiny", False), ("cpnet_tiny", False)):
+    for name, invariant in (("c2d_tiny", True), ("nl_c2d_tiny", True), ("r2plus1d_tiny", False),
+                            ("cpnet_tiny", False)):
         model = models.create_model(name)
         perturb_zero_init_bn(model)
         if mode == "eval":
