@@ -85,3 +85,13 @@ def test_demo_refuses_a_folder_with_files(tmp_path):
     before = snapshot(out)
     assert_user_error(run("demo", "--quick", "--out", out), out)
     assert snapshot(out) == before
+
+
+def test_motion_demo_refuses_a_folder_with_files_before_any_work(tmp_path):
+    """`vcorr demo --motion` (the motion benchmark's quick plan) keeps the no-overwrite rule."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = snapshot(out)
+    assert_user_error(run("demo", "--motion", "--out", out), out)
+    assert snapshot(out) == before
