@@ -78,20 +78,13 @@ def test_quick_demo_cpnet_beats_c2d(quick_demo):
     assert rows["cpnet"]["val_top1"] > rows["c2d"]["val_top1"] + 0.2, (rows["cpnet"], rows["c2d"])
 
 
-def test_demo_refuses_a_folder_with_files(tmp_path):
+@pytest.mark.parametrize("plan", ["--quick", "--motion"])
+def test_demo_refuses_a_folder_with_files(tmp_path, plan):
+    """Both demos (the poster toy and the motion benchmark's quick plan) keep the
+    no-overwrite rule: one error line, exit 2, the folder untouched."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     before = snapshot(out)
-    assert_user_error(run("demo", "--quick", "--out", out), out)
-    assert snapshot(out) == before
-
-
-def test_motion_demo_refuses_a_folder_with_files_before_any_work(tmp_path):
-    """`vcorr demo --motion` (the motion benchmark's quick plan) keeps the no-overwrite rule."""
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    before = snapshot(out)
-    assert_user_error(run("demo", "--motion", "--out", out), out)
+    assert_user_error(run("demo", plan, "--out", out), out)
     assert snapshot(out) == before
