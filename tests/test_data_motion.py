@@ -3,6 +3,7 @@ videos through the decoding layer, pairs that differ only by frame order (render
 the codec), no key-frame quality cue, determinism, the documented motions, prepare and CLI."""
 from __future__ import annotations
 
+import colorsys
 import csv
 import json
 from pathlib import Path
@@ -84,6 +85,21 @@ def test_classes_pairs_and_controls(motion_set):
     assert meta["frames"] == 20 and meta["options"]["seed"] == 5
     assert meta["encoder"]["gop"] == 1 and meta["encoder"]["qp"] == OPT.qp
     assert (motion_set / "classes.txt").read_text().split() == list(MOTION_CLASSES)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_only_control_targets_are_black_and_white(seed):
+    """The controls' look (black and white, fine pattern) is what a frame model learns fast;
+    no motion target may share it, or the controls would depend on more than appearance."""
+    from vcorr.pipelines.data.motion import CONTROL_PATTERNS, _target
+    rng = np.random.default_rng(seed)
+    for kind in TARGET_KINDS + tuple(CONTROL_PATTERNS):
+        track, _ = _target(rng, "slow", (0, 1), kind, 128, 20)
+        sat = [colorsys.rgb_to_hsv(*(c[:3] / 255))[1] for c in track.look.colours]
+        if kind in CONTROL_PATTERNS:
+            assert max(sat) == 0 and track.look.pattern == CONTROL_PATTERNS[kind]
+        else:
+            assert sat[0] >= 0.5
 
 
 @pytest.mark.parametrize("videos,val,test,splits", [
