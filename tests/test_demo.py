@@ -1,4 +1,4 @@
-"""``vcorr demo --quick`` end to end (issue 8): run as a real process, as a user types it.
+"""``vcorr demo --toy --quick`` (the poster toy) end to end (issue 8): run as a real process, as a user types it.
 
 Checks that every stage ran as a real ``vcorr`` command, every artefact exists, the report
 embeds the figures and the table, C2D stays at chance on the shortcut-free toy and CPNet beats
@@ -22,7 +22,8 @@ STAGES = ["toy", "prepare"] + ["train"] * 6 + ["eval"] * 6 + ["compare", "visual
 def quick_demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("demo") / "out"
     # A fresh process with torch's default threads (the suite pins itself to one thread).
-    proc = subprocess.run([sys.executable, "-m", "vcorr", "demo", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "vcorr", "demo", "--toy", "--quick", "--out",
+                           str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -78,9 +79,9 @@ def test_quick_demo_cpnet_beats_c2d(quick_demo):
     assert rows["cpnet"]["val_top1"] > rows["c2d"]["val_top1"] + 0.2, (rows["cpnet"], rows["c2d"])
 
 
-@pytest.mark.parametrize("plan", ["--quick", "--motion"])
+@pytest.mark.parametrize("plan", ["--toy", "--quick"])
 def test_demo_refuses_a_folder_with_files(tmp_path, plan):
-    """Both demos (the poster toy and the motion benchmark's quick plan) keep the
+    """Both demos (the poster toy and the motion benchmark's demo plan) keep the
     no-overwrite rule: one error line, exit 2, the folder untouched."""
     out = tmp_path / "out"
     out.mkdir()

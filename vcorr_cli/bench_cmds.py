@@ -661,10 +661,12 @@ def gpu(device: str, out_dir: str, overwrite: bool, data: str | None, repeats: i
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("vcorr-learn"),
               show_default=True, help="Output folder (must be new or empty).")
 @click.option("--quick", is_flag=True,
-              help="Fewer videos and epochs, C2D against CPNet, CorrNet and DCF only.")
+              help="1200 videos instead of 3200, one test view instead of three, C2D against "
+                   "CPNet, CorrNet and DCF only (about 10 minutes on 2 cores; the full plan "
+                   "about 45).")
 @click.option("--models", "model_keys", default=None,
-              help="Comma-separated model keys (c2d,c3d,r2plus1d,x3d,nl,artnet,cpnet,corrnet,dcf); "
-                   "c2d is required (the baseline).")
+              help="Comma-separated model keys (c2d,c3d,r2plus1d,x3d,nl,artnet,cpnet,corrnet,dcf; "
+                   "default all but nl and artnet); c2d is required (the baseline).")
 @click.option("--videos", type=click.IntRange(min=32), default=None,
               help="Generated videos in all (default 3200, --quick 1200).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,

@@ -1,5 +1,6 @@
-"""``vcorr demo``: parse options, run the poster toy (:func:`vcorr.pipelines.demo.run_demo`) or the
-motion benchmark's demo plan (:func:`vcorr.pipelines.bench.learn.run_learn`) with this CLI's commands."""
+"""``vcorr demo``: parse options, run the motion benchmark's demo plan
+(:func:`vcorr.pipelines.bench.learn.run_learn`) or, with ``--toy``, the poster toy
+(:func:`vcorr.pipelines.demo.run_demo`) with this CLI's commands."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,27 +48,28 @@ def echo_learn_result(r: dict, title: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("vcorr-demo"),
               show_default=True, help="Output folder (must be new or empty).")
 @click.option("--quick", is_flag=True,
-              help="Fewer videos, the same stages (toy: 600 videos instead of 2000, about 2.5 "
-                   "minutes on 2 cores).")
-@click.option("--motion", is_flag=True,
-              help="The motion benchmark's quick plan instead: C2D against CPNet, CorrNet and "
-                   "DCF on time-reversal pairs (README 'Does it learn motion?': on 2 CPU cores "
-                   "its budget is still too short for them to learn).")
-def demo(out_dir: Path, quick: bool, motion: bool) -> None:
-    """Run the whole toolkit on the CPNet poster's toy dataset: toy -> prepare -> train C2D,
-    C3D, ARTNet, TRN, NL and CPNet -> eval (2 clips x 3 crops) -> compare CPNet vs C2D ->
-    visualize CPNet's correspondences. Prints each command as it runs it, then the CPNet
-    paper's toy table measured here; writes OUT/report.md (table and figures) and
-    OUT/demo.json. With --motion: the motion benchmark (`vcorr bench learn`) with C2D and the
-    three papers' CPU-size models, writing OUT/report.md and OUT/learn.json.
+              help="Smaller: the motion demo on 320 videos for 3 epochs (a smoke run, too short "
+                   "to learn); the toy on 600 videos instead of 2000 (about 2.5 minutes).")
+@click.option("--toy", is_flag=True,
+              help="The CPNet poster's toy experiment instead (a white square moving on black; "
+                   "C2D, C3D, ARTNet, TRN, NL C2D and CPNet; about 7 minutes on 2 cores).")
+def demo(out_dir: Path, quick: bool, toy: bool) -> None:
+    """Does it learn motion? The motion benchmark's quick plan (`vcorr bench learn --quick`,
+    about 10 minutes on 2 CPU cores): generate 1200 videos of time-reversal pairs and
+    appearance controls, prepare them, train C2D and the three papers' CPU-size models (CPNet,
+    CorrNet, DCF), test them in original and reversed frame order, compare each with C2D.
+    Prints each command as it runs it, then the table; writes OUT/report.md and
+    OUT/learn.json. With --toy: the CPNet poster's toy (toy -> prepare -> train six models ->
+    eval -> compare CPNet vs C2D -> visualize CPNet's correspondences), OUT/report.md and
+    OUT/demo.json.
 
     \b
     Examples:
       vcorr demo
-      vcorr demo --quick --out /tmp/demo
-      vcorr demo --motion --out /tmp/demo_motion
+      vcorr demo --toy
+      vcorr demo --toy --quick --out /tmp/demo
     """
-    if motion:
+    if not toy:
         from vcorr.pipelines.bench.learn import DEMO, DEMO_QUICK, run_learn
 
         plan = DEMO_QUICK if quick else DEMO

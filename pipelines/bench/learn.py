@@ -74,7 +74,7 @@ class LearnPlan:
 # NL C2D and ARTNet (not asked for by the expectations) run with --models.
 FULL = LearnPlan(videos=3200, epochs=6, clips=1,
                  models=(BASELINE, *THREE_D, *MOTION_MODELS))
-QUICK = LearnPlan(videos=1200, epochs=6, clips=1, models=(BASELINE, *MOTION_MODELS))
+QUICK = LearnPlan(videos=1200, epochs=6, clips=1, crops=1, models=(BASELINE, *MOTION_MODELS))
 # `vcorr demo`: the quick plan (C2D and the three papers' models); --quick: a smaller one.
 DEMO = QUICK
 DEMO_QUICK = LearnPlan(videos=320, epochs=3, clips=1, models=(BASELINE, *MOTION_MODELS))
@@ -349,8 +349,10 @@ def plot_pairs(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("pair accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Which direction? Accuracy within each time-reversal pair (chance 50%)")
-    ax.legend(fontsize=8, ncol=min(len(rows), 5), loc="lower right")
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.9)
+    # Below the pair names, so that no bar is hidden behind it.
+    ax.legend(fontsize=8, ncol=min(len(rows), 9), loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), frameon=False)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.27, top=0.9)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
