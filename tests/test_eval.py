@@ -297,13 +297,47 @@ def test_eval_matches_validation_and_reports_failed_videos(
 
     monkeypatch.setattr(ShardReader, "read_encoded", broken)
     m2 = evaluate_checkpoint(toy_checkpoint, toy_train_prepared, tmp_path / "b",
-                             settings=EvalSettings(clips=2, crops=10, crop_size=28, workers=0),
+                             settings=EvalSettings(clips=2, crops=6, crop_size=28, workers=0),
                              device="cpu")
-    assert m2["num_videos"] == 7 and m2["num_failed"] == 1 and m2["views_per_video"] == 20
+    assert m2["num_videos"] == 7 and m2["num_failed"] == 1 and m2["views_per_video"] == 12
     assert m2["failed_videos"][0]["id"] == first_id
     assert "truncated shard" in m2["failed_videos"][0]["error"]
     rows = list(csv.DictReader(open(tmp_path / "b" / "predictions.csv")))
     assert len(rows) == 8 and rows[-1]["id"] == first_id and rows[-1]["error"]
+
+
+def test_ten_crops_follow_the_training_flip_policy(tmp_path: Path, toy_checkpoint: Path,
+                                                    toy_train_prepared: Path) -> None:
+    """Issue 23, item 1: the toy's classes are directions (a mirrored "left" is "right"), its
+    model was trained with flip off, and a ``list`` dataset has no label-swap map: ``--crops
+    10`` (5 mirrored views) is refused in one line before anything is written. Trained with
+    flip on, the same views are used; a swap map makes mirroring safe too."""
+    from vcorr.cli.main import cli
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.evaluate.views import check_mirrored_views
+
+    ckpt = torch.load(toy_checkpoint, weights_only=True)
+    assert ckpt["config"]["data"]["flip"] == "off"
+
+    def eval_10(path: Path, out: Path):
+        return CliRunner().invoke(cli, ["eval", str(path), "--data", str(toy_train_prepared),
+                                        "--clips", "1", "--crops", "10", "--crop-size", "24",
+                                        "--workers", "0", "--device", "cpu", "--out", str(out),
+                                        "--no-progress"], prog_name="vcorr")
+
+    r = eval_10(toy_checkpoint, tmp_path / "off")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "mirrored views" in r.output and "--crops 3 or 6" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "off").exists()
+    ckpt["config"]["data"]["flip"] = "on"
+    torch.save(ckpt, tmp_path / "flip_on.pt")
+    r = eval_10(tmp_path / "flip_on.pt", tmp_path / "on")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "on" / "metrics.json").read_text())["views_per_video"] == 10
+    check_mirrored_views(10, "off", {0: 1, 1: 0}, "x.pt")  # a swap map maps them back
+    check_mirrored_views(6, "off", {}, "x.pt")              # no mirrored views
+    with pytest.raises(UserError, match="x.pt: --crops 10"):
+        check_mirrored_views(10, "off", {}, "x.pt")
 
 
 def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:

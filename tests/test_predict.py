@@ -145,6 +145,16 @@ def test_predict_gives_the_right_labels_at_the_training_rate(tmp_path: Path,
     assert r.exit_code == 2 and "--overwrite" in r.output
 
 
+def test_predict_refuses_mirrored_views_of_a_direction_model(tmp_path: Path,
+                                                             toy_ckpt: Path) -> None:
+    """Issue 23, item 1: the toy model (directions, trained with flip off, no swap map) would
+    have its mirrored views vote for the opposite direction: ``--crops 10`` is refused."""
+    video = square_video(tmp_path / "left.mp4", 2, (12, 25), 8, 3, 8.0)
+    out = tmp_path / "out"
+    r = run("predict", toy_ckpt, video, "--crops", "10", "--out", out)
+    assert r.exit_code == 2 and "mirrored views" in r.output and not out.exists(), r.output
+
+
 def _write_vfr(path: Path, frames: list[np.ndarray], times: list[float]) -> None:
     import av
 

@@ -37,6 +37,7 @@ from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MA
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from vcorr.pipelines.evaluate.views import (CROP_CHOICES, FRAME_ORDERS, average_views,
+                                            check_mirrored_views,
                                             order_frames)
 from vcorr.pipelines.fileio import write_atomic
 from vcorr.pipelines.outputs import check_folder, move_aside
@@ -326,6 +327,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     frames, interval, sampler = clip_settings(cfg)
     crop_size, short_side = view_geometry(cfg, s.crop_size, s.short_side)
     swap_map = SWAP_MAPS.get(read_meta(root).get("dataset", ""), {})
+    if not s.full_frame:
+        check_mirrored_views(s.crops, cfg["data"].get("flip", "off"), swap_map, checkpoint)
     env = setup_distributed(device)
     dev = env.device
     try:

@@ -35,7 +35,7 @@ from vcorr.pipelines.data.transforms import SWAP_MAPS
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from vcorr.pipelines.evaluate.evaluate import clip_settings, view_geometry
-from vcorr.pipelines.evaluate.views import CROP_CHOICES, average_views
+from vcorr.pipelines.evaluate.views import CROP_CHOICES, average_views, check_mirrored_views
 from vcorr.pipelines.fileio import write_atomic
 from vcorr.pipelines.outputs import check_folder, move_aside
 from vcorr.pipelines.predict.inputs import collect_inputs
@@ -90,6 +90,7 @@ class Inference:
     swap_map: dict[int, int]
     notes: list[str]
     test_short_side: int | None  # the config's, for prepared frames (None: stored size)
+    train_flip: str = "on"       # the training config's data.flip (mirrored views' rule)
 
     def describe(self) -> dict[str, Any]:
         s = self.spec
@@ -131,7 +132,7 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     return Inference(model.eval(), list(ckpt["classes"]), ckpt.get("model_name",
                      cfg["model"]["name"]), spec, crop_size, d["mean"] if normalize else None,
                      d["std"] if normalize else None, SWAP_MAPS.get(dataset, {}), notes,
-                     test_short_side)
+                     test_short_side, d.get("flip", "off"))
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -271,6 +272,7 @@ def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
                             what="the results of an earlier `vcorr predict`")
     inf = load_inference(checkpoint, clips=s.clips, fps=s.fps, every=s.every, window=s.window,
                          stride=s.stride)
+    check_mirrored_views(s.crops, inf.train_flip, inf.swap_map, checkpoint)
     dev = resolve_device(device)  # CUDA asked for where there is none: one line
     inf.model.to(dev)
     r = run_raw_videos(inf, [v.path for v in videos], crops=s.crops,
