@@ -154,6 +154,45 @@ def test_short_videos_loop(n: int, frames: int, interval: int, expect: list[int]
     assert s.test(n, 3) == [expect] * 3
 
 
+@pytest.mark.parametrize("n,frames,interval,expect", [
+    (4, 8, 1, [0, 0, 1, 1, 2, 2, 3, 3]),       # CorrNet Sec. 5: "repeat each frame twice"
+    (5, 8, 1, [0, 0, 1, 1, 2, 3, 3, 4]),       # 5 frames over 8 positions
+    (5, 8, 2, [0, 0, 1, 2, 2, 3, 4, 4]),       # positions 0, 2, ..., 14 of a 15-frame span
+    (2, 4, 1, [0, 0, 1, 1]),
+    (1, 4, 3, [0, 0, 0, 0]),
+])
+def test_short_videos_repeat(n: int, frames: int, interval: int, expect: list[int]) -> None:
+    """Issue 23, item 2: with ``short_video="repeat"`` a short video is stretched over the
+    clip, each frame repeated, in order and without the loop's jump back to frame 0; videos
+    long enough are sampled as before."""
+    s = DenseSampler(frames, interval, "repeat")
+    assert s.train(n, np.random.default_rng(1)) == expect
+    assert s.test(n, 1) == [expect] and s.test(n, 3) == [expect] * 3
+    assert make_sampler("dense", frames, interval, "repeat") == s
+    long = 40
+    rng = np.random.default_rng(3)
+    assert s.train(long, rng) == DenseSampler(frames, interval).train(long, np.random.default_rng(3))
+    assert s.test(long, 4) == DenseSampler(frames, interval).test(long, 4)
+    with pytest.raises(ValueError, match="short_video"):
+        DenseSampler(frames, interval, "pad")
+
+
+def test_short_video_reaches_the_training_and_validation_samplers(list_prepared: Path) -> None:
+    """``data.short_video`` is checked when the config loads and given to the samplers that
+    training and validation build; the CorrNet Something-Something v1 configs use "repeat"."""
+    from vcorr.pipelines.train import load_config
+    from vcorr.pipelines.train.trainer import build_dataset
+
+    ssv1 = Path(__file__).resolve().parents[1] / "examples" / "configs" / "ssv1_corrnet_26.toml"
+    cfg = load_config(ssv1, [f"data.root={json.dumps(str(list_prepared))}",
+                             'data.train_split="train"', 'data.val_split="val"'])
+    assert cfg["data"]["short_video"] == "repeat"
+    for train in (True, False):
+        assert build_dataset(cfg, 32, train=train).sampler == DenseSampler(32, 1, "repeat")
+    with pytest.raises(UserError, match="short_video"):
+        load_config(ssv1, ['data.short_video="pad"'])
+
+
 @pytest.mark.parametrize("n,frames", [(16, 4), (30, 8), (10, 8), (8, 8), (3, 8)])
 def test_segment_train_takes_one_frame_per_segment(n: int, frames: int) -> None:
     """TSN: frame k is a random point of segment [k n / F, (k + 1) n / F), rounded down;

@@ -397,7 +397,8 @@ def test_notes_for_looping_clips_upscaled_frames_and_capped_workers(
     assert tb == ([] if _tensorboard_importable() else [tb_note])
     assert [ln for ln in notes if ln not in tb] == [
         "note: 24 of 24 training videos have fewer than the 4 frames a clip of 4 frames "
-        "covers; their clips loop (frame i of an n-frame video is read as frame i mod n)",
+        "covers; their clips loop (frame i of an n-frame video is read as frame i mod n; "
+        'data.short_video = "repeat" repeats frames instead)',
         "note: frames are stored with a short side of 32 px and training resizes it to 48-56 "
         "px, so they are upscaled; prepare with --short-side 56 (or more) to train on real "
         "pixels",

@@ -9,7 +9,16 @@ Two samplers, each with a random draw for training and deterministic views for t
   and one frame is taken from each: random in training, the centre in testing (``num_clips``
   views shift the pick evenly inside every segment).
 
-Videos shorter than a clip are padded by looping (index ``i`` reads frame ``i mod n``).
+Videos shorter than a dense clip's span (``short_video``):
+
+- ``loop`` (default): index ``i`` reads frame ``i mod n``; the clip jumps from the last frame
+  back to the first, a scene cut.
+- ``repeat``: the n frames are stretched over the span, each repeated about ``span / n``
+  times (position p of the span reads frame ``floor(p * n / span)``): CorrNet Sec. 5, "Some
+  videos in Something do not have enough frames. We simply repeat each frame twice for those
+  videos." No jump, so a correlation layer sees no false motion.
+
+The segment sampler needs neither: its segments shrink with the video and repeat frames.
 """
 from __future__ import annotations
 
@@ -18,10 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SHORT_VIDEO = ("loop", "repeat")
+
+
 @dataclass(frozen=True)
 class DenseSampler:
     frames: int
     interval: int = 1
+    short_video: str = "loop"  # videos shorter than the span: "loop" or "repeat" (see above)
+
+    def __post_init__(self) -> None:
+        if self.short_video not in SHORT_VIDEO:
+            raise ValueError(f"short_video must be one of {SHORT_VIDEO}, got {self.short_video!r}")
 
     @property
     def span(self) -> int:
@@ -29,6 +46,8 @@ class DenseSampler:
         return (self.frames - 1) * self.interval + 1
 
     def _clip(self, n: int, start: int) -> list[int]:
+        if self.short_video == "repeat" and n < self.span:
+            return [k * self.interval * n // self.span for k in range(self.frames)]
         return [(start + k * self.interval) % n for k in range(self.frames)]
 
     def train(self, n: int, rng: np.random.Generator) -> list[int]:
@@ -65,10 +84,12 @@ class SegmentSampler:
                 for v in range(num_clips)]
 
 
-def make_sampler(kind: str, frames: int, interval: int = 1) -> DenseSampler | SegmentSampler:
-    """Sampler by name: ``dense`` (alias ``interval``) or ``segment`` (alias ``tsn``)."""
+def make_sampler(kind: str, frames: int, interval: int = 1,
+                 short_video: str = "loop") -> DenseSampler | SegmentSampler:
+    """Sampler by name: ``dense`` (alias ``interval``) or ``segment`` (alias ``tsn``);
+    ``short_video`` is the dense sampler's policy for videos shorter than a clip."""
     if kind in ("dense", "interval"):
-        return DenseSampler(frames, interval)
+        return DenseSampler(frames, interval, short_video)
     if kind in ("segment", "tsn"):
         return SegmentSampler(frames)
     raise ValueError(f"unknown sampler {kind!r}; use 'dense' or 'segment'")

@@ -144,6 +144,7 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
               settings: EvalSettings, swap_map: dict[int, int], device: torch.device,
               limit: int | None = None, sync_timing: bool = False,
               progress: bool = False, rank: int = 0, world_size: int = 1,
+              short_video: str = "loop",
               mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
     """Scores of every video of ``split`` (under torchrun: of this rank's share, every
@@ -164,7 +165,8 @@ def run_views(model: nn.Module, root: str | Path, split: str, *, frames: int, in
                           mean=mean if normalize else None, std=std, amp=s.amp,
                           sync_timing=sync_timing)
     r = feed_prepared(batcher, root, split, frames=frames, interval=interval, sampler=sampler,
-                      short_side=short_side, clips=s.clips, workers=s.workers, device=device,
+                      short_video=short_video, short_side=short_side, clips=s.clips,
+                      workers=s.workers, device=device,
                       limit=limit, rank=rank, world_size=world_size,
                       progress="eval" if progress else None, frame_order=s.frame_order,
                       seed=s.frame_order_seed)
@@ -186,6 +188,7 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
                   device: torch.device, limit: int | None = None, rank: int = 0,
                   world_size: int = 1, progress: str | None = None,
                   only: Sequence[int] | None = None, frame_order: str = "original",
+                  short_video: str = "loop",
                   seed: int = 0) -> dict[str, Any]:
     """Read the ``clips`` test clips of every video of a prepared ``split`` (this rank's share;
     ``only``: just these video indices) in DataLoader workers and ``batcher.add`` them under
@@ -195,7 +198,7 @@ def feed_prepared(batcher: ViewBatcher, root: str | Path, split: str, *, frames:
     Returns the dataset, the failed videos (id, label, error), the number of videos and the
     seconds spent waiting for data. ``progress``: a bar with this title counting videos done
     (scored or failed)."""
-    ds = VideoClipDataset(root, split, make_sampler(sampler, frames, interval),
+    ds = VideoClipDataset(root, split, make_sampler(sampler, frames, interval, short_video),
                           _Resize(short_side), train=False, num_clips=clips)
     n_videos = len(ds) if limit is None else min(limit, len(ds))
     order = list(range(rank, n_videos, world_size)) if only is None else list(only)
@@ -340,6 +343,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
                       crop_size=crop_size, short_side=short_side,
                       normalize=bool(cfg["data"]["normalize"]), mean=cfg["data"]["mean"],
                       std=cfg["data"]["std"], settings=s, swap_map=swap_map,
+                      short_video=cfg["data"].get("short_video", "loop"),
                       device=dev, progress=progress and env.is_main, rank=env.rank,
                       world_size=env.world_size)
         r = gather_results(r, env.world_size)

@@ -229,6 +229,7 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                                       mean=inf.mean, std=inf.std, amp=False)
                 r = feed_prepared(batcher, root, sp, frames=inf.spec.frames,
                                   interval=inf.spec.interval, sampler=inf.spec.sampler,
+                                  short_video=inf.spec.short_video,
                                   short_side=inf.test_short_side, clips=clips, workers=workers,
                                   device=dev, only=todo,
                                   progress=f"extract {sp}" if progress else None)

@@ -48,6 +48,7 @@ class ClipSpec:
     short_side: int | None
     window: float | None = None
     stride: float | None = None
+    short_video: str = "loop"  # the training config's data.short_video (dense clips)
 
 
 def resize_frames(frames: np.ndarray, short_side: int | None) -> torch.Tensor:
@@ -88,7 +89,8 @@ def video_items(index: int, path: str | Path, spec: ClipSpec,
         nonlocal emitted
         groups = plan_groups(numbers, times, duration, sampler=spec.sampler,
                              frames=spec.frames, interval=spec.interval, clips=spec.clips,
-                             window=spec.window, stride=spec.stride)
+                             window=spec.window, stride=spec.stride,
+                             short_video=spec.short_video)
         # Groups in the order their last frame is decoded; how many groups use each frame.
         todo = sorted(groups, key=lambda g: max(max(c) for c in g.clips))
         uses: dict[int, int] = {}

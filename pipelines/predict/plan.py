@@ -134,7 +134,7 @@ def window_starts(duration: float, window: float, stride: float) -> list[float]:
 
 def plan_groups(numbers: np.ndarray, times: np.ndarray, duration: float, *, sampler: str,
                 frames: int, interval: int, clips: int, window: float | None = None,
-                stride: float | None = None) -> list[Group]:
+                stride: float | None = None, short_video: str = "loop") -> list[Group]:
     """The whole video's ``clips`` test clips, then (with ``window``) those of each window
     [start, start + window) of stored frames by time. Windows holding no stored frame (shorter
     than the stored frames' spacing) are left out.
@@ -144,7 +144,7 @@ def plan_groups(numbers: np.ndarray, times: np.ndarray, duration: float, *, samp
     """
     if not len(numbers):
         raise ValueError("no stored frame")
-    s = make_sampler(sampler, frames, interval)
+    s = make_sampler(sampler, frames, interval, short_video)
 
     def place(idx: np.ndarray) -> list[list[int]]:
         return [[int(numbers[idx[j]]) for j in clip] for clip in s.test(len(idx), clips)]

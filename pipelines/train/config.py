@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "sampler": "dense",            # dense (consecutive, `interval` apart) or segment (TSN)
         "frames": 8,                   # clip length when no phases are given
         "interval": 1,                 # stride between sampled stored frames (dense sampler)
+        "short_video": "loop",         # videos shorter than a dense clip: loop, repeat (CorrNet)
         "crop": 112,
         "short_side": [128, 160],      # training scale jitter range ([a, a] fixes it)
         "test_short_side": 128,        # validation: resize the short side, then centre crop
@@ -75,6 +76,7 @@ PHASE_KEYS = {"frames": int, "epochs": int, "freeze_bn": bool, "lr": float, "bat
 CHOICES = {
     ("data", "sampler"): ("dense", "segment"),
     ("data", "flip"): ("off", "on", "swap"),
+    ("data", "short_video"): ("loop", "repeat"),
     ("optim", "optimizer"): ("sgd", "adamw"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("precision", "amp"): ("off", "bf16", "fp16"),

@@ -317,16 +317,19 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
             raise UserError(f"{key} = {b} clips per step is more than the {len(train_rows)} "
                             f"training videos of {root} (split {split!r}); {fix}")
 
-    # Clip length: shorter videos loop (DenseSampler / SegmentSampler read frame i mod n).
+    # Clip length: shorter videos loop or repeat frames (data.short_video; samplers.py).
     for frames in sorted({p["frames"] for p in plan}):
         span = (frames - 1) * d["interval"] + 1 if d["sampler"] == "dense" else frames
         short = sum(r["num_frames"] < span for r in train_rows)
         if short:
             clip = (f"{frames} frames {d['interval']} apart" if d["interval"] > 1 and
                     d["sampler"] == "dense" else f"{frames} frames")
+            how = ("are stretched over it, each frame repeated (data.short_video = \"repeat\")"
+                   if d["sampler"] == "dense" and d.get("short_video", "loop") == "repeat" else
+                   "loop (frame i of an n-frame video is read as frame i mod n; "
+                   "data.short_video = \"repeat\" repeats frames instead)")
             notes.append(f"{short} of {len(train_rows)} training videos have fewer than the "
-                         f"{span} frames a clip of {clip} covers; their clips loop (frame i of "
-                         "an n-frame video is read as frame i mod n)")
+                         f"{span} frames a clip of {clip} covers; their clips {how}")
 
     # Frame size: stored short side against the training resize and crop.
     stored = sorted(min(r["height"], r["width"]) for r in train_rows)
