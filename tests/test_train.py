@@ -194,17 +194,19 @@ def test_set_values_parse_as_toml() -> None:
 
 def test_phases_validation_and_defaults() -> None:
     cfg = load_config(None, ["optim.lr=0.1", "optim.batch_size=16",
+                             "data.interval=3",
                              "phases=[{frames=8, epochs=2}, {frames=16, epochs=1, "
-                             "freeze_bn=true, lr=1, batch_size=8}]", "phases.0.frames=4"])
+                             "freeze_bn=true, lr=1, batch_size=8, interval=1}]",
+                             "phases.0.frames=4"])
     plan = phases(cfg)
     assert plan == [
-        {"frames": 4, "epochs": 2, "freeze_bn": False, "lr": 0.1, "batch_size": 16},
-        {"frames": 16, "epochs": 1, "freeze_bn": True, "lr": 1.0, "batch_size": 8}]
+        {"frames": 4, "epochs": 2, "freeze_bn": False, "lr": 0.1, "batch_size": 16, "interval": 3},
+        {"frames": 16, "epochs": 1, "freeze_bn": True, "lr": 1.0, "batch_size": 8, "interval": 1}]
     assert type(cfg["phases"][1]["lr"]) is float  # an int lr is read as a float
     # No phases: one phase of data.frames x optim.epochs
     assert phases(load_config(None, ["data.frames=12", "optim.epochs=3"])) == [
         {"frames": 12, "epochs": 3, "freeze_bn": False, "lr": DEFAULTS["optim"]["lr"],
-         "batch_size": DEFAULTS["optim"]["batch_size"]}]
+         "batch_size": DEFAULTS["optim"]["batch_size"], "interval": 1}]
 
     bad = {
         "phases=5": "phases must be a list",
@@ -217,6 +219,8 @@ def test_phases_validation_and_defaults() -> None:
         "phases=[{frames=8, epochs=1}, {frames=0, epochs=1}]": r"phases\[1\]\.frames must be positive",
         "phases=[{frames=8, epochs=0}]": r"phases\[0\]\.epochs must be positive",
         "phases=[{frames=8, epochs=1, lr=-0.1}]": r"phases\[0\]\.lr must be positive",
+        "phases=[{frames=8, epochs=1, interval=0}]": r"phases\[0\]\.interval must be positive",
+        "phases=[{frames=8, epochs=1, interval=1.5}]": r"phases\[0\]\.interval must be int",
     }
     for assignment, match in bad.items():
         with pytest.raises(UserError, match=match):
@@ -558,6 +562,32 @@ def test_phases_switch_clip_length_and_freeze_bn(tmp_path: Path, toy_train_prepa
     # each phase restarts its cosine schedule at the full lr
     assert train_recs[0]["lr"] == pytest.approx(0.1) and train_recs[STEPS]["lr"] == pytest.approx(0.1)
     assert train_recs[STEPS - 1]["lr"] < 0.01
+
+
+def test_each_phase_samples_at_its_own_interval(tmp_path: Path, toy_train_prepared: Path,
+                                                monkeypatch) -> None:
+    """Issue 23, item 3: a phase's ``interval`` (CPNet Sec. 5.4: 12 frames over 2 s, then 24)
+    reaches the training and validation samplers of that phase; evaluation uses the last
+    phase's; phases without one use data.interval."""
+    from vcorr.pipelines.evaluate.evaluate import clip_settings
+
+    seen = []
+    real = trainer_mod.build_dataset
+
+    def spy(cfg, frames, *, train, interval=None):
+        ds = real(cfg, frames, train=train, interval=interval)
+        seen.append((train, ds.sampler.frames, ds.sampler.interval))
+        return ds
+
+    monkeypatch.setattr(trainer_mod, "build_dataset", spy)
+    cfg = toy_cfg(toy_train_prepared, "data.interval=1",
+                  "phases=[{frames=2, epochs=1, interval=2}, {frames=4, epochs=1}]")
+    assert run(cfg, tmp_path / "run")["finished"]
+    assert sorted(set(seen)) == [(False, 2, 2), (False, 4, 1), (True, 2, 2), (True, 4, 1)]
+    assert clip_settings(cfg)[:2] == (4, 1)
+    cfg = toy_cfg(toy_train_prepared, "data.interval=1",
+                  "phases=[{frames=4, epochs=1}, {frames=2, epochs=1, interval=3}]")
+    assert clip_settings(cfg)[:2] == (2, 3)
 
 
 # ============================================================================ DDP

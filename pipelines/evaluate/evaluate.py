@@ -113,7 +113,8 @@ def clip_settings(cfg: dict) -> tuple[int, int, str]:
     """(frames, interval, sampler) of the last training phase."""
     from vcorr.pipelines.train.config import phases
 
-    return phases(cfg)[-1]["frames"], cfg["data"]["interval"], cfg["data"]["sampler"]
+    last = phases(cfg)[-1]
+    return last["frames"], last["interval"], cfg["data"]["sampler"]
 
 
 # --- the evaluation loop -----------------------------------------------------------------------

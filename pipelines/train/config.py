@@ -72,7 +72,8 @@ DEFAULTS: dict[str, Any] = {
     # with BN frozen after the first phase). Empty: one phase of data.frames x optim.epochs.
     "phases": [],
 }
-PHASE_KEYS = {"frames": int, "epochs": int, "freeze_bn": bool, "lr": float, "batch_size": int}
+PHASE_KEYS = {"frames": int, "epochs": int, "freeze_bn": bool, "lr": float, "batch_size": int,
+              "interval": int}
 CHOICES = {
     ("data", "sampler"): ("dense", "segment"),
     ("data", "flip"): ("off", "on", "swap"),
@@ -169,7 +170,7 @@ def _check_phases(cfg: dict, src: _Sources) -> None:
         for key in ("frames", "epochs"):
             if key not in phase:
                 raise UserError(f"{src(f'phases.{i}')}: phases[{i}] needs {key!r}")
-        for key in ("frames", "epochs", "batch_size", "lr"):
+        for key in ("frames", "epochs", "batch_size", "lr", "interval"):
             if key in phase and phase[key] <= 0:
                 raise UserError(f"{src(f'phases.{i}.{key}')}: phases[{i}].{key} must be "
                                 f"positive, got {phase[key]!r}")
@@ -279,7 +280,8 @@ def phases(cfg: dict) -> list[dict[str, Any]]:
     for p in cfg["phases"] or [{"frames": cfg["data"]["frames"], "epochs": cfg["optim"]["epochs"]}]:
         out.append({"frames": p["frames"], "epochs": p["epochs"],
                     "freeze_bn": p.get("freeze_bn", False), "lr": p.get("lr", cfg["optim"]["lr"]),
-                    "batch_size": p.get("batch_size", cfg["optim"]["batch_size"])})
+                    "batch_size": p.get("batch_size", cfg["optim"]["batch_size"]),
+                    "interval": p.get("interval", cfg["data"]["interval"])})
     return out
 
 

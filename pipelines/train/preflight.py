@@ -318,11 +318,11 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
                             f"training videos of {root} (split {split!r}); {fix}")
 
     # Clip length: shorter videos loop or repeat frames (data.short_video; samplers.py).
-    for frames in sorted({p["frames"] for p in plan}):
-        span = (frames - 1) * d["interval"] + 1 if d["sampler"] == "dense" else frames
+    for frames, interval in sorted({(p["frames"], p["interval"]) for p in plan}):
+        span = (frames - 1) * interval + 1 if d["sampler"] == "dense" else frames
         short = sum(r["num_frames"] < span for r in train_rows)
         if short:
-            clip = (f"{frames} frames {d['interval']} apart" if d["interval"] > 1 and
+            clip = (f"{frames} frames {interval} apart" if interval > 1 and
                     d["sampler"] == "dense" else f"{frames} frames")
             how = ("are stretched over it, each frame repeated (data.short_video = \"repeat\")"
                    if d["sampler"] == "dense" and d.get("short_video", "loop") == "repeat" else

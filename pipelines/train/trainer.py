@@ -104,12 +104,15 @@ def _short_side(value: Any) -> Any:
     return None if not value else int(value)
 
 
-def build_dataset(cfg: dict, frames: int, *, train: bool) -> VideoClipDataset:
-    """The training (random clip, augmented) or validation (centre clip and crop) dataset."""
+def build_dataset(cfg: dict, frames: int, *, train: bool,
+                  interval: int | None = None) -> VideoClipDataset:
+    """The training (random clip, augmented) or validation (centre clip and crop) dataset;
+    ``interval``: the phase's sampling interval (default ``data.interval``)."""
     d = cfg["data"]
     mean = None if not d["normalize"] else tuple(d["mean"])
     std = tuple(d["std"])
-    sampler = make_sampler(d["sampler"], frames, d["interval"], d.get("short_video", "loop"))
+    sampler = make_sampler(d["sampler"], frames, interval or d["interval"],
+                           d.get("short_video", "loop"))
     if train:
         tf = train_transform(d["crop"], _short_side(d["short_side"]), d["random_resized"],
                              color_jitter=d["color_jitter"], mean=mean, std=std)
@@ -234,11 +237,11 @@ def _loader(ds: VideoClipDataset, sampler: torch.utils.data.Sampler, batch: int,
 
 @torch.no_grad()
 def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
-             batch: int) -> dict[str, float]:
+             batch: int, interval: int | None = None) -> dict[str, float]:
     """Top-1/top-5 and loss on the validation split (one centre clip, centre crop per video),
     summed over ranks (each rank takes every world_size-th video, no padding). ``top5`` is
     None for fewer than 6 classes, where it would always be 1."""
-    ds = build_dataset(cfg, frames, train=False)
+    ds = build_dataset(cfg, frames, train=False, interval=interval)
     indices = list(range(env.rank, len(ds), env.world_size))
     loader = _loader(ds, indices, batch, cfg["data"]["workers"], drop_last=False)
     was_training = model.training
@@ -525,7 +528,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                 pos = state.position
                 phase = plan[pos.phase]
                 micro = _micro_batch(cfg, phase, env)
-                ds = build_dataset(cfg, phase["frames"], train=True)
+                ds = build_dataset(cfg, phase["frames"], train=True,
+                                   interval=phase["interval"])
                 per_rank = -(-len(ds) // env.world_size)
                 steps = per_rank // (micro * cfg["optim"]["accumulate"])
                 if cfg["train"]["max_steps_per_epoch"]:
@@ -566,7 +570,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                         # Validation changes nothing a checkpoint holds: a signal stops it at
                         # once, and the resumed run validates this epoch again.
                         val = validate(model, cfg, phase["frames"], env,
-                                       cfg["train"]["val_batch_size"] or micro)
+                                       cfg["train"]["val_batch_size"] or micro,
+                                       interval=phase["interval"])
                     # The epoch's records, best.pt, the position and last.pt change together.
                     with guard.deferred():
                         if val is not None:
