@@ -340,6 +340,46 @@ def test_ten_crops_follow_the_training_flip_policy(tmp_path: Path, toy_checkpoin
         check_mirrored_views(10, "off", {}, "x.pt")
 
 
+def test_model_arg_changes_k_at_test_time_but_never_the_weights(
+        tmp_path: Path, toy_train_prepared: Path) -> None:
+    """Issue 23, item 5 (CPNet Table 3(b): train with one k, test with another): ``--model-arg
+    k=1`` builds the CP module with k = 1 and loads the trained weights unchanged; an argument
+    that would change the weights (``width``) is refused in one line, nothing written."""
+    from vcorr.cli.main import cli
+    from vcorr.pipelines.train import load_config, train
+    from vcorr.pipelines.train.trainer import model_from_checkpoint
+
+    sets = [f"data.root={json.dumps(str(toy_train_prepared))}", "data.workers=0",
+            'model.name="toy_cpnet"', "optim.batch_size=4", "optim.epochs=1",
+            "optim.warmup_epochs=0", "train.max_steps_per_epoch=2", "train.val_every=0",
+            "model.args={width=8}"]
+    train(load_config(TOY_C2D, sets), tmp_path / "run", progress=False, device="cpu")
+    ckpt = tmp_path / "run" / "last.pt"
+
+    trained, _ = model_from_checkpoint(ckpt)
+    k1, _ = model_from_checkpoint(ckpt, {"k": 1})
+    ks = lambda m: [x.k for x in m.modules() if hasattr(x, "knn_features")]  # noqa: E731
+    assert ks(trained) == [2] and ks(k1) == [1]  # toy_cpnet is registered with k = 2
+    a, b = trained.state_dict(), k1.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def eval_(out: Path, *extra: str):
+        return CliRunner().invoke(cli, ["eval", str(ckpt), "--data", str(toy_train_prepared),
+                                        "--clips", "1", "--crops", "1", "--workers", "0",
+                                        "--device", "cpu", "--out", str(out), "--no-progress",
+                                        *extra], prog_name="vcorr")
+
+    r = eval_(tmp_path / "k1", "--model-arg", "k=1")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "k1" / "metrics.json").read_text())
+    assert m["settings"]["model_args"] == {"k": 1}
+    r = eval_(tmp_path / "wide", "--model-arg", "width=16")
+    assert r.exit_code == 2 and "changes the model's weights" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "wide").exists()
+    r = eval_(tmp_path / "bad", "--model-arg", "k")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
 def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:
     from vcorr.cli.main import cli
 

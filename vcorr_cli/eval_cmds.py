@@ -44,6 +44,10 @@ import click
 @click.option("--seed", type=int, default=None,
               help="With --frame-order shuffled: seeds each clip's permutation together with "
                    "its video id and clip index [default: 0].")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Override a model builder argument at test time (a TOML value; repeatable), "
+                   "e.g. k=4 for a CPNet trained with k=8 (CPNet Table 3(b)). Refused if it "
+                   "would change the trained weights.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>, "
                    "then _reversed or _shuffled (_shuffled_seed<N>) for another frame order].")
@@ -54,8 +58,9 @@ import click
 def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops: str,
              full_frame: bool, crop_size: int | None, short_side: int | None, average: str,
              max_views_per_batch: int, workers: int, device: str | None, no_amp: bool,
-             with_compile: bool, frame_order: str, seed: int | None, out_dir: Path | None,
-             overwrite: bool, no_progress: bool) -> None:
+             with_compile: bool, frame_order: str, seed: int | None,
+             model_args: tuple[str, ...], out_dir: Path | None, overwrite: bool,
+             no_progress: bool) -> None:
     """Evaluate a training checkpoint with multi-view testing (clips x crops per video).
 
     Clips have the training clip length, interval and sampler; the frames of a video are read
@@ -77,19 +82,28 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
       vcorr eval runs/ssv2_cpnet/best.pt --split val --clips 2 --crops 3 --average logits
       vcorr eval runs/k400_c2d/best.pt --clips 10 --full-frame --short-side 128
       vcorr eval runs/ssv2_cpnet/best.pt --clips 2 --crops 3 --frame-order reversed
+      vcorr eval runs/k400_cpnet_k8/best.pt --clips 1 --crops 1 --model-arg k=4
     """
     from rich.console import Console
     from rich.table import Table
 
     from vcorr.pipelines.errors import UserError
     from vcorr.pipelines.evaluate import EvalSettings, evaluate_checkpoint
+    from vcorr.pipelines.train.config import parse_value
 
     if seed is not None and frame_order != "shuffled":
         raise UserError("--seed applies to --frame-order shuffled only")
+    overrides = {}
+    for item in model_args:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. k=4")
+        overrides[key.strip()] = parse_value(text.strip())  # TOML, else the text itself
     s = EvalSettings(clips=clips, crops=int(crops), crop_size=crop_size, short_side=short_side,
                      full_frame=full_frame, average=average,
                      max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp,
-                     compile=with_compile, frame_order=frame_order, frame_order_seed=seed or 0)
+                     compile=with_compile, frame_order=frame_order, frame_order_seed=seed or 0,
+                     model_args=overrides)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
                             progress=not no_progress, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports

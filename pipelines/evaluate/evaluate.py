@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +60,7 @@ class EvalSettings:
     compile: bool = False             # torch.compile the model (pipelines.runtime)
     frame_order: str = "original"     # original | reversed | shuffled (views.FRAME_ORDERS)
     frame_order_seed: int = 0         # shuffled: seeds each clip's permutation with its video
+    model_args: dict = field(default_factory=dict)  # builder overrides at test time (e.g. k)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     move_old = check_folder(out, EVAL_OUTPUTS, overwrite=overwrite,
                             what="the results of an earlier `vcorr eval`")
     check_settings(s)
-    model, ckpt = model_from_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint, s.model_args)
     digest = weights_digest(model)
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])

@@ -139,15 +139,38 @@ def build_model(cfg: dict, num_classes: int, frames: int) -> nn.Module:
         raise UserError(f"model.args: {exc}") from None
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(path: str | Path, model_args: dict[str, Any] | None = None
+                          ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of a checkpoint, built as training built it (the config's model with
-    the checkpoint's classes and first-phase clip length) with its weights, and the checkpoint."""
+    the checkpoint's classes and first-phase clip length) with its weights, and the checkpoint.
+
+    ``model_args`` override the registered builder's arguments (and the config's model.args)
+    for testing, e.g. ``{"k": 4}`` for a CPNet trained with k = 8 (CPNet Table 3(b) tests with
+    another k; the CP module has no k-dependent weight).
+
+    Raises:
+        UserError: the checkpoint lacks a part, or ``model_args`` change the model's weights
+            (names or shapes differ from the checkpoint's): those cannot change after training.
+    """
     ckpt = load_checkpoint(path)
     for key in ("model", "config", "classes"):
         if key not in ckpt:
             raise UserError(f"{path}: checkpoint has no {key!r}")
     cfg = ckpt["config"] = with_defaults(ckpt["config"])
-    model = build_model(cfg, len(ckpt["classes"]), config_phases(cfg)[0]["frames"])
+    build_cfg = cfg
+    if model_args:
+        build_cfg = {**cfg, "model": {**cfg["model"],
+                                      "args": {**cfg["model"]["args"], **model_args}}}
+    model = build_model(build_cfg, len(ckpt["classes"]), config_phases(cfg)[0]["frames"])
+    if model_args:
+        have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+        if have != want:
+            diff = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
+            given = ", ".join(f"{k}={v!r}" for k, v in model_args.items())
+            raise UserError(f"{path}: --model-arg {given} changes the model's weights "
+                            f"({len(diff)} tensor(s) differ, e.g. {diff[0]}); only arguments "
+                            f"that keep every trained weight can change at test time")
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
