@@ -226,7 +226,7 @@ def motion_checkpoint(tmp_path: Path, toy_train_prepared: Path, monkeypatch) -> 
 
     cfg = load_config(TOY_C2D, [f"data.root={json.dumps(str(toy_train_prepared))}"])
 
-    def fake(path):
+    def fake(path, model_args=None):  # the real signature
         gain = 1.0 if str(path).endswith("_double.pt") else 0.5
         return MotionModel(gain), {"config": cfg, "classes": CLASSES, "model_name": "motion"}
 
