@@ -333,7 +333,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     crop_size, short_side = view_geometry(cfg, s.crop_size, s.short_side)
     swap_map = SWAP_MAPS.get(read_meta(root).get("dataset", ""), {})
     if not s.full_frame:
-        check_mirrored_views(s.crops, cfg["data"].get("flip", "off"), swap_map, checkpoint)
+        check_mirrored_views(s.crops, cfg["data"]["flip"], swap_map, checkpoint)
     env = setup_distributed(device)
     dev = env.device
     try:
@@ -345,7 +345,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
                       crop_size=crop_size, short_side=short_side,
                       normalize=bool(cfg["data"]["normalize"]), mean=cfg["data"]["mean"],
                       std=cfg["data"]["std"], settings=s, swap_map=swap_map,
-                      short_video=cfg["data"].get("short_video", "loop"),
+                      short_video=cfg["data"]["short_video"],
                       device=dev, progress=progress and env.is_main, rank=env.rank,
                       world_size=env.world_size)
         r = gather_results(r, env.world_size)

@@ -128,11 +128,11 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     d = cfg["data"]
     normalize = bool(d["normalize"])
     spec = ClipSpec(sampling, sampler, frames, interval, clips, short_side, window,
-                    (stride or window) if window else None, d.get("short_video", "loop"))
+                    (stride or window) if window else None, d["short_video"])
     return Inference(model.eval(), list(ckpt["classes"]), ckpt.get("model_name",
                      cfg["model"]["name"]), spec, crop_size, d["mean"] if normalize else None,
                      d["std"] if normalize else None, SWAP_MAPS.get(dataset, {}), notes,
-                     test_short_side, d.get("flip", "off"))
+                     test_short_side, d["flip"])
 
 
 # --- the loop ----------------------------------------------------------------------------------

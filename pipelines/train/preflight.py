@@ -325,7 +325,7 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
             clip = (f"{frames} frames {interval} apart" if interval > 1 and
                     d["sampler"] == "dense" else f"{frames} frames")
             how = ("are stretched over it, each frame repeated (data.short_video = \"repeat\")"
-                   if d["sampler"] == "dense" and d.get("short_video", "loop") == "repeat" else
+                   if d["sampler"] == "dense" and d["short_video"] == "repeat" else
                    "loop (frame i of an n-frame video is read as frame i mod n; "
                    "data.short_video = \"repeat\" repeats frames instead)")
             notes.append(f"{short} of {len(train_rows)} training videos have fewer than the "

@@ -111,8 +111,7 @@ def build_dataset(cfg: dict, frames: int, *, train: bool,
     d = cfg["data"]
     mean = None if not d["normalize"] else tuple(d["mean"])
     std = tuple(d["std"])
-    sampler = make_sampler(d["sampler"], frames, interval or d["interval"],
-                           d.get("short_video", "loop"))
+    sampler = make_sampler(d["sampler"], frames, interval or d["interval"], d["short_video"])
     if train:
         tf = train_transform(d["crop"], _short_side(d["short_side"]), d["random_resized"],
                              color_jitter=d["color_jitter"], mean=mean, std=std)
