@@ -9,7 +9,9 @@
   registered model that has it inside gives, on a clip of identical frames, the 2D network's
   features and logits on that frame (relative error <= 1e-4); each registered model is
   classified (exact / exact away from the clip ends / refused, with the reason) so that a new
-  model needs a decision.
+  model needs a decision. The exact ones are exact in training mode too (batch statistics,
+  against the 2D network in training mode) with the BNs of ``LoadReport.hold_bn`` held, and
+  not without; ``vcorr train`` holds them through a resume.
 * Partial loads are errors (one line, exit code 2) unless --partial-init; the report is saved.
 * `vcorr weights convert` -> `vcorr eval` equals the source model on the same clips;
   `vcorr train --init` from a converted checkpoint gets a new classifier.
@@ -393,6 +395,55 @@ def test_2plus1d_paper_layout_inflates_exactly_when_mid_is_wide_enough(depth: in
         assert rel_err(model(clip), net(frame)) <= RTOL
 
 
+
+# Training mode (issue 23, item 4): every family that inflates exactly in eval mode, against the
+# 2D network in training mode on the same frames. A BN in training mode normalises with its
+# batch's statistics; on a clip of identical frames those equal the 2D network's over the frames.
+TRAIN_EXACT = sorted(n for n, e in EXPECT.items() if e[0] == "exact")
+
+
+def _train_mode_pair(name_or_model, net: nn.Module, path: Path, hold: bool):
+    """(video features, 2D features) in training mode on 4 static clips of 4 frames (every
+    output frame), with the report's BNs held (``vcorr train``'s default) or not. Features,
+    not logits: the heads' dropout is random in training mode."""
+    import copy
+
+    from vcorr.pipelines.train.trainer import hold_bns
+
+    torch.manual_seed(1)
+    model = (models.create_model(name_or_model, num_classes=1000)
+             if isinstance(name_or_model, str) else name_or_model)
+    report = load_weights(model, path)
+    model.train()
+    if hold:
+        hold_bns(model, report.hold_bn)
+    net2d = copy.deepcopy(net).train()
+    frames = torch.rand(4, 3, 64, 64) * 2 - 1   # res5 BN statistics over 16 values a channel
+    clip = frames[:, :, None].repeat(1, 1, 4, 1, 1)
+    with torch.no_grad():
+        feats, want = model.forward_features(clip), _features_2d(net2d, frames)
+    return feats.permute(0, 2, 1, 3, 4).flatten(0, 1), want.repeat_interleave(feats.shape[2], 0), report
+
+
+@pytest.mark.parametrize("name", TRAIN_EXACT)
+def test_imagenet_start_is_exact_in_training_mode(name: str, imagenet) -> None:
+    net, path = imagenet(models.get_model_entry(name).defaults["depth"])
+    got, want, report = _train_mode_pair(name, net, path, hold=True)
+    assert rel_err(got, want) <= RTOL, name
+    if report.hold_bn:   # the BNs between factorised convs: batch statistics break the start
+        got, want, _ = _train_mode_pair(name, net, path, hold=False)
+        assert rel_err(got, want) > 0.05, name
+
+
+def test_2plus1d_paper_layout_is_exact_in_training_mode_without_a_hold(imagenet) -> None:
+    """Its mid BN standardises W x and -W x alike; the next BN undoes that affine map."""
+    net, path = imagenet(50)
+    model = models.video_resnet(50, num_classes=1000, conv="2plus1d")
+    got, want, report = _train_mode_pair(model, net, path, hold=False)
+    assert report.hold_bn == [] and report.identity
+    assert rel_err(got, want) <= 1e-3
+
+
 def test_partial_load_is_allowed_when_asked(imagenet) -> None:
     _, path = imagenet(18)
     model = models.create_model("artnet_r18", num_classes=1000)
@@ -555,6 +606,40 @@ def test_train_init_from_converted_and_from_source_files(tmp_path: Path, toy_tra
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
+
+@pytest.mark.parametrize("init_bn", ["hold", "batch"])
+def test_train_holds_the_neutral_bns_of_an_imagenet_start_across_a_resume(
+        tmp_path: Path, toy_train_prepared: Path, imagenet, init_bn: str) -> None:
+    """Training from an ImageNet start keeps the BNs of LoadReport.hold_bn on their neutral
+    running statistics (eval mode) through training and a resume, while every other BN learns
+    its statistics; ``train.init_bn = "batch"`` lets them learn too."""
+    from vcorr.pipelines.train import load_config, train
+    from vcorr.pipelines.train.checkpoint import load_checkpoint
+
+    net, path = imagenet(18)
+    cfg = load_config(TOY_C2D, [f"data.root={json.dumps(str(toy_train_prepared))}",
+                                "data.workers=0", "optim.batch_size=4", "optim.epochs=1",
+                                "train.val_every=0", 'model.name="r2plus1d_dw_50"',
+                                "model.args={depth=18}", "data.frames=4",
+                                f'train.init_bn="{init_bn}"'])
+    run = tmp_path / "run"
+    train(cfg, run, init=path, progress=False, device="cpu", stop_after_steps=2)
+    held = json.loads((run / "init_report.json").read_text())["hold_bn"]
+    assert len(held) == 16 and all(n.endswith((".conv1.1", ".conv2.1")) for n in held)
+    assert load_checkpoint(run / "last.pt")["position"]["global_step"] == 2
+    train(cfg, run, resume=True, progress=False, device="cpu", stop_after_steps=2)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["position"]["global_step"] == 4
+    assert ckpt["hold_bn"] == (held if init_bn == "hold" else [])
+    state = ckpt["model"]
+    for name in held:
+        mean, var = state[f"{name}.running_mean"], state[f"{name}.running_var"]
+        neutral = torch.equal(mean, torch.zeros_like(mean)) and torch.equal(
+            var, torch.full_like(var, 1 - 1e-5))
+        assert neutral == (init_bn == "hold"), name
+    # the 2D network's own BNs learn their statistics on the new data in both modes
+    assert not torch.allclose(state["res2.0.bn1.running_mean"], net.layer1[0].bn1.running_mean)
+
 # --- plug-ins on pretrained backbones ----------------------------------------------------------------
 
 def test_pytorchvideo_x3d_s_into_dcf_x3d_s(tmp_path: Path) -> None:
@@ -583,6 +668,21 @@ def test_pytorchvideo_x3d_s_into_dcf_x3d_s(tmp_path: Path) -> None:
         want = backbone(clip)
         assert (dcf(clip) - want).abs().max().item() <= ATOL
         assert (src(clip) - want).abs().max().item() <= ATOL
+    # Training mode (dropout off): the neutral shortcut BN must stay on its running statistics.
+    from vcorr.pipelines.train.trainer import hold_bns
+
+    assert report.hold_bn == ["res2.0.shortcut.1"]
+    for m in (src, dcf):
+        m.train()
+        for d in m.modules():
+            if isinstance(d, nn.Dropout):
+                d.eval()
+    with torch.no_grad():
+        want = src(clip)
+        hold_bns(dcf, report.hold_bn)
+        assert (dcf(clip) - want).abs().max().item() <= 1e-3 * want.abs().max().item()
+        dcf.get_submodule("res2.0.shortcut.1").train()   # batch statistics: another function
+        assert (dcf(clip) - want).abs().max().item() > 1e-2 * want.abs().max().item()
 
 
 def test_pytorchvideo_r2plus1d_r50_into_corrnet_50(tmp_path: Path) -> None:

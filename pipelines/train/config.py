@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
         "max_steps_per_epoch": 0,      # 0: the whole epoch (small values for smoke tests)
         "compile": False,              # torch.compile the model for the training steps
         "channels_last": False,        # convolution weights (and so activations) channels_last_3d
+        # BNs that --init set neutral and that are the identity only on running statistics
+        # (LoadReport.hold_bn): "hold" keeps them there for the whole run (gamma and beta still
+        # train; exact start in training mode), "batch" lets them use batch statistics
+        "init_bn": "hold",
     },
     # A list of {frames, epochs, freeze_bn, lr}: progressive training (e.g. 8 -> 16 -> 32 frames
     # with BN frozen after the first phase). Empty: one phase of data.frames x optim.epochs.
@@ -81,6 +85,7 @@ CHOICES = {
     ("optim", "optimizer"): ("sgd", "adamw"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("precision", "amp"): ("off", "bf16", "fp16"),
+    ("train", "init_bn"): ("hold", "batch"),
 }
 
 

@@ -91,6 +91,8 @@ class RunState:
     # Wall time of the run: seconds of earlier calls (the checkpoint's) + this call's.
     seconds_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    # BNs held on their running statistics in training (train.init_bn = "hold" after --init)
+    hold_bn: list[str] = field(default_factory=list)
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -211,6 +213,18 @@ def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def hold_bns(model: nn.Module, names: list[str]) -> None:
+    """Put the BNs ``names`` (``LoadReport.hold_bn``) in eval mode: they normalise with their
+    running statistics (neutral after ``--init``) and do not update them, while their gamma and
+    beta train. Without it the first training step is not the 2D network's: a neutral BN is the
+    identity only in eval mode. Raises ValueError for a name that is not a BN of ``model``."""
+    for name in names:
+        m = model.get_submodule(name)
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"{name} is not a BatchNorm of the model")
+        m.eval()
 
 
 def _autocast(cfg: dict, device: torch.device) -> contextlib.AbstractContextManager:
@@ -472,11 +486,17 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
 
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg, len(classes), plan[0]["frames"]).to(env.device)
+    state = RunState(guard=guard)
     if init is not None and ckpt is None:
         report = load_weights(model, init, classes=classes, partial=init_partial,
                               model_name=cfg["model"]["name"])
+        if cfg["train"]["init_bn"] == "hold":
+            state.hold_bn = list(report.hold_bn)
         if env.is_main:
             report.render()
+            if state.hold_bn:
+                print(f"  {len(state.hold_bn)} BNs set neutral by --init stay on their running "
+                      "statistics in training (train.init_bn = \"hold\"; exact start)")
             report.save(out / "init_report.json")
     if env.distributed and cfg["train"]["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -496,7 +516,6 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
         raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
-    state = RunState(guard=guard)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -507,6 +526,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
         state.last_val = dict(ckpt.get("last_val", {}))
         state.config_changes = list(ckpt.get("config_changes", []))
         state.seconds_before = float(ckpt.get("seconds", 0.0))
+        state.hold_bn = list(ckpt.get("hold_bn", []))
         if "train_sums" in ckpt:
             state.window = torch.tensor(ckpt["train_sums"]["window"], dtype=torch.float64)
             state.epoch_totals = torch.tensor(ckpt["train_sums"]["epoch"], dtype=torch.float64)
@@ -536,7 +556,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             "metrics_records": metrics.records, "data_fingerprint": fingerprint,
             "config_changes": state.config_changes,
             "train_sums": {"window": state.window.tolist(), "epoch": state.epoch_totals.tolist()},
-            "seconds": state.seconds(),
+            "seconds": state.seconds(), "hold_bn": state.hold_bn,
         })
 
     steps_run = 0
@@ -647,6 +667,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     acc = o["accumulate"]
     net.train()
     set_bn_frozen(net, phase["freeze_bn"])
+    hold_bns(model, state.hold_bn)
     it: Iterator = iter(loader)
     # Sums since the last metrics record and over the epoch: part of the run's state (a
     # checkpoint carries them), so that records and epoch lines after a resume are exact.

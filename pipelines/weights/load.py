@@ -22,6 +22,14 @@ How a 2D (ImageNet) ResNet becomes a video model so that a clip of identical fra
   ``identity_at_init``) keep their initial values; so does a classifier for other classes (the
   head's ``classifier`` submodules).
 * A projection shortcut's BN the file does not have (PyTorchVideo's X3D) is set neutral.
+* In training mode a BN uses its batch's statistics, not its running ones, so a neutral BN is the
+  identity only in eval mode. Where that matters -- the BN between a ConvTemporalSpatial's convs
+  (its input is a ReLU output, so standardising it and the ReLU after change the values) and a
+  neutral shortcut BN -- the BN is listed in ``LoadReport.hold_bn``, and ``vcorr train`` keeps it
+  on its running statistics (``train.init_bn = "hold"``), which makes the start exact in
+  training mode too. The mid BN of a :class:`vcorr.models.layers.Conv2Plus1d` needs no hold: it
+  standardises ``W x`` and ``-W x`` alike, the temporal conv returns the standardised ``W x``,
+  and the block's next BN is invariant to that per-channel affine map.
 * BatchNorm ``num_batches_tracked`` counters missing from old files are set to 0.
 
 The 2D network's stem max-pool and res2 stride must be the model's too: a model without the
@@ -57,7 +65,9 @@ class LoadReport:
     ``new_classifier``: the model's classifier left at its initial values (other classes);
     ``skipped``: file tensors not used, with the reason; ``missing``: model tensors without a
     value, with the reason; ``layout``: why the model is not the 2D network's function (or
-    ""). ``problems`` are what makes the load partial.
+    ""). ``hold_bn``: BN modules set neutral that are the identity only on their running
+    statistics (eval mode), so training must hold them there for an exact start. ``problems``
+    are what makes the load partial.
     """
 
     source: str
@@ -74,6 +84,7 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     partial: bool = False
     allowed_skips: set[str] = field(default_factory=set)
+    hold_bn: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -94,7 +105,7 @@ class LoadReport:
                 "partial": self.partial, "counts": self.counts(), "layout": self.layout,
                 "notes": self.notes, "loaded": self.loaded, "inflated": self.inflated,
                 "identity": self.identity, "kept": self.kept,
-                "new_classifier": self.new_classifier,
+                "new_classifier": self.new_classifier, "hold_bn": self.hold_bn,
                 "skipped": [{"name": k, "reason": r, "allowed": k in self.allowed_skips}
                             for k, r in self.skipped.items()],
                 "missing": [{"name": k, "reason": r} for k, r in self.missing.items()]}
@@ -284,6 +295,7 @@ def plan_load(model: nn.Module, wf: WeightsFile, *, classes: Sequence[str] | Non
                 and not any(k.startswith(name + ".") for k in wf.state)):
             for k, v in neutral_bn(m, name).items():
                 put(k, v, report.identity)
+            report.hold_bn.append(name)
 
     counters = 0
     for key in target:
@@ -342,6 +354,7 @@ def _into_temporal_spatial(m: ConvTemporalSpatial, parent: str, key: str, value:
     put(f"{parent}.0.weight", identity_temporal(temporal), report.identity)
     for k, v in neutral_bn(bn, f"{parent}.1").items():
         put(k, v, report.identity)
+    report.hold_bn.append(f"{parent}.1")
 
 
 def _into_2plus1d(m: Conv2Plus1d, parent: str, key: str, value: torch.Tensor, put,
