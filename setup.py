@@ -16,7 +16,8 @@ setup(
         include=["models", "models.*", "pipelines", "pipelines.*"])],
     package_dir={"vcorr": ".", "vcorr.cli": "vcorr_cli"},
     # The Kinetics-400 class list of the torchvision / PyTorchVideo checkpoints (pipelines.weights).
-    package_data={"vcorr.pipelines.weights": ["kinetics400_classes.txt"]},
+    package_data={"vcorr.pipelines.weights": ["kinetics400_classes.txt"],
+                  "vcorr.pipelines.data": ["class_lists/*.txt"]},
     install_requires=[
         # torch and torchvision unpinned so pip resolves a matching pair.
         "torch",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vcorr import models
-from vcorr.pipelines.data.transforms import SWAP_MAPS
+from vcorr.pipelines.data.swaps import DEFAULT_MAP
 from vcorr.pipelines.train.config import load_config, phases, to_toml
 from vcorr.pipelines.train.trainer import build_model
 
@@ -106,7 +106,8 @@ def test_config_loads_and_builds(path: Path, tmp_path: Path) -> None:
         dataset == "small" and name in ("c2d_r18", "cpnet_r18")), (
         f"crop {d['crop']} is not a multiple of the network stride {NETWORK_STRIDE}")
     if d["flip"] == "swap":
-        assert dataset in SWAP_MAPS, f"flip = 'swap' needs a label-swap map; none for {dataset}"
+        assert dataset in DEFAULT_MAP or d["swap_map"], (
+            f"flip = 'swap' needs a label-swap map; none for {dataset}")
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if not p.stem.startswith("toy_")],

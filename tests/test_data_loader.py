@@ -15,7 +15,9 @@ import torch
 from conftest import JESTER_CLASSES
 from torchvision import tv_tensors
 
-from vcorr.pipelines.data import SWAP_MAPS, DenseSampler, SegmentSampler, VideoClipDataset
+from vcorr.pipelines.data import DenseSampler, SegmentSampler, VideoClipDataset
+from vcorr.pipelines.data.swaps import (DEFAULT_MAP, SWAP_PAIRS, official_classes,
+                                       read_swap_file, swap_index_map)
 from vcorr.pipelines.data import make_sampler, train_transform
 # Imported under another name so that pytest does not collect it as a test.
 from vcorr.pipelines.data import test_transform as eval_transform
@@ -537,16 +539,70 @@ def test_flip_toy_with_a_left_right_swap_map(toy_prepared: Path) -> None:
     assert any(f and lab0 in swap for _, _, f, _, lab0 in states)
 
 
-@pytest.mark.parametrize("dataset", sorted(SWAP_MAPS))
+def test_flip_toy_with_a_swap_map_file(toy_prepared: Path, tmp_path: Path) -> None:
+    """``data.swap_map`` as a user's CSV of class names: the same flips and labels as the
+    hand-written index map above; a typo or a class in two pairs is one clear error."""
+    classes = (toy_prepared / "classes.txt").read_text().split()
+    path = tmp_path / "mirror.csv"
+    path.write_text("# classes a horizontal flip swaps\nleft,right\n\n")
+    states = _flip_states(toy_prepared, "swap", swap_spec=str(path))
+    for _, _, flipped, lab, lab0 in states:
+        want = {"left": "right", "right": "left"}.get(classes[lab0], classes[lab0])
+        assert classes[lab] == (want if flipped else classes[lab0])
+    assert any(f and classes[lab0] in ("left", "right") for _, _, f, _, lab0 in states)
+    path.write_text("left,rigth\n")
+    with pytest.raises(UserError, match=r"mirror.csv.*'rigth' is not one of the 4 classes"):
+        VideoClipDataset(toy_prepared, "train", DenseSampler(4), flip="swap",
+                         swap_spec=str(path))
+    path.write_text("left,right\nright,up\n")
+    with pytest.raises(UserError, match="'right' is in two pairs"):
+        VideoClipDataset(toy_prepared, "train", DenseSampler(4), flip="swap",
+                         swap_spec=str(path))
+    with pytest.raises(UserError, match="no built-in one; set data.swap_map"):
+        VideoClipDataset(toy_prepared, "train", DenseSampler(4), flip="swap")
+
+
+def test_swap_file_rows() -> None:
+    """Quoted names may hold commas; a row of one or three names is refused with its line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.csv"
+        p.write_text('"Putting a, b",Other\n# note\n A , B \n')
+        assert read_swap_file(p) == [("Putting a, b", "Other"), ("A", "B")]
+        p.write_text("A,B\nC\n")
+        with pytest.raises(UserError, match="line 2: a label-swap row is two class names"):
+            read_swap_file(p)
+
+
+# Mirror images written out by hand, per dataset: the reference the built-in maps must equal.
+MIRRORS = {
+    "ssv2": {"Pulling something from left to right": "Pulling something from right to left",
+             "Pushing something from left to right": "Pushing something from right to left",
+             "Turning the camera left while filming something":
+                 "Turning the camera right while filming something"},
+    "jester": {"Swiping Left": "Swiping Right",
+               "Sliding Two Fingers Left": "Sliding Two Fingers Right",
+               "Turning Hand Clockwise": "Turning Hand Counterclockwise"},
+}
+MIRRORS["ssv1"] = MIRRORS["ssv2"]
+# The CPNet authors' maps (reference-details.md): SSv2 label ids 86<->87, 93<->94, 166<->167;
+# Jester 11<->12, 16<->17 in alphabetical class order.
+AUTHORS = {"ssv2": [(86, 87), (93, 94), (166, 167)], "jester": [(11, 12), (16, 17)]}
+
+
+@pytest.mark.parametrize("dataset", sorted(DEFAULT_MAP))
 def test_swap_mode_swaps_exactly_the_built_in_pairs(toy_copy: Path, dataset: str) -> None:
-    """With prepare.json naming the dataset, flip="swap" uses its built-in map: a flipped
-    clip of every class in the map gets the paired class, any other class keeps its label,
-    an unflipped clip keeps its label."""
-    swap = SWAP_MAPS[dataset]
-    keys = sorted(swap)
-    others = [k for k in range(200) if k not in swap][:12 - len(keys)]
+    """With prepare.json naming the dataset and its official classes, flip="swap" uses its
+    built-in map: a flipped clip of every mirrored class gets the hand-written mirror class,
+    any other class keeps its label, an unflipped clip keeps its label."""
+    classes = official_classes("jester" if dataset == "jester" else "ssv2")
+    mirror = {**MIRRORS[dataset], **{b: a for a, b in MIRRORS[dataset].items()}}
+    keys = sorted(classes.index(c) for c in mirror)
+    others = [k for k in range(len(classes)) if classes[k] not in mirror][:12 - len(keys)]
     values = keys + others
     rewrite_index(toy_copy, lambda k, r: values[k])
+    (toy_copy / "classes.txt").write_text("".join(c + "\n" for c in classes))
     meta = json.loads((toy_copy / "prepare.json").read_text())
     meta["dataset"] = dataset
     (toy_copy / "prepare.json").write_text(json.dumps(meta))
@@ -554,26 +610,64 @@ def test_swap_mode_swaps_exactly_the_built_in_pairs(toy_copy: Path, dataset: str
     flipped_labels = set()
     for _, i, flipped, lab, lab0 in states:
         assert lab0 == values[i]
-        assert lab == (swap.get(lab0, lab0) if flipped else lab0)
+        name = classes[lab0]
+        assert classes[lab] == (mirror.get(name, name) if flipped else name)
         if flipped:
             flipped_labels.add(lab0)
     assert set(keys) <= flipped_labels  # every pair of the map was exercised
 
 
-def test_swap_maps_are_involutions_between_distinct_classes() -> None:
-    for name, m in SWAP_MAPS.items():
-        assert m, name
-        for a, b in m.items():
-            assert a != b and m[b] == a, (name, a, b)
+def test_official_class_lists() -> None:
+    """SSv2: 174 labels, in the labels.json order (alphabetical); Jester: 27, in the order of
+    jester-v1-labels.csv (the fixture's copy)."""
+    ssv2 = official_classes("ssv2")
+    assert len(ssv2) == len(set(ssv2)) == 174 and ssv2 == sorted(ssv2)
+    assert official_classes("jester") == JESTER_CLASSES
 
 
-def test_jester_swap_map_pairs_mirrored_gestures() -> None:
-    """Jester label indices are the line order of jester-v1-labels.csv (as prepare writes
-    them): the map must pair exactly the left/right mirror gestures."""
-    pairs = {frozenset((JESTER_CLASSES[a], JESTER_CLASSES[b]))
-             for a, b in SWAP_MAPS["jester"].items()}
-    assert pairs == {frozenset(("Swiping Left", "Swiping Right")),
-                     frozenset(("Sliding Two Fingers Left", "Sliding Two Fingers Right"))}
+DIRECTION_WORDS = (("left", "right"), ("clockwise", "counterclockwise"))
+# Classes with such a word that a mirror keeps, each read by hand.
+NOT_DIRECTIONS = {
+    "Plugging something into something but pulling it right out as you remove your hand",  # at once
+}
+
+
+def _mirror_name(name: str) -> str:
+    """The class name with its horizontal direction words exchanged ("" if it has none)."""
+    words = name.split()
+    low = [w.lower() for w in words]
+    for a, b in DIRECTION_WORDS:
+        if a in low or b in low:
+            swapped = [b if w == a else a if w == b else w for w in low]
+            return " ".join(w if w.lower() == s else (s.capitalize() if w[0].isupper() else s)
+                            for w, s in zip(words, swapped))
+    return ""
+
+
+@pytest.mark.parametrize("name", sorted(SWAP_PAIRS))
+def test_built_in_maps_audited_against_the_official_lists(name: str) -> None:
+    """Every class of the official list whose name has a horizontal direction (left/right,
+    clockwise/counterclockwise) is paired with the class of the exchanged name, and no other
+    class is paired; except ``jester-authors``, the authors' map, which lacks the rotation
+    pair. The authors' index maps are the same pairs."""
+    dataset = name.split("-")[0]
+    classes = official_classes("jester" if dataset == "jester" else "ssv2")
+    pairs = SWAP_PAIRS[name]
+    named = [n for p in pairs for n in p]
+    assert len(named) == len(set(named)) and all(n in classes for n in named)
+    audit = {c: _mirror_name(c) for c in classes if _mirror_name(c) and c not in NOT_DIRECTIONS}
+    assert all(m in classes for m in audit.values()), audit
+    got = {frozenset(p) for p in pairs}
+    want = {frozenset((a, b)) for a, b in audit.items()}
+    if name == "jester-authors":
+        assert want - got == {frozenset(("Turning Hand Clockwise", "Turning Hand Counterclockwise"))}
+        assert got < want
+    else:
+        assert got == want == {frozenset(p) for p in MIRRORS[name].items()}
+    if name in ("ssv2", "jester-authors"):
+        order = classes if name == "ssv2" else sorted(classes)
+        idx = swap_index_map(pairs, order)
+        assert {frozenset(p) for p in AUTHORS[dataset]} == {frozenset(p) for p in idx.items()}
 
 
 def test_jester_swap_end_to_end(prepared, jester_dataset: dict) -> None:
@@ -584,7 +678,9 @@ def test_jester_swap_end_to_end(prepared, jester_dataset: dict) -> None:
     classes = (out / "classes.txt").read_text().splitlines()
     states = _flip_states(out, "swap", epochs=8)
     ds = VideoClipDataset(out, "train", DenseSampler(4))
-    mirror = {"Swiping Left": "Swiping Right", "Swiping Right": "Swiping Left"}
+    mirror = {"Swiping Left": "Swiping Right", "Swiping Right": "Swiping Left",
+              "Turning Hand Clockwise": "Turning Hand Counterclockwise",
+              "Turning Hand Counterclockwise": "Turning Hand Clockwise"}
     seen = set()
     for _, i, flipped, lab, lab0 in states:
         name = ds.videos[i]["label"]
@@ -610,7 +706,7 @@ def test_no_flip_in_testing(toy_prepared: Path) -> None:
 
 # --------------------------------------------------------------------------- bad arguments
 def test_bad_dataset_arguments(toy_prepared: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no built-in label-swap map"):
+    with pytest.raises(UserError, match="needs a label-swap map and dataset .list. has no built-in one"):
         VideoClipDataset(toy_prepared, "train", DenseSampler(4), flip="swap")
     with pytest.raises(ValueError, match="flip must be"):
         VideoClipDataset(toy_prepared, "train", DenseSampler(4), flip="yes")

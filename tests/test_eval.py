@@ -317,13 +317,13 @@ def test_ten_crops_follow_the_training_flip_policy(tmp_path: Path, toy_checkpoin
     from vcorr.pipelines.evaluate.views import check_mirrored_views
 
     ckpt = torch.load(toy_checkpoint, weights_only=True)
-    assert ckpt["config"]["data"]["flip"] == "off"
+    assert ckpt["config"]["data"]["flip"] == "off" and ckpt["swap_pairs"] == []
 
-    def eval_10(path: Path, out: Path):
+    def eval_10(path: Path, out: Path, *extra: str):
         return CliRunner().invoke(cli, ["eval", str(path), "--data", str(toy_train_prepared),
                                         "--clips", "1", "--crops", "10", "--crop-size", "24",
                                         "--workers", "0", "--device", "cpu", "--out", str(out),
-                                        "--no-progress"], prog_name="vcorr")
+                                        "--no-progress", *extra], prog_name="vcorr")
 
     r = eval_10(toy_checkpoint, tmp_path / "off")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
@@ -334,10 +334,57 @@ def test_ten_crops_follow_the_training_flip_policy(tmp_path: Path, toy_checkpoin
     r = eval_10(tmp_path / "flip_on.pt", tmp_path / "on")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "on" / "metrics.json").read_text())["views_per_video"] == 10
+    # A user's swap map (class names) makes the flip-off model's mirrored views usable, and
+    # maps exactly "left" and "right": against the same views without a map, only their two
+    # scores move, by trading the mirrored views' shares.
+    (tmp_path / "mirror.csv").write_text("# a flip swaps these\nleft,right\n")
+    r = eval_10(toy_checkpoint, tmp_path / "map", "--swap-map", str(tmp_path / "mirror.csv"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "map" / "metrics.json").read_text())
+    assert m["swap_pairs"] == [["left", "right"]] and m["label_swap"]
+    plain = np.load(tmp_path / "on" / "scores.npz")
+    mapped = np.load(tmp_path / "map" / "scores.npz")
+    assert list(plain["ids"]) == list(mapped["ids"])
+    classes = ckpt["classes"]
+    lr = [classes.index("left"), classes.index("right")]
+    ud = [classes.index("up"), classes.index("down")]
+    a, b = plain["scores"], mapped["scores"]
+    assert np.allclose(a[:, ud], b[:, ud], atol=1e-6)
+    assert np.allclose(a[:, lr].sum(1), b[:, lr].sum(1), atol=1e-6)
+    assert np.abs(a[:, lr] - b[:, lr]).max() > 1e-4
+    r = eval_10(toy_checkpoint, tmp_path / "typo", "--swap-map", "jester")
+    assert r.exit_code == 2 and "'Swiping Left' is not one of the 4 classes" in r.output, r.output
     check_mirrored_views(10, "off", {0: 1, 1: 0}, "x.pt")  # a swap map maps them back
     check_mirrored_views(6, "off", {}, "x.pt")              # no mirrored views
     with pytest.raises(UserError, match="x.pt: --crops 10"):
         check_mirrored_views(10, "off", {}, "x.pt")
+
+
+def test_a_run_records_its_swap_map_and_eval_uses_it(tmp_path: Path,
+                                                     toy_train_prepared: Path) -> None:
+    """``data.swap_map`` as a CSV file: the run trains with it (flip = "swap"), records the
+    pairs by name in its checkpoints, and ``vcorr eval --crops 10`` maps mirrored views back
+    with them without the file (moved away here)."""
+    from vcorr.cli.main import cli
+    from vcorr.pipelines.train import load_config, train
+
+    mirror = tmp_path / "mirror.csv"
+    mirror.write_text("right,left\n")
+    sets = [f"data.root={json.dumps(str(toy_train_prepared))}", "data.workers=0",
+            "optim.batch_size=4", "optim.epochs=1", "train.max_steps_per_epoch=1",
+            "train.val_every=0", "model.args={width=8}", 'data.flip="swap"',
+            f"data.swap_map={json.dumps(str(mirror))}"]
+    train(load_config(TOY_C2D, sets), tmp_path / "run", progress=False, device="cpu")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["swap_pairs"] == [["right", "left"]]
+    mirror.unlink()
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "run" / "last.pt"), "--data",
+                                 str(toy_train_prepared), "--clips", "1", "--crops", "10",
+                                 "--crop-size", "24", "--workers", "0", "--device", "cpu",
+                                 "--out", str(tmp_path / "ev"), "--no-progress"], prog_name="vcorr")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["swap_pairs"] == [["right", "left"]] and m["views_per_video"] == 10
 
 
 def test_model_arg_changes_k_at_test_time_but_never_the_weights(

@@ -153,6 +153,26 @@ def test_predict_refuses_mirrored_views_of_a_direction_model(tmp_path: Path,
     out = tmp_path / "out"
     r = run("predict", toy_ckpt, video, "--crops", "10", "--out", out)
     assert r.exit_code == 2 and "mirrored views" in r.output and not out.exists(), r.output
+    # with the user's map of the mirrored classes the views are used
+    (tmp_path / "mirror.csv").write_text("left,right\n")
+    r = run("predict", toy_ckpt, video, "--crops", "10", "--out", out, "--swap-map",
+            tmp_path / "mirror.csv")
+    assert r.exit_code == 0 and (out / "predictions.json").is_file(), r.output
+
+
+def test_predict_and_extract_take_test_time_model_args(tmp_path: Path, toy_ckpt: Path) -> None:
+    """``--model-arg`` on predict and extract as on eval: one that changes the trained
+    weights (the width) is refused in one line before anything is written."""
+    video = square_video(tmp_path / "left.mp4", 2, (12, 25), 8, 3, 8.0)
+    r = run("predict", toy_ckpt, video, "--out", tmp_path / "p", "--model-arg", "width=64")
+    assert r.exit_code == 2 and "changes the model's weights" in r.output, r.output
+    assert not (tmp_path / "p").exists()
+    r = run("extract", toy_ckpt, video, "--out", tmp_path / "f.h5", "--model-arg", "width=64")
+    assert r.exit_code == 2 and "changes the model's weights" in r.output, r.output
+    assert not (tmp_path / "f.h5").exists()
+    r = run("extract", toy_ckpt, video, "--out", tmp_path / "f.h5", "--clips", "1", "--crops",
+            "1", "--model-arg", "k=1")
+    assert r.exit_code == 0, r.output
 
 
 def _write_vfr(path: Path, frames: list[np.ndarray], times: list[float]) -> None:

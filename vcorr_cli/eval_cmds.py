@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from vcorr.cli.predict_cmds import model_arg_option, parse_model_args, swap_map_option
+
 
 @click.command(name="eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
@@ -44,10 +46,8 @@ import click
 @click.option("--seed", type=int, default=None,
               help="With --frame-order shuffled: seeds each clip's permutation together with "
                    "its video id and clip index [default: 0].")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-              help="Override a model builder argument at test time (a TOML value; repeatable), "
-                   "e.g. k=4 for a CPNet trained with k=8 (CPNet Table 3(b)). Refused if it "
-                   "would change the trained weights.")
+@model_arg_option
+@swap_map_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>, "
                    "then _reversed or _shuffled (_shuffled_seed<N>) for another frame order].")
@@ -59,8 +59,8 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
              full_frame: bool, crop_size: int | None, short_side: int | None, average: str,
              max_views_per_batch: int, workers: int, device: str | None, no_amp: bool,
              with_compile: bool, frame_order: str, seed: int | None,
-             model_args: tuple[str, ...], out_dir: Path | None, overwrite: bool,
-             no_progress: bool) -> None:
+             model_args: tuple[str, ...], swap_map: str, out_dir: Path | None,
+             overwrite: bool, no_progress: bool) -> None:
     """Evaluate a training checkpoint with multi-view testing (clips x crops per video).
 
     Clips have the training clip length, interval and sampler; the frames of a video are read
@@ -89,21 +89,14 @@ def eval_cmd(checkpoint: Path, data: Path | None, split: str, clips: int, crops:
 
     from vcorr.pipelines.errors import UserError
     from vcorr.pipelines.evaluate import EvalSettings, evaluate_checkpoint
-    from vcorr.pipelines.train.config import parse_value
 
     if seed is not None and frame_order != "shuffled":
         raise UserError("--seed applies to --frame-order shuffled only")
-    overrides = {}
-    for item in model_args:
-        key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise UserError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. k=4")
-        overrides[key.strip()] = parse_value(text.strip())  # TOML, else the text itself
     s = EvalSettings(clips=clips, crops=int(crops), crop_size=crop_size, short_side=short_side,
                      full_frame=full_frame, average=average,
                      max_views_per_batch=max_views_per_batch, workers=workers, amp=not no_amp,
                      compile=with_compile, frame_order=frame_order, frame_order_seed=seed or 0,
-                     model_args=overrides)
+                     model_args=parse_model_args(model_args), swap_map=swap_map)
     m = evaluate_checkpoint(checkpoint, data, out_dir, split, s, device=device,
                             progress=not no_progress, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports

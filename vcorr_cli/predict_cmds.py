@@ -28,6 +28,33 @@ _views = click.option("--max-views-per-batch", default=64, show_default=True,
                       type=click.IntRange(min=1),
                       help="Views per forward pass (several videos share one); bounds memory.")
 _no_progress = click.option("--no-progress", is_flag=True, help="No progress bar or lines.")
+model_arg_option = click.option(
+    "--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+    help="Override a model builder argument at test time (a TOML value; repeatable), e.g. k=4 "
+         "for a CPNet trained with k=8 (CPNet Table 3(b)). Refused if it would change the "
+         "trained weights.")
+swap_map_option = click.option(
+    "--swap-map", default="", metavar="NAME|FILE",
+    help="Classes a mirrored view swaps (--crops 10): a built-in map (ssv2, ssv1, jester, "
+         "jester-authors) or a CSV file of class-name pairs [default: the map the run trained "
+         "with, recorded in the checkpoint].")
+
+
+def parse_model_args(items: tuple[str, ...]) -> dict:
+    """``("k=4", ...)`` -> ``{"k": 4}`` (values as TOML, else the text itself).
+
+    Raises:
+        UserError: an item without ``=`` or without a key.
+    """
+    from vcorr.pipelines.train.config import parse_value
+
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. k=4")
+        out[key.strip()] = parse_value(text.strip())
+    return out
 
 
 @click.command()
@@ -49,6 +76,8 @@ _no_progress = click.option("--no-progress", is_flag=True, help="No progress bar
 @_workers
 @_device
 @click.option("--no-amp", is_flag=True, help="No autocast on CUDA.")
+@model_arg_option
+@swap_map_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: CHECKPOINT's folder/predict].")
 @click.option("--overwrite", is_flag=True,
@@ -57,7 +86,8 @@ _no_progress = click.option("--no-progress", is_flag=True, help="No progress bar
 def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, crops: str,
             window: float | None, stride: float | None, render: bool, fps: float | None,
             every: int | None, max_views_per_batch: int, workers: int, device: str | None,
-            no_amp: bool, out_dir: Path | None, overwrite: bool, no_progress: bool) -> None:
+            no_amp: bool, model_args: tuple[str, ...], swap_map: str, out_dir: Path | None,
+            overwrite: bool, no_progress: bool) -> None:
     """Top-k classes of a checkpoint on raw videos: INPUT is a video file, a folder (searched
     recursively for video files and frame folders) or a .txt/.lst file listing paths.
 
@@ -84,7 +114,8 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
     s = PredictSettings(top_k=top_k, clips=clips, crops=int(crops), window=window,
                         stride=stride, render=render, fps=fps, every=every,
                         max_views_per_batch=max_views_per_batch, workers=workers,
-                        amp=not no_amp)
+                        amp=not no_amp, model_args=parse_model_args(model_args),
+                        swap_map=swap_map)
     r = predict_videos(checkpoint, inputs, out_dir, s, device=device,
                        progress=not no_progress, overwrite=overwrite)
     for note in r["notes"]:
@@ -136,11 +167,13 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
 @_views
 @_workers
 @_device
+@model_arg_option
 @_no_progress
 def extract(checkpoint: Path, inputs: tuple[Path, ...], data: Path | None, split: str | None,
             out_path: Path, layer: str, per_clip: bool, keep_spatial: bool, clips: int,
             crops: str, fps: float | None, every: int | None, max_views_per_batch: int,
-            workers: int, device: str | None, no_progress: bool) -> None:
+            workers: int, device: str | None, model_args: tuple[str, ...],
+            no_progress: bool) -> None:
     """Features of a checkpoint for every video of a prepared dataset (--data) or of INPUT
     videos (files, folders, list files): one float32 dataset per video id in an HDF5 file,
     the mean over clips x crops (or per clip). Rerunning skips ids already complete; a killed
@@ -157,7 +190,8 @@ def extract(checkpoint: Path, inputs: tuple[Path, ...], data: Path | None, split
     r = extract_features(checkpoint, out_path, data=data, split=split, inputs=inputs,
                          layer=layer, per_clip=per_clip, keep_spatial=keep_spatial, clips=clips,
                          crops=int(crops), fps=fps, every=every, max_views=max_views_per_batch,
-                         workers=workers, device=device, progress=not no_progress)
+                         workers=workers, device=device, progress=not no_progress,
+                         model_args=parse_model_args(model_args))
     for f in r["failed"]:
         click.echo(f"failed: {f.get('path', f['id'])}: {f['error']}", err=True)
     click.echo(f"{r['written']} written, {r['skipped']} already there, {len(r['failed'])} "

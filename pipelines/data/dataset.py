@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as TF
 from vcorr.pipelines.data.inspect import read_classes, read_index, read_meta
 from vcorr.pipelines.data.samplers import DenseSampler, SegmentSampler
 from vcorr.pipelines.data.shards import ShardReader
-from vcorr.pipelines.data.transforms import SWAP_MAPS, as_video
+from vcorr.pipelines.data.swaps import swap_index_map, training_swap_pairs
+from vcorr.pipelines.data.transforms import as_video
 from vcorr.pipelines.errors import UserError
 
 
@@ -43,13 +44,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
         sampler: :class:`DenseSampler` or :class:`SegmentSampler`.
         transform: v2 transform on uint8 ``Video`` (T, C, H, W) returning (C, T, H, W).
         flip: ``"off"``, ``"on"`` (p=0.5, training only) or ``"swap"`` (flip and swap the
-            label through ``swap_map``; default map chosen from the dataset, e.g. ssv2).
+            label through ``swap_map``, class index -> mirrored class index; by default the
+            dataset's built-in map or ``swap_spec``'s, :mod:`vcorr.pipelines.data.swaps`).
+        swap_spec: ``data.swap_map``: "" (the dataset's built-in map), a built-in map's name
+            or a CSV file of class-name pairs (:func:`vcorr.pipelines.data.swaps.swap_pairs`).
     """
 
     def __init__(self, root: str | Path, split: str, sampler: DenseSampler | SegmentSampler,
                  transform: Callable | None = None, train: bool = True, num_clips: int = 1,
                  flip: str = "off", swap_map: dict[int, int] | None = None, seed: int = 0,
-                 min_frames: int = 1) -> None:
+                 min_frames: int = 1, swap_spec: str = "") -> None:
         self.root = Path(root)
         self.split, self.sampler, self.transform = split, sampler, transform
         self.train, self.num_clips, self.seed, self.epoch = train, num_clips, seed, 0
@@ -61,12 +65,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if flip not in ("off", "on", "swap"):
             raise ValueError(f"flip must be off, on or swap, got {flip!r}")
         self.flip = flip
-        if flip == "swap" and swap_map is None:
-            dataset = read_meta(self.root).get("dataset", "")
-            if dataset not in SWAP_MAPS:
-                raise UserError(f"{self.root}: no built-in label-swap map for dataset "
-                                f"{dataset!r}; give swap_map or use flip='on'/'off'")
-            swap_map = SWAP_MAPS[dataset]
+        # The class pairs a mirror swaps (recorded in checkpoints for mirrored test views).
+        if swap_map is not None:   # an explicit index map (library use)
+            self.swap_pairs = [(self.classes[a], self.classes[b])
+                               for a, b in sorted(swap_map.items()) if a < b]
+        else:
+            self.swap_pairs = training_swap_pairs(
+                swap_spec, read_meta(self.root).get("dataset", ""), self.classes, flip,
+                str(self.root))
+            if flip == "swap":
+                swap_map = swap_index_map(self.swap_pairs, self.classes)
         self.swap_map = swap_map or {}
         self.reader = ShardReader(self.root / "shards")
 

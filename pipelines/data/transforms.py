@@ -3,7 +3,7 @@
 Clips enter as uint8 ``(T, C, H, W)`` (a ``tv_tensors.Video``, so every frame gets the same
 random crop, scale and colour change) and leave as float ``(C, T, H, W)``, the model layout,
 after one permute. Horizontal flips are applied by the dataset, since a flip may change the
-label (see :data:`SWAP_MAPS`).
+label (see :mod:`vcorr.pipelines.data.swaps`).
 """
 from __future__ import annotations
 
@@ -15,17 +15,6 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Class pairs that swap under a horizontal flip (label indices of the official label files):
-# Something-Something v2 "pushing/moving something from left to right" and its mirror, etc.;
-# Jester "swiping left/right" (0/1) and "sliding two fingers left/right" (6/7) in the line
-# order of jester-v1-labels.csv, the order prepare gives Jester (11/12 and 16/17 are those
-# classes in alphabetical order, which vcorr does not use).
-SWAP_MAPS: dict[str, dict[int, int]] = {
-    "ssv2": {86: 87, 87: 86, 93: 94, 94: 93, 166: 167, 167: 166},
-    "jester": {0: 1, 1: 0, 6: 7, 7: 6},
-}
-
 
 class ToModelLayout(torch.nn.Module):
     """(T, C, H, W) -> (C, T, H, W), the one permute of the pipeline."""

@@ -33,7 +33,8 @@ from torchvision.transforms import v2
 from vcorr.pipelines.data.dataset import VideoClipDataset
 from vcorr.pipelines.data.inspect import read_classes, read_meta
 from vcorr.pipelines.data.samplers import make_sampler
-from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAP_MAPS, ToModelLayout
+from vcorr.pipelines.data.swaps import checkpoint_swap_map
+from vcorr.pipelines.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToModelLayout
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from vcorr.pipelines.evaluate.views import (CROP_CHOICES, FRAME_ORDERS, average_views,
@@ -61,6 +62,7 @@ class EvalSettings:
     frame_order: str = "original"     # original | reversed | shuffled (views.FRAME_ORDERS)
     frame_order_seed: int = 0         # shuffled: seeds each clip's permutation with its video
     model_args: dict = field(default_factory=dict)  # builder overrides at test time (e.g. k)
+    swap_map: str = ""                # mirrored views: a built-in map or a CSV file ("": the run's)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -331,7 +333,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
                         f"{len(ckpt['classes'])}; evaluate on the dataset the model was trained on")
     frames, interval, sampler = clip_settings(cfg)
     crop_size, short_side = view_geometry(cfg, s.crop_size, s.short_side)
-    swap_map = SWAP_MAPS.get(read_meta(root).get("dataset", ""), {})
+    swap_map, swap_pairs_used = checkpoint_swap_map(ckpt, s.swap_map,
+                                                    read_meta(root).get("dataset", ""),
+                                                    str(checkpoint))
     if not s.full_frame:
         check_mirrored_views(s.crops, cfg["data"]["flip"], swap_map, checkpoint)
     env = setup_distributed(device)
@@ -361,7 +365,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
         "clips": s.clips, "crops": 1 if s.full_frame else s.crops, "full_frame": s.full_frame,
         "averaging": s.average, "crop_size": None if s.full_frame else crop_size,
         "short_side": short_side, "frames": frames, "interval": interval, "sampler": sampler,
-        "label_swap": bool(swap_map), "dataset": str(root), "split": split,
+        "label_swap": bool(swap_map), "swap_pairs": swap_pairs_used, "dataset": str(root), "split": split,
         "checkpoint": str(checkpoint), "model_name": ckpt.get("model_name", cfg["model"]["name"]),
         "weights_sha256": digest, "frame_order": s.frame_order,
         "frame_order_seed": s.frame_order_seed if s.frame_order == "shuffled" else None,

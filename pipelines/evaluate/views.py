@@ -100,10 +100,11 @@ def check_mirrored_views(crops: int, train_flip: str, swap_map: dict[int, int],
     """Refuse test-time mirroring that would vote for the wrong class (issue 23, item 1).
 
     A mirrored view keeps its label only if training said so (``data.flip = "on"``) or a
-    label-swap map maps its scores back (the dataset's built-in map, e.g. SSv2 and Jester's
-    left/right classes). A model trained with ``flip = "off"`` on a dataset without a map (a
-    ``list`` dataset of "swipe left" / "swipe right") would have its five mirrored views of
-    ``--crops 10`` vote for the opposite direction; that is refused, not averaged silently.
+    label-swap map maps its scores back (the run's map, e.g. SSv2 and Jester's built-in ones,
+    or ``--swap-map``; :mod:`vcorr.pipelines.data.swaps`). A model trained with ``flip =
+    "off"`` on a dataset without a map (a ``list`` dataset of "swipe left" / "swipe right")
+    would have its five mirrored views of ``--crops 10`` vote for the opposite direction;
+    that is refused, not averaged silently.
 
     Raises:
         UserError: ``crops`` has mirrored views, training used no flips and there is no map.
@@ -114,7 +115,8 @@ def check_mirrored_views(crops: int, train_flip: str, swap_map: dict[int, int],
         raise UserError(
             f"{checkpoint}: --crops {crops} includes mirrored views, but the model was trained "
             f"without flips (data.flip = \"off\") and its dataset has no label-swap map, so a "
-            f"mirrored \"left\" would vote for \"right\"; use --crops 3 or 6 (no mirroring)")
+            f"mirrored \"left\" would vote for \"right\"; use --crops 3 or 6 (no mirroring), "
+            f"or give --swap-map FILE (a CSV of mirrored class pairs)")
 
 
 def average_views(logits: torch.Tensor, flipped: Sequence[bool], swap_map: dict[int, int],

@@ -149,10 +149,13 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                      per_clip: bool = False, keep_spatial: bool = False, clips: int = 10,
                      crops: int = 3, fps: float | None = None, every: int | None = None,
                      max_views: int = 64, workers: int = 2, device: str | None = None,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False,
+                     model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write float32 features of every video of ``data`` (a prepared folder; ``split`` or
     every split) or of the raw videos ``inputs`` names into ``out`` (HDF5, resumed if it
     exists). Returns counts (``written``, ``skipped``, ``failed`` with reasons) and settings.
+    ``model_args``: test-time builder overrides (``--model-arg``; refused where they would
+    change the trained weights).
 
     Dataset ``<id>``: shape (C,) or (clips, C), with ``keep_spatial`` (C, T', H', W') or
     (clips, C, T', H', W'); attributes ``layer``, ``shape``, ``views``, ``clips``, ``crops``,
@@ -171,7 +174,7 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
         raise UserError(f"--crops must be one of {', '.join(map(str, CROP_CHOICES))}")
     t_start = time.perf_counter()
     videos = collect_inputs(inputs) if inputs else []
-    inf = load_inference(checkpoint, clips=clips, fps=fps, every=every)
+    inf = load_inference(checkpoint, clips=clips, fps=fps, every=every, model_args=model_args)
     dev = resolve_device(device)  # CUDA asked for where there is none: one line
     inf.model.to(dev)
     tap = FeatureTap(inf.model, layer, keep_spatial)
@@ -180,7 +183,8 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                 "clips": clips, "crops": crops, "views": clips * crops,
                 "frames": inf.spec.frames, "interval": inf.spec.interval,
                 "crop_size": inf.crop_size,
-                "source": "prepared" if data is not None else "raw videos"}
+                "source": "prepared" if data is not None else "raw videos",
+                "model_args": dict(model_args or {})}
     if data is None:
         settings["sampling"] = inf.spec.sampling.as_dict()
     else:

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vcorr.pipelines.data.transforms import SWAP_MAPS
+from vcorr.pipelines.data.swaps import checkpoint_swap_map
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import Prefetched, ViewBatcher
 from vcorr.pipelines.evaluate.evaluate import clip_settings, view_geometry
@@ -62,6 +62,8 @@ class PredictSettings:
     max_views_per_batch: int = 64
     workers: int = 2
     amp: bool = True
+    model_args: dict[str, Any] = field(default_factory=dict)  # test-time builder overrides
+    swap_map: str = ""             # mirrored views: built-in map or CSV ("": the run's)
 
     def check(self) -> None:
         if self.crops not in CROP_CHOICES:
@@ -103,7 +105,8 @@ class Inference:
 
 def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = None,
                    every: int | None = None, window: float | None = None,
-                   stride: float | None = None) -> Inference:
+                   stride: float | None = None, model_args: dict[str, Any] | None = None,
+                   swap_map: str = "") -> Inference:
     """Build the model of ``checkpoint`` with its weights and the test settings of its config.
 
     Raises:
@@ -111,7 +114,7 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     """
     from vcorr.pipelines.train.trainer import model_from_checkpoint
 
-    model, ckpt = model_from_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint, model_args)
     cfg = ckpt["config"]
     sampling = resolve_sampling(ckpt, fps, every)
     notes = [f"sampling: {sampling.source}"] if sampling.assumed else []
@@ -123,15 +126,16 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     elif short_side is None and sampling.short_side is None:
         notes.append("short side: frames keep their decoded size (the config's "
                      "test_short_side is 0, the size prepare stored, which is not known here)")
-    meta, _ = training_data_meta(cfg)  # its dataset names the flip label swaps (10 crops)
-    dataset = meta.get("dataset", "") if meta else ""
+    meta, _ = training_data_meta(cfg)  # older checkpoints: its dataset names the swaps
+    swaps, _ = checkpoint_swap_map(ckpt, swap_map, meta.get("dataset", "") if meta else "",
+                                   str(checkpoint))
     d = cfg["data"]
     normalize = bool(d["normalize"])
     spec = ClipSpec(sampling, sampler, frames, interval, clips, short_side, window,
                     (stride or window) if window else None, d["short_video"])
     return Inference(model.eval(), list(ckpt["classes"]), ckpt.get("model_name",
                      cfg["model"]["name"]), spec, crop_size, d["mean"] if normalize else None,
-                     d["std"] if normalize else None, SWAP_MAPS.get(dataset, {}), notes,
+                     d["std"] if normalize else None, swaps, notes,
                      test_short_side, d["flip"])
 
 
@@ -271,7 +275,7 @@ def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
     move_old = check_folder(out, PREDICT_OUTPUTS, overwrite=overwrite,
                             what="the results of an earlier `vcorr predict`")
     inf = load_inference(checkpoint, clips=s.clips, fps=s.fps, every=s.every, window=s.window,
-                         stride=s.stride)
+                         stride=s.stride, model_args=s.model_args, swap_map=s.swap_map)
     check_mirrored_views(s.crops, inf.train_flip, inf.swap_map, checkpoint)
     dev = resolve_device(device)  # CUDA asked for where there is none: one line
     inf.model.to(dev)
