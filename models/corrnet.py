@@ -97,6 +97,9 @@ class CorrelationSumBlock(nn.Module):
         groups: G; default ``(C/reduction) / group_size``. ``groups=1`` is Table 4 "w/o grouping".
         filtered: ``False`` drops the learnable weight (Table 4 "w/o filter").
         share_time: one weight for all time steps (clip length may change).
+        zero_init: the last BN's gamma starts at 0, so the block starts as the identity (our
+            choice, as for the CP, non-local and DCF blocks; CorrNet gives no initialisation).
+            ``False``: gamma 1, PyTorch's default.
 
     Shape: (B, C, T, H, W) -> (B, C, T, H, W).
     """
@@ -105,14 +108,18 @@ class CorrelationSumBlock(nn.Module):
 
     def __init__(self, channels: int, *, num_frames: int | None = None, kernel_size: int = 7,
                  dilation: int = 2, groups: int | None = None, group_size: int = 32,
-                 filtered: bool = True, share_time: bool = False, reduction: int = 4) -> None:
+                 filtered: bool = True, share_time: bool = False, reduction: int = 4,
+                 zero_init: bool = True) -> None:
         super().__init__()
+        # Per instance: --init keeps an identity block's tensors, and must not keep these.
+        self.identity_at_init = zero_init
         self.reduce, self.corr = _reduce_and_correlate(channels, reduction, kernel_size, dilation,
                                                        groups, group_size, num_frames,
                                                        share_time, filtered)
         self.expand = nn.Conv3d(self.corr.out_channels, channels, 1, bias=False)
         self.bn = nn.BatchNorm3d(channels)
-        zero_init_bn(self.bn)
+        if zero_init:
+            zero_init_bn(self.bn)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +140,9 @@ class CorrelationConcatBlock(nn.Module):
 
     def __init__(self, channels: int, *, num_frames: int | None = None, kernel_size: int = 7,
                  dilation: int = 2, groups: int | None = None, group_size: int = 32,
-                 filtered: bool = True, share_time: bool = False, reduction: int = 4) -> None:
-        super().__init__()
+                 filtered: bool = True, share_time: bool = False, reduction: int = 4,
+                 zero_init: bool = True) -> None:
+        super().__init__()   # zero_init: accepted for a common signature; no residual to keep
         self.reduce, self.corr = _reduce_and_correlate(channels, reduction, kernel_size, dilation,
                                                        groups, group_size, num_frames,
                                                        share_time, filtered)
@@ -260,7 +268,7 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
             conv: str | ConvFactory = "2plus1d", strides: Sequence[int] = (2, 2, 2, 2),
             widths: Sequence[int] = (64, 128, 256, 512),
             stage_blocks: Sequence[int] | None = None, dropout: float = 0.5,
-            in_channels: int = 3) -> VideoResNet:
+            in_channels: int = 3, zero_init: bool = True) -> VideoResNet:
     """CorrNet-``depth`` (Sec. 4, 6.1, 6.3): the R(2+1)D backbone with correlation blocks.
 
     ``num_frames``: the clip length the per-time-step weights are made for. ``block``: "sum"
@@ -268,7 +276,8 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
     filter"; ``kernel_size``: Fig. 3. ``stem_width=32`` and ``res2_temporal=False`` are the
     paper's FLOP-matching changes (Sec. 6.1); ``stem_width=64, res2_temporal=True`` is the plain
     backbone plus correlation blocks. ``strides``, ``widths``, ``stage_blocks``: the backbone's
-    (:func:`corr_resnet`).
+    (:func:`corr_resnet`). ``zero_init``: correlation-sum blocks start as the identity (last
+    BN gamma 0; the paper gives no initialisation, so this is our choice); ``False``: gamma 1.
     Shape: (B, in_channels, num_frames, H, W) -> (B, num_classes).
     """
     if block not in CORR_BLOCKS:
@@ -281,7 +290,7 @@ def corrnet(depth: int = 26, *, num_classes: int, num_frames: int = 32, block: s
         factory = partial(CORR_BLOCKS[block], num_frames=frames[STAGE_NAMES.index(stage)],
                           kernel_size=kernel_size, dilation=dilation, groups=groups,
                           group_size=group_size, filtered=filtered, share_time=share_time,
-                          reduction=reduction)
+                          reduction=reduction, zero_init=zero_init)
         after[stage] = tuple((i, factory) for i in idx)
     return corr_resnet(depth, num_classes=num_classes, conv=conv,
                        res2_conv=None if res2_temporal else "2d", stem_width=stem_width,

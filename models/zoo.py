@@ -218,6 +218,20 @@ register_model("cpnet_r101", cpnet, paper="CPNet Table 4, supp. Table 2 (Res101,
                paper_params_m=42.1, depth=101, cp_blocks={"res3": (-2, -1), "res4": (-3, -2, -1)},
                k=4, mlp_ratios=(1 / 8,), reduction=8, downsample_stages=("res3",), **K400)
 
+# CPNet supp. D as written: "[C/16, C/8]" MLP hidden widths, k = 4, and nothing else -- no 1x1
+# reduction before the k-NN, no spatial downsampling in res3 (cpnet_r101 is the authors' code).
+register_model("cpnet_r101_supp", cpnet, paper="CPNet supp. D text (Res101, 5 CP, k=4, MLP [C/16, C/8])",
+               paper_params_m=42.1, depth=101, cp_blocks={"res3": (-2, -1), "res4": (-3, -2, -1)},
+               k=4, mlp_ratios=(1 / 16, 1 / 8), **K400)
+# Jester at 112x112 (CPNet supp. G times this model): the authors' scripts crop 112 of 128 px
+# frames and give conv1 stride 1, so the max-pool leaves the 56/28/14/7 maps of supp. Table 3.
+JESTER_112 = dict(input_shape=(3, 12, 112, 112), num_classes=27)
+register_model("c2d_r34_112", c2d, paper="CPNet Table 5 (C2D Res34, Jester), supp. G input 112",
+               paper_params_m=20.3, depth=34, stem_stride=1, **JESTER_112)
+register_model("cpnet_r34_112", cpnet, paper="CPNet Table 5 (Res34, 5 CP, k=12, Jester), supp. G input 112",
+               paper_params_m=21.0, depth=34, cp_blocks={"res3": (-2, -1), "res4": (-3, -2, -1)},
+               k=12, stem_stride=1, **JESTER_112)
+
 register_model("toy_c2d", toy_net, paper="CPNet poster toy (C2D)", conv="2d", **TOY)
 register_model("toy_c3d", toy_net, paper="CPNet poster toy (C3D)", conv="3d", **TOY)
 register_model("toy_artnet", toy_net, paper="CPNet poster toy (ARTNet)", conv="smart", **TOY)

@@ -71,6 +71,9 @@ PAPER_COUNTS = [
     pytest.param("cpnet_r18_5cp", None, 11.3, 0.03, id="cpnet_r18_5cp-fc174-T5"),
     pytest.param("cpnet_r34", None, 21.0, 0.03, id="cpnet_r34-fc174-T5"),
     pytest.param("cpnet_r101", None, 42.1, 0.03, id="cpnet_r101-fc400-T4"),
+    pytest.param("cpnet_r101_supp", None, 42.1, 0.03, id="cpnet_r101_supp-fc400-T4"),
+    pytest.param("c2d_r34_112", None, 20.31, 0.01, id="c2d_r34_112-fc27-T5b"),
+    pytest.param("cpnet_r34_112", None, 21.0, 0.03, id="cpnet_r34_112-fc27-T5b"),
     pytest.param("artnet_r18", None, 31.81, 0.03, id="artnet_r18-suppT1",
                  marks=pytest.mark.xfail(strict=True, reason=ARTNET_REASON)),
     pytest.param("nl_c2d_r18", None, 10.88, 0.03, id="nl_c2d_r18-suppT1",
@@ -91,7 +94,8 @@ def test_parameter_count_matches_paper(name: str, num_classes: int | None, paper
 @pytest.mark.parametrize("name,paper", [("c2d_r18", 10.84), ("c2d_r34", 20.3), ("c3d_r18", 31.81),
                                         ("artnet_r18", 31.81), ("nl_c2d_r18", 10.88),
                                         ("cpnet_r18", 10.86), ("cpnet_r18_5cp", 11.3),
-                                        ("cpnet_r34", 21.0), ("cpnet_r101", 42.1)])
+                                        ("cpnet_r34", 21.0), ("cpnet_r101", 42.1),
+                                        ("cpnet_r101_supp", 42.1), ("cpnet_r34_112", 21.0)])
 def test_registry_quotes_the_paper_numbers(name: str, paper: float) -> None:
     """``paper_params_m`` of the registry is the table's number (what ``vcorr models`` shows)."""
     assert models.get_model_entry(name).paper_params_m == paper
@@ -183,6 +187,34 @@ def test_cpnet_variants_breakdown() -> None:
         cp_module_params(c) for c in (128, 128, 256, 256, 256))
     assert count_params("cpnet_r101") == count_params("c2d_r101") + sum(
         cp_module_params(c, (1 / 8,), 8) for c in (512, 512, 1024, 1024, 1024))
+    # supp. D as written: MLP [C/16, C/8], no reduction (and no downsampling, below)
+    assert count_params("cpnet_r101_supp") == count_params("c2d_r101") + sum(
+        cp_module_params(c, (1 / 16, 1 / 8)) for c in (512, 512, 1024, 1024, 1024))
+    with torch.device("meta"):
+        for name, want in (("cpnet_r101", [True, True, False, False, False]),
+                           ("cpnet_r101_supp", [False] * 5)):
+            cps = [m for m in models.create_model(name).modules() if isinstance(m, CPModule)]
+            assert [m.downsample for m in cps] == want and {m.k for m in cps} == {4}, name
+    assert count_params("cpnet_r34_112") == count_params("c2d_r34", 27) + sum(
+        cp_module_params(c) for c in (128, 128, 256, 256, 256))
+
+
+def test_jester_112_models_see_the_maps_of_supp_table_3() -> None:
+    """The 112 px variants (stride-1 conv1, then the max-pool) give every stage the map size
+    the 224 px models give it: 56, 28, 14, 7 (CPNet supp. Table 3); so do their CP modules."""
+    def sizes(name: str, px: int) -> list[int]:
+        model = models.create_model(name).eval()
+        seen = []
+        hooks = [getattr(model, s).register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+                 for s in ("res2", "res3", "res4", "res5")]
+        with torch.no_grad():
+            model(torch.randn(1, 3, 2, px, px))
+        for h in hooks:
+            h.remove()
+        return seen
+
+    assert sizes("c2d_r34_112", 112) == sizes("c2d_r34", 224) == [56, 28, 14, 7]
+    assert sizes("cpnet_r34_112", 112) == [56, 28, 14, 7]
 
 
 def plugin_sites(model: nn.Module, kind: type) -> list[tuple[str, str]]:

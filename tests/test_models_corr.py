@@ -396,3 +396,33 @@ def test_cli_lists_the_corrnet_models():
     assert {"corrnet_26", "corrnet_50", "corrnet_101"} <= set(rows)
     assert all(r["gmacs"] is None and r["params"] > 0 for r in rows.values())
     assert set(models.list_models("*")) >= set(NEW_MODELS)
+
+
+def test_corrnet_block_initialisation_is_an_option() -> None:
+    """The paper gives no initialisation for the correlation-sum block's output: by default its
+    last BN starts at gamma 0 (the block is the identity on its ReLU input, as a fresh CP,
+    non-local or DCF block); ``zero_init=False`` starts it at gamma 1 (PyTorch's default)."""
+    x = torch.relu(torch.randn(2, 64, 4, 8, 8))
+    for zero, gamma in ((True, 0.0), (False, 1.0)):
+        torch.manual_seed(0)
+        model = tiny_model("corrnet_26", zero_init=zero).eval()
+        blocks = [m for m in model.modules() if isinstance(m, CorrelationSumBlock)]
+        assert len(blocks) == 3
+        assert all(torch.all(b.bn.weight == gamma) for b in blocks)
+        assert all(b.identity_at_init is zero for b in blocks)
+        block = CorrelationSumBlock(64, num_frames=4, zero_init=zero).eval()
+        with torch.no_grad():
+            assert torch.equal(block(x), x) is zero
+
+
+def test_dcf_last_stage_range_follows_temporal_ranges() -> None:
+    """DCF Sec. 3.3 "L = 2 (L = 1 for the last stage)": the default gives res4 L = 1; for the
+    Table 2 rows whose last block is res3, ``temporal_ranges={"res3": 1}`` is the other reading
+    (the configs' headers say which they use)."""
+    def offsets(**kw):
+        return [b.corr.offsets for b in tiny_model("dcf_x3d_s", **kw).modules()
+                if isinstance(b, DCFBlock)]
+
+    assert offsets(dcf_stages=("stem", "res3")) == [(-2, -1, 1, 2), (-2, -1, 1, 2)]
+    assert offsets(dcf_stages=("stem", "res3"), temporal_ranges={"res3": 1}) == [
+        (-2, -1, 1, 2), (-1, 1)]

@@ -281,7 +281,8 @@ EXPECT: dict[str, tuple] = {
     "artnet_r18": ("refused", "SMART unit"),
     "nl_c2d_r18": ("exact",), "trn_r18": ("features",),
     **{n: ("exact",) for n in ("cpnet_r18", "cpnet_r18_5cp", "cpnet_r18_4cp", "cpnet_r34",
-                               "cpnet_r101")},
+                               "cpnet_r101", "cpnet_r101_supp")},
+    **{n: ("refused", "stem conv strides (1, 1)") for n in ("c2d_r34_112", "cpnet_r34_112")},
     **{n: ("none", "a two-layer toy net") for n in ("toy_c2d", "toy_c3d", "toy_artnet",
                                                     "toy_trn", "toy_nl", "toy_cpnet")},
     **{n: RESNET_26 for n in ("r2d_26", "r2plus1d_26", "corrnet_26", "corrnet_26_no_filter",
@@ -705,6 +706,12 @@ def test_pytorchvideo_r2plus1d_r50_into_corrnet_50(tmp_path: Path) -> None:
         # the source's pooling window covers the whole (2, 1, 1) map: its windowed head and
         # CorrNet's global mean are the same function here
         assert (corr(clip) - src(clip)).abs().max().item() <= ATOL
+    # Correlation blocks that do not start as the identity (model.args.zero_init = false) are
+    # not kept as if they did: their tensors are missing, a partial load.
+    random_blocks = models.create_model("corrnet_50", num_classes=400, num_frames=8,
+                                        stem_width=64, res2_temporal=True, zero_init=False)
+    with pytest.raises(UserError, match=r"partial load.*res2\.\d+_after0\..*not in the file"):
+        load_weights(random_blocks, path, classes=k400)
 
 
 def test_weights_list_classes_and_convert_errors(tmp_path: Path) -> None:

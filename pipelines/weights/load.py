@@ -187,6 +187,10 @@ def layout_vs_2d_resnet(model: nn.Module) -> str:
     stem = getattr(model, "stem", None)
     if stem is None or not hasattr(model, "res2"):
         return "not a ResNet with a stem and res2..res5"
+    convs = [m for m in stem.modules() if isinstance(m, nn.Conv3d)]
+    if convs and tuple(convs[0].stride[1:]) != (2, 2):
+        return (f"the stem conv strides {tuple(convs[0].stride[1:])} in space; the 2D ResNet's "
+                "conv1 strides 2, so its weights would see the frame at another scale")
     pools = [m for m in stem.modules() if isinstance(m, nn.MaxPool3d)]
     if not pools:
         return ("the stem has no max-pool (res2 strides instead); the 2D ResNet max-pools after "
@@ -305,7 +309,7 @@ def plan_load(model: nn.Module, wf: WeightsFile, *, classes: Sequence[str] | Non
             new[key] = torch.zeros_like(target[key])
             counters += 1
             continue
-        plugin = _owner(modules, key, lambda mod: getattr(type(mod), "identity_at_init", False))
+        plugin = _owner(modules, key, lambda mod: getattr(mod, "identity_at_init", False))
         if plugin is not None:
             report.kept.append(key)
         elif cls_prefixes and key.startswith(cls_prefixes):
