@@ -464,3 +464,13 @@ def test_filters_mark_constant_maps_without_an_arrow(tmp_path, monkeypatch):
     w[1, 0, 0, 4] = 2.0
     filters.draw_filters("x.corr.weight", w, tmp_path / "f.png", [])
     assert arrows == [(4, 0)]  # only the map with a single largest weight
+
+
+def test_visualized_clip_fills_a_short_video_as_the_checkpoint_says() -> None:
+    """A 5-frame video under a 10-frame dense clip: ``loop`` jumps back to frame 0, ``repeat``
+    (CorrNet Sec. 5, the SSv1 CorrNet configs) shows each frame twice; visualize follows the
+    checkpoint's data.short_video like eval and predict do."""
+    from vcorr.pipelines.visualize.clip import sample_indices
+
+    assert sample_indices(5, 10) == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+    assert sample_indices(5, 10, short_video="repeat") == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]

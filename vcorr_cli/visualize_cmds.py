@@ -59,7 +59,8 @@ def _read(loaded: Any, video: Path | None, data: Path | None, video_id: str | No
     n = frames or (loaded.frames if loaded is not None else 8)
     step = interval or (loaded.interval if loaded is not None else 1)
     sampler = loaded.sampler if loaded is not None else "dense"
-    clip = read_clip(video, n, step, sampler, data=data, video_id=video_id)
+    clip = read_clip(video, n, step, sampler, data=data, video_id=video_id,
+                     short_video=loaded.short_video if loaded is not None else "loop")
     if clip.warning:
         click.echo(f"warning: {video}: {clip.warning}", err=True)
     if short_side is None and video is not None and min(clip.frames.shape[1:3]) > 128:

@@ -94,6 +94,7 @@ class LoadedModel:
     sampler: str = "dense"
     normalize: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    short_video: str = "loop"   # the config's data.short_video (loop or repeat)
 
 
 def load_model(checkpoint: str | Path | None = None, name: str | None = None) -> LoadedModel:
@@ -108,7 +109,8 @@ def load_model(checkpoint: str | Path | None = None, name: str | None = None) ->
         cfg = ckpt["config"]
         frames, interval, sampler = clip_settings(cfg)
         return LoadedModel(model.eval(), cfg["model"]["name"], int(frames), int(interval),
-                           str(sampler), bool(cfg["data"].get("normalize", True)))
+                           str(sampler), bool(cfg["data"].get("normalize", True)),
+                           short_video=str(cfg["data"].get("short_video", "loop")))
     if name is None:
         raise UserError("give --checkpoint or --model")
     try:
@@ -119,20 +121,25 @@ def load_model(checkpoint: str | Path | None = None, name: str | None = None) ->
     return LoadedModel(model.eval(), name, int(entry.input_shape[1]))
 
 
-def sample_indices(n: int, frames: int, interval: int = 1, sampler: str = "dense") -> list[int]:
-    """The frames of the single evaluation clip (the centred one)."""
+def sample_indices(n: int, frames: int, interval: int = 1, sampler: str = "dense",
+                   short_video: str = "loop") -> list[int]:
+    """The frames of the single evaluation clip (the centred one); ``short_video``: how a
+    dense clip longer than the video is filled (loop, or repeat as CorrNet Sec. 5)."""
     from vcorr.pipelines.data.samplers import make_sampler
 
     if n < 1:
         raise UserError("the video has no frames")
-    return make_sampler(sampler, frames, interval).test(n, 1)[0]
+    return make_sampler(sampler, frames, interval, short_video).test(n, 1)[0]
 
 
 def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler: str = "dense", *,
-              data: str | Path | None = None, video_id: str | None = None) -> Clip:
+              data: str | Path | None = None, video_id: str | None = None,
+              short_video: str = "loop") -> Clip:
     """Frames of ``video`` (a file or frame folder) or of prepared video ``video_id`` in
     ``data`` (a ``vcorr prepare`` output folder), with their presentation times (a file: the
-    stream's timestamps, through :mod:`vcorr.pipelines.data.decode`; prepared: frame / fps)."""
+    stream's timestamps, through :mod:`vcorr.pipelines.data.decode`; prepared: frame / fps).
+    The clip is sampled as the checkpoint's evaluation samples it (``sampler``,
+    ``short_video``)."""
     if data is not None or video_id is not None:
         if data is None or video_id is None:
             raise UserError("--data and --id go together")
@@ -144,7 +151,7 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
         if not rows:
             raise UserError(f"{data}: no video with id {video_id!r}")
         row = rows[0]
-        idx = sample_indices(row["num_frames"], frames, interval, sampler)
+        idx = sample_indices(row["num_frames"], frames, interval, sampler, short_video)
         reader = ShardReader(Path(data) / "shards")
         uniq = sorted(set(idx))
         try:
@@ -164,7 +171,7 @@ def read_clip(video: str | Path | None, frames: int, interval: int = 1, sampler:
 
     try:
         src = VideoReader(path)
-        idx = sample_indices(src.info.num_frames, frames, interval, sampler)
+        idx = sample_indices(src.info.num_frames, frames, interval, sampler, short_video)
         uniq = sorted(set(idx))
         arr = src.read(uniq)
     except VideoError as exc:
