@@ -501,3 +501,42 @@ def test_bench_predict_runs(tmp_path: Path) -> None:
     assert b["videos"] == 2 and b["failed"] == 0 and b["videos_per_s"] > 0
     assert 0 <= b["outside_model_share"] <= 1 and isinstance(b["target_met"], bool)
     assert b["model_s"] + b["outside_model_s"] == pytest.approx(b["wall_s"])
+
+
+def test_a_checkpoint_works_from_any_folder(tmp_path: Path, monkeypatch, toy_dataset) -> None:
+    """Issue 25, item 2: a run trained on a relative ``data/toy`` stores the folder absolute
+    and what inference needs of it (the stored rate); predict from another folder, even with
+    the data moved away, samples at the training rate (not every frame) and eval from another
+    folder finds the data without --data."""
+    import shutil
+
+    from conftest import run_prepare
+    from vcorr.pipelines.train import load_config, train
+
+    d = toy_dataset
+    monkeypatch.chdir(tmp_path)
+    run_prepare(Path("data/toy"), "list", d["annotations"], d["root"], d["labels"],
+                short_side=0, fps=4)
+    cfg = load_config(REPO / "examples" / "configs" / "toy_c2d.toml",
+                      ['data.root="data/toy"', "data.workers=0", "optim.batch_size=4",
+                       "optim.epochs=1", "train.max_steps_per_epoch=1", "train.val_every=0",
+                       "model.args={width=8}"])
+    train(cfg, Path("runs/r"), progress=False, device="cpu")
+    ckpt_path = tmp_path / "runs" / "r" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["config"]["data"]["root"] == str((tmp_path / "data" / "toy").resolve())
+    assert ckpt["data_meta"]["given"] == "data/toy"
+    assert ckpt["data_meta"]["data_options"]["fps"] == 4
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = run("eval", ckpt_path, "--clips", "1", "--crops", "1", "--workers", "0", "--device",
+            "cpu", "--out", "ev", "--no-progress")
+    assert r.exit_code == 0, r.output
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    video = square_video(tmp_path / "left.mp4", 2, (12, 25), 8, 3, 8.0)
+    r = run("predict", ckpt_path, video, "--clips", "1", "--crops", "1", "--out", "p")
+    assert r.exit_code == 0, r.output
+    s = json.loads((elsewhere / "p" / "predictions.json").read_text())
+    assert s["sampling"]["fps"] == 4 and not s["sampling"]["assumed"], s["sampling"]
+    assert s["sampling"]["source"].startswith("the checkpoint") and s["notes"] == []

@@ -404,7 +404,7 @@ def test_train_end_to_end_writes_the_run_dir(tmp_path: Path, toy_train_prepared:
 
 
 def test_train_needs_a_prepared_dataset(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not a prepared dataset"):
+    with pytest.raises(UserError, match="^no training data: give --data"):  # not "." (issue 25)
         run(load_config(TOY_C2D, ["data.workers=0"]), tmp_path / "run")  # data.root empty
     with pytest.raises(UserError, match="not a prepared dataset"):
         run(load_config(TOY_C2D, [f"data.root={json.dumps(str(tmp_path))}"]), tmp_path / "run")

@@ -326,7 +326,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])
     if not (root / "index.csv").is_file():
-        raise UserError(f"{root}: not a prepared dataset (no index.csv); give --data")
+        whose = "" if data else " (the checkpoint's data.root)"
+        raise UserError(f"{root}: not a prepared dataset{whose} (no index.csv); give --data")
     classes = read_classes(root)
     if list(classes) != list(ckpt["classes"]):
         raise UserError(f"{root}: its {len(classes)} classes differ from the checkpoint's "

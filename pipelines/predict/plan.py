@@ -11,9 +11,9 @@ whole video or over the stored frames of one window.
 
 Where the rate comes from, first found: ``--fps``/``--every``; a converted checkpoint's source
 (``vcorr weights convert`` records the rate its source was trained at); the training data's
-``prepare.json`` (its ``data_options``), found through the checkpoint's ``data.root``;
-otherwise every frame of the video (prepare's default, ``--every 1``), said in the output
-(``sampling.source``), since the checkpoint does not record the rate itself.
+``prepare.json`` (its ``data_options``) as the checkpoint recorded it (``data_meta``), or for
+older checkpoints as found through their ``data.root``; otherwise every frame of the video
+(prepare's default, ``--every 1``), said in the output (``sampling.source``).
 """
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ class Sampling:
         return asdict(self)
 
 
+def checkpoint_data_meta(ckpt: dict) -> tuple[dict | None, str]:
+    """The training data's ``prepare.json`` facts (``data_options``, ``dataset``) as the run
+    recorded them in the checkpoint (``data_meta``), so that nothing depends on the folder
+    inference runs from; for checkpoints from before that record, read through the config's
+    ``data.root`` (:func:`training_data_meta`). Returns (meta or None, where or why not)."""
+    recorded = ckpt.get("data_meta")
+    if isinstance(recorded, dict) and isinstance(recorded.get("data_options"), dict):
+        return recorded, (f"the checkpoint (recorded from {recorded.get('root', '?')}"
+                          "/prepare.json)")
+    return training_data_meta(ckpt.get("config", {}))
+
+
 def training_data_meta(cfg: dict) -> tuple[dict | None, str]:
     """The training data's ``prepare.json`` (via the config's ``data.root``; it holds
     ``data_options`` and ``dataset``) and its path, or None with the reason it is not
@@ -80,7 +92,7 @@ def resolve_sampling(ckpt: dict, fps: float | None = None, every: int | None = N
         raise UserError("use either --fps or --every, not both")
     if (fps is not None and fps <= 0) or (every is not None and every < 1):
         raise UserError("--fps must be positive and --every at least 1")
-    meta, where = training_data_meta(ckpt["config"])
+    meta, where = checkpoint_data_meta(ckpt)
     opts = meta["data_options"] if meta else None
     folder_fps = float(opts.get("folder_fps", 12.0)) if opts else 12.0
     short_side = int(opts["short_side"]) if opts and "short_side" in opts else None

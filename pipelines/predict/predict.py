@@ -40,7 +40,7 @@ from vcorr.pipelines.fileio import write_atomic
 from vcorr.pipelines.outputs import check_folder, move_aside
 from vcorr.pipelines.predict.inputs import collect_inputs
 from vcorr.pipelines.predict.loader import ClipSpec, RawVideos
-from vcorr.pipelines.predict.plan import WHOLE, resolve_sampling, training_data_meta
+from vcorr.pipelines.predict.plan import WHOLE, checkpoint_data_meta, resolve_sampling
 from vcorr.pipelines.runtime import resolve_device
 
 PREDICT_OUTPUTS = ("predictions.csv", "predictions.json", "*.timeline.csv", "*.timeline.png",
@@ -126,7 +126,7 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
     elif short_side is None and sampling.short_side is None:
         notes.append("short side: frames keep their decoded size (the config's "
                      "test_short_side is 0, the size prepare stored, which is not known here)")
-    meta, _ = training_data_meta(cfg)  # older checkpoints: its dataset names the swaps
+    meta, _ = checkpoint_data_meta(ckpt)  # older checkpoints: its dataset names the swaps
     swaps, _ = checkpoint_swap_map(ckpt, swap_map, meta.get("dataset", "") if meta else "",
                                    str(checkpoint))
     d = cfg["data"]

@@ -212,6 +212,22 @@ def data_fingerprint(rows: list[dict], classes: list[str], split: str) -> dict[s
             "train_videos": len(videos)}
 
 
+def data_meta(root: Path, given: str) -> dict[str, Any]:
+    """What inference needs of the training data, recorded in every checkpoint
+    (``data_meta``): ``prepare.json``'s ``data_options`` (stored frame rate or step, short
+    side) and ``dataset``, the absolute ``root`` and the form it was ``given`` in. A folder
+    without a readable ``prepare.json`` gives empty options (predict then says so)."""
+    try:
+        meta = json.loads((root / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    opts = meta.get("data_options")
+    return {"data_options": opts if isinstance(opts, dict) else None,
+            "dataset": str(meta.get("dataset", "") or ""), "root": str(root), "given": given}
+
+
 def check_same_data(saved: dict | None, now: dict, root: Path, split: str,
                     where: Path) -> None:
     """Refuse to resume on other training data than the run's (nothing to check for
