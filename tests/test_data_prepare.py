@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -660,3 +661,48 @@ def test_a_shard_whose_videos_all_failed_is_not_written(tmp_path, list_dataset, 
     r2 = dh.run_prepare(out, "list", ann, d["root"], d["labels"], **kw)
     assert (r2.shards_skipped, r2.shards_written, r2.videos) == (2, 0, 5)
     assert dh.read_csv(out / "failures.csv") == fails
+
+
+def test_a_class_name_typo_is_named_by_prepare_inspect_and_train(tmp_path, toy_dataset) -> None:
+    """Issue 25, item 3: "lfet" on one val row (no --labels: classes come from the rows) made
+    a fifth class without a word. Now prepare and inspect warn, naming the class, its counts
+    and the class it is one edit from; training refuses a class with no training video in one
+    line unless data.allow_empty_classes is set."""
+    import csv as csv_mod
+
+    from click.testing import CliRunner
+
+    from vcorr.cli.main import cli
+
+    d = toy_dataset
+    rows = list(csv_mod.DictReader(open(d["annotations"], newline="")))
+    val = next(r for r in rows if r["split"] == "val" and r["label"] == "left")
+    val["label"] = "lfet"
+    ann = tmp_path / "annotations.csv"
+    with open(ann, "w", newline="") as f:
+        w = csv_mod.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["prepare", "--format", "list", "--annotations", str(ann),
+                                 "--root", str(d["root"]), "--out", str(out), "--short-side", "0",
+                                 "--no-progress"], prog_name="vcorr")
+    assert r.exit_code == 0, r.output
+    assert (out / "classes.txt").read_text().split() == ["down", "left", "lfet", "right", "up"]
+    assert "1 class with no train video: 'lfet' (1 val)" in r.output
+    assert "close spellings (a typo?): 'lfet' (1 val) ~ 'left'" in r.output
+    r = CliRunner().invoke(cli, ["inspect", str(out)], prog_name="vcorr")
+    assert r.exit_code == 0 and "'lfet' (1 val) ~ 'left'" in r.output, r.output
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "toy_c2d.toml"
+    train = ["train", str(config), "--data", str(out),
+             "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu", "--set",
+             "data.workers=0", "--set", "optim.batch_size=4", "--set", "optim.epochs=1",
+             "--set", "train.max_steps_per_epoch=1", "--set", "train.val_every=0"]
+    r = CliRunner().invoke(cli, train, prog_name="vcorr")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "1 of 5 classes have no video in split 'train' ('lfet')" in r.output
+    assert "~ 'left'" in r.output and "data.allow_empty_classes=true" in r.output
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(cli, train + ["--set", "data.allow_empty_classes=true"],
+                           prog_name="vcorr")
+    assert r.exit_code == 0, r.output

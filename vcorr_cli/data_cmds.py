@@ -182,6 +182,8 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
     if r.shards_pending:
         click.echo(f"{len(r.shards_pending)} shards of other parts are not finished yet; the "
                    "index is rebuilt by whichever part finishes last")
+    for line in r.class_checks:
+        click.echo(f"warning: {r.out}: {line}", err=True)
 
 
 def _n(count: int, noun: str) -> str:
@@ -240,6 +242,8 @@ def _print_summary(s: dict) -> None:
         console.print(f"classes with no video (the model still has an output for each): "
                       f"{len(empty)}: {', '.join(empty[:10])}" + (", ..." if len(empty) > 10
                                                                     else ""))
+    for line in s["class_checks"]:
+        console.print(f"warning: {line}")
     console.print(f"failures: {s['failures']}" + (
         " (" + ", ".join(f"{k}: {v}" for k, v in s["failure_reasons"].items()) + ")"
         if s["failures"] else ""))

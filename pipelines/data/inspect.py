@@ -52,6 +52,67 @@ def read_meta(out: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _one_edit(a: str, b: str) -> bool:
+    """``a`` and ``b`` (case-insensitive) differ by one insertion, deletion, substitution or
+    swap of adjacent letters."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    if len(long_) - len(short) != 1:
+        return False
+    i = next((k for k in range(len(short)) if short[k] != long_[k]), len(short))
+    return short[i:] == long_[i + 1:]
+
+
+def class_checks(rows: list[dict], classes: list[str], train_split: str = "train"
+                 ) -> list[str]:
+    """Class-list hygiene, one line each: classes with no video in ``train_split`` (the model
+    cannot learn them), classes with training videos that no other split has, and rare classes
+    (at most max(2, a tenth of the median class's videos)) whose name is one edit (a letter
+    inserted, deleted, changed, or two swapped: "wrestel" and "wrestle") from a bigger class,
+    or from one with training videos where the rare one has none --
+    a typo in a few rows makes a new class without a word otherwise."""
+    per: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        per[r["label"]][r["split"]] += 1
+    splits = sorted({r["split"] for r in rows})
+    lines = []
+
+    def where(c: str) -> str:
+        return ", ".join(f"{n} {sp}" for sp, n in sorted(per[c].items())) or "no video"
+
+    def listed(what: str, names: list[str]) -> str:
+        return (f"{len(names)} {'class' if len(names) == 1 else 'classes'} {what}: "
+                + "; ".join(f"{c!r} ({where(c)})" for c in names[:5])
+                + ("; ..." if len(names) > 5 else ""))
+
+    if train_split in splits:
+        empty = [c for c in classes if not per[c][train_split]]
+        if empty:
+            lines.append(listed(f"with no {train_split} video", empty))
+        if len(splits) > 1:
+            alone = [c for c in classes if per[c][train_split] and len(per[c]) == 1]
+            if alone:
+                lines.append(listed(f"only in {train_split}", alone))
+    # A typo makes a small class next to a bigger one whose name is one edit away.
+    totals = {c: sum(per[c].values()) for c in classes}
+    ordered = sorted(totals.values())
+    rare_at = max(2, ordered[len(ordered) // 2] // 10) if ordered else 0
+    close = [(c, o) for c in classes if totals[c] <= rare_at for o in classes
+             if (totals[o] > totals[c] or per[o][train_split] > per[c][train_split] == 0)
+             and abs(len(o) - len(c)) <= 1 and _one_edit(c, o)]
+    if close:
+        lines.append("close spellings (a typo?): " + "; ".join(
+            f"{a!r} ({where(a)}) ~ {b!r} ({where(b)})" for a, b in close[:5])
+            + ("; ..." if len(close) > 5 else ""))
+    return lines
+
+
 def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
               progress: bool = False) -> dict:
     """Videos per split and class, frames, bytes and failures of a prepared ``out``.
@@ -91,6 +152,7 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
         "warnings": len(warnings),
         "warning_examples": [f"{w['id']}: {w['warning']}" for w in warnings[:3]],
         "data_options": meta.get("data_options", {}),
+        "class_checks": class_checks(rows, classes),
     }
     if verify:
         summary["verify_errors"] = verify_shards(out, rows, sample_frames, progress)

@@ -123,6 +123,8 @@ class PrepareResult:
     # failures.csv counted by reason phrase (the text before the first ':'), most common first
     failure_reasons: dict[str, int] = field(default_factory=dict)
     videos_per_shard: dict[str, int] = field(default_factory=dict)
+    # class-list hygiene (:func:`vcorr.pipelines.data.inspect.class_checks`), one line each
+    class_checks: list[str] = field(default_factory=list)
 
 
 def plan_shards(ann: Annotations, opt: PrepareOptions) -> list[_Shard]:
@@ -329,6 +331,10 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     result.shards_written, result.shards_skipped = written, len(mine) - len(todo)
     result.seconds = round(time.time() - t0, 3)
     write_atomic(out / "classes.txt", "".join(c + "\n" for c in ann.classes))
+    if not result.shards_pending:
+        from vcorr.pipelines.data.inspect import class_checks, read_index
+
+        result.class_checks = class_checks(read_index(out), list(ann.classes))
     meta = {"options": {**asdict(opt), "part": f"{part}/{nparts}"},
             "data_options": opt.data_options(), "dataset": ann.dataset,
             "num_classes": len(ann.classes), "versions": _versions(),
@@ -336,6 +342,7 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
                        "failures": result.failures, "warnings": result.warnings,
                        "shards": len(shards),
                        "shards_pending": result.shards_pending},
+            "class_checks": result.class_checks,
             "seconds": result.seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
     # A part with no shard to do (more parts than shards) is not a failure; a dataset whose

@@ -307,6 +307,19 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
             raise UserError(f"{root / 'index.csv'}: video {r['id']!r} has label_index "
                             f"{r['label_index']}, outside the {len(classes)} classes of "
                             f"classes.txt; prepare the dataset again")
+    trained = {r["label_index"] for r in train_rows}
+    empty = [c for i, c in enumerate(classes) if i not in trained]
+    if empty and not d["allow_empty_classes"]:
+        from vcorr.pipelines.data.inspect import class_checks
+
+        typo = [line for line in class_checks(rows, classes, split)
+                if line.startswith("close spellings")]
+        raise UserError(f"{root}: {len(empty)} of {len(classes)} classes have no video in split "
+                        f"{split!r} ({', '.join(repr(c) for c in empty[:5])}"
+                        f"{', ...' if len(empty) > 5 else ''}), so the model cannot learn them"
+                        + (f"; {typo[0]}" if typo else "")
+                        + "; fix the annotations and prepare again, or set "
+                        "--set data.allow_empty_classes=true")
     args = cfg["model"]["args"]
     if "num_classes" in args and args["num_classes"] != len(classes):
         raise UserError(f"model.args.num_classes = {args['num_classes']}: the dataset has "
