@@ -432,6 +432,18 @@ def test_eval_refuses_bad_input(tmp_path: Path, toy_checkpoint: Path) -> None:
 
     r = CliRunner().invoke(cli, ["eval", str(tmp_path / "none.pt")], prog_name="vcorr")
     assert r.exit_code == 2 and "checkpoint not found" in r.output
+    # Issue 25: a typo in the checkpoint's name is reported as such, even where the default
+    # output folder holds results; best.pt and last.pt have their own default folders.
+    from vcorr.pipelines.evaluate.evaluate import EvalSettings, default_out
+
+    s = EvalSettings()
+    taken = default_out(tmp_path / "bset.pt", "val", s)
+    taken.mkdir()
+    (taken / "metrics.json").write_text("{}")
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "bset.pt")], prog_name="vcorr")
+    assert r.exit_code == 2 and "bset.pt: checkpoint not found" in r.output, r.output
+    assert default_out(tmp_path / "best.pt", "val", s).name == "eval_val_10x3"
+    assert default_out(tmp_path / "last.pt", "val", s).name == "eval_last_val_10x3"
     r = CliRunner().invoke(cli, ["eval", str(toy_checkpoint), "--data", str(tmp_path)],
                            prog_name="vcorr")
     assert r.exit_code == 2 and "not a prepared dataset" in r.output

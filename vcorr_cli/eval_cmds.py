@@ -49,8 +49,10 @@ from vcorr.cli.predict_cmds import model_arg_option, parse_model_args, swap_map_
 @model_arg_option
 @swap_map_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops>, "
-                   "then _reversed or _shuffled (_shuffled_seed<N>) for another frame order].")
+              help="Output folder [default: CHECKPOINT's folder/eval_<split>_<clips>x<crops> "
+                   "for best.pt, eval_<name>_<split>_... for another checkpoint (last.pt: "
+                   "eval_last_val_...), then _reversed or _shuffled (_shuffled_seed<N>) for "
+                   "another frame order].")
 @click.option("--overwrite", is_flag=True,
               help="Replace earlier results in the output folder (they are moved aside to "
                    "OUT.old-N).")

@@ -277,11 +277,15 @@ def compute_metrics(scores: np.ndarray, labels: list[int] | np.ndarray,
 # --- the command -------------------------------------------------------------------------------
 
 def default_out(checkpoint: str | Path, split: str, settings: EvalSettings) -> Path:
-    """``CHECKPOINT's folder/eval_<split>_<clips>x<crops or full>``, then ``_reversed`` or
-    ``_shuffled`` (``_shuffled_seed<N>`` for a seed other than 0) when the frames are not in
-    their original order, so that the order runs sit beside the original one."""
+    """``CHECKPOINT's folder/eval_<split>_<clips>x<crops or full>`` for ``best.pt`` and
+    ``eval_<stem>_<split>_...`` for any other checkpoint (``last.pt`` and ``best.pt`` of one
+    run get their own folders), then ``_reversed`` or ``_shuffled`` (``_shuffled_seed<N>`` for
+    a seed other than 0) when the frames are not in their original order, so that the order
+    runs sit beside the original one."""
     s = settings
-    name = f"eval_{split}_{s.clips}x{'full' if s.full_frame else s.crops}"
+    stem = Path(checkpoint).stem
+    name = (f"eval_{'' if stem == 'best' else stem + '_'}{split}_"
+            f"{s.clips}x{'full' if s.full_frame else s.crops}")
     if s.frame_order != "original":
         name += f"_{s.frame_order}"
         if s.frame_order == "shuffled" and s.frame_order_seed:
@@ -318,10 +322,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None, out: st
     s = settings or EvalSettings()
     t_start = time.perf_counter()
     out = Path(out) if out is not None else default_out(checkpoint, split, s)
+    check_settings(s)
+    # The checkpoint first: a typo in its name is the problem to report, not the folder.
+    model, ckpt = model_from_checkpoint(checkpoint, s.model_args)
     move_old = check_folder(out, EVAL_OUTPUTS, overwrite=overwrite,
                             what="the results of an earlier `vcorr eval`")
-    check_settings(s)
-    model, ckpt = model_from_checkpoint(checkpoint, s.model_args)
     digest = weights_digest(model)
     cfg = ckpt["config"]
     root = Path(data or cfg["data"]["root"])
