@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -278,6 +279,229 @@ def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     reasons = {f["id"]: f["reason"] for f in dh.read_csv(out / "failures.csv")}
     assert reasons == {"voice": "no video stream: streams: audio",
                        "song": "no video stream: streams: audio, cover picture"}
+
+
+# --------------------------------------------------------------------------- AVI B-frames
+def _bits(data: bytes) -> Iterator[int]:
+    for byte in data:
+        yield from (byte >> k & 1 for k in range(7, -1, -1))
+
+
+def _take(bits: Iterator[int], n: int) -> int:
+    value = 0
+    for _ in range(n):
+        value = value << 1 | next(bits)
+    return value
+
+
+def _vop_time_increment_bits(data: bytes) -> int:
+    """Bits of ``vop_time_increment`` in MPEG-4 Part 2 VOP headers: from the video object
+    layer header (ISO/IEC 14496-2 6.2.3) in ``data``."""
+    at = next(i for i in range(len(data) - 3)
+              if data[i:i + 3] == b"\0\0\1" and 0x20 <= data[i + 3] <= 0x2F)
+    bits = _bits(data[at + 4:])
+    _take(bits, 9)  # random_accessible_vol, video_object_type_indication
+    if _take(bits, 1):  # is_object_layer_identifier: verid, priority
+        _take(bits, 7)
+    if _take(bits, 4) == 15:  # aspect_ratio_info: extended PAR
+        _take(bits, 16)
+    if _take(bits, 1):  # vol_control_parameters: chroma_format, low_delay
+        _take(bits, 3)
+        if _take(bits, 1):  # vbv_parameters
+            _take(bits, 79)
+    assert _take(bits, 2) == 0, "rectangular video object layer expected"
+    _take(bits, 1)  # marker
+    resolution = _take(bits, 16)  # vop_time_increment_resolution
+    return max(1, (resolution - 1).bit_length())
+
+
+def _n_vop(time_bits: int) -> bytes:
+    """A not-coded VOP (``vop_coded`` 0): the placeholder DivX puts in the chunk of a packed
+    B-frame."""
+    bits = [0, 1, 0, 1] + [0] * time_bits + [1, 0]  # P, modulo_time_base, marker, time, marker,
+    bits += [0] + [1] * (-(len(bits) + 1) % 8)  # vop_coded; then next_start_code() stuffing
+    return b"\0\0\1\xb6" + bytes(int("".join(map(str, bits[i:i + 8])), 2)
+                                 for i in range(0, len(bits), 8))
+
+
+def _pack_b_frames(src: Path, dst: Path) -> None:
+    """DivX-style packed B-frames (as DivX 5 and XviD wrote AVIs; the reverse of FFmpeg's
+    ``mpeg4_unpack_bframes``): each reference frame's chunk also holds the first B-frame that
+    follows it in decode order, every further B-frame moves one chunk earlier, and an N-VOP
+    fills the chunk left over; the user data says ``DivX503b1393p`` (``p``: packed)."""
+    import av
+
+    def vop_type(data: bytes) -> int:  # 0 I, 1 P, 2 B, 3 S
+        return data[data.rfind(b"\0\0\1\xb6") + 4] >> 6
+
+    def divx(data: bytes) -> bytes:  # the encoder's user data becomes DivX's
+        at = data.find(b"\0\0\1\xb2")
+        end = data.find(b"\0\0\1", at + 4)
+        return data if at < 0 else data[:at] + b"\0\0\1\xb2DivX503b1393p" + data[end:]
+
+    with av.open(str(src)) as source:
+        stream = source.streams.video[0]
+        packets = [(bytes(p), p.is_keyframe) for p in source.demux(stream) if p.size]
+        n_vop = _n_vop(_vop_time_increment_bits(packets[0][0]))
+        chunks, i = [], 0
+        while i < len(packets):
+            j = i + 1
+            while j < len(packets) and vop_type(packets[j][0]) == 2:
+                j += 1
+            bs = [data for data, _ in packets[i + 1:j]]
+            chunks.append((packets[i][0] + (bs[0] if bs else b""), packets[i][1]))
+            chunks += [(data, False) for data in bs[1:]] + ([(n_vop, False)] if bs else [])
+            i = j
+        assert len(chunks) == len(packets) and any(vop_type(c) == 2 for c, _ in chunks)
+        with av.open(str(dst), "w", format="avi") as out:
+            packed = out.add_stream_from_template(stream)
+            packed.codec_context.extradata = divx(stream.codec_context.extradata)
+            packed.codec_tag = "DX50"
+            for k, (data, key) in enumerate(chunks):
+                packet = av.Packet(divx(data) if k == 0 else data)
+                packet.stream, packet.time_base = packed, 1 / stream.average_rate
+                packet.pts = packet.dts = k
+                packet.is_keyframe = key
+                out.mux(packet)
+
+
+AVI_FRAMES = 60
+
+
+@pytest.fixture(scope="module")
+def avi_b_frames(tmp_path_factory, dh) -> dict:
+    """AVIs with B-frames, 64x48 at 30 fps, 60 frames (AVI stores no presentation times):
+    H.264 with 3 B-frames (pyramid, as x264 encodes by default: NTU RGB+D's layout) and with
+    8 in a row, and MPEG-4 Part 2 with 2 B-frames, packed DivX-style."""
+    root = tmp_path_factory.mktemp("avi")
+    frames = dh.synth_frames(AVI_FRAMES, seed=7)
+
+    def encode(name: str, *args: str) -> Path:
+        subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
+                        "-pix_fmt", "rgb24", "-s", "64x48", "-r", "30", "-i", "-", *args,
+                        "-pix_fmt", "yuv420p", str(root / name)],
+                       input=frames.tobytes(), check=True)
+        return root / name
+
+    fixed = "scenecut=0:b-adapt=0"  # every group of pictures the same: I/P, then the B-frames
+    h264 = encode("h264.avi", "-c:v", "libx264", "-crf", "12", "-bf", "3", "-x264-params", fixed)
+    h264_8 = encode("h264_8b.avi", "-c:v", "libx264", "-crf", "12", "-bf", "8",
+                    "-x264-params", fixed + ":b-pyramid=none")
+    mpeg4 = encode("mpeg4.avi", "-c:v", "mpeg4", "-q:v", "2", "-bf", "2")
+    packed = root / "mpeg4_packed.avi"
+    _pack_b_frames(mpeg4, packed)
+    return {"root": root, "frames": frames, "h264": h264, "h264_8b": h264_8, "mpeg4": mpeg4,
+            "mpeg4_packed": packed}
+
+
+def _nearest_source(decoded: np.ndarray, source: np.ndarray) -> list[int]:
+    """For each decoded frame, the number of the source frame it is closest to."""
+    d = decoded.reshape(len(decoded), 1, -1).astype(np.float32)
+    s = source.reshape(1, len(source), -1).astype(np.float32)
+    return np.abs(d - s).mean(-1).argmin(1).tolist()
+
+
+def test_avi_b_frame_fixtures_have_timestamps_out_of_presentation_order(avi_b_frames):
+    """What the decoding layer faces: PyAV's frames of these AVIs come out in presentation
+    order with timestamps that are not (decode-order stamps: 1, 4, 3, 5, 2, ...), and the
+    packed one is what DivX wrote (two VOPs in a chunk, N-VOPs), FFmpeg's ``mpeg4_unpack_
+    bframes`` turning it back into one VOP a packet."""
+    import av
+
+    for name in ("h264", "h264_8b", "mpeg4_packed"):
+        with av.open(str(avi_b_frames[name])) as c:
+            stamps = [f.pts for f in c.decode(video=0)]
+        assert len(stamps) == AVI_FRAMES and sorted(stamps) != stamps, name
+        assert sorted(stamps) == list(range(stamps[0], stamps[0] + AVI_FRAMES)), name
+    with av.open(str(avi_b_frames["mpeg4_packed"])) as c:
+        chunks = [bytes(p) for p in c.demux(video=0) if p.size]
+    assert b"DivX503b1393p" in chunks[0]
+    vops = [chunk.count(b"\0\0\1\xb6") for chunk in chunks]
+    # I, P with the first B-frame after it, the second B-frame, an N-VOP (a few bytes), ...
+    assert vops[:7] == [1, 2, 1, 1, 2, 1, 1] and vops.count(2) > 15
+    assert sum(len(chunk) < 8 for chunk in chunks) == vops.count(2)
+    unpacked = avi_b_frames["root"] / "unpacked.avi"
+    _ffmpeg("-i", str(avi_b_frames["mpeg4_packed"]), "-c", "copy", "-bsf:v",
+            "mpeg4_unpack_bframes", str(unpacked))
+    with av.open(str(unpacked)) as c:
+        assert [bytes(p).count(b"\0\0\1\xb6") for p in c.demux(video=0) if p.size] == \
+            [1] * AVI_FRAMES
+
+
+@pytest.mark.parametrize("force_pyav", [False, True])
+@pytest.mark.parametrize("name", ["h264", "h264_8b", "mpeg4", "mpeg4_packed"])
+def test_avi_with_b_frames_decodes_as_ffmpeg_does(avi_b_frames, name, force_pyav):
+    """Every frame ffmpeg shows, once, pixel for pixel, in presentation order (the source's
+    frames 0..59, each nearest its own), 1/30 s apart, with no warning: decord where it is
+    right, PyAV (which 1080p videos such as NTU RGB+D's get) re-timing the decode-order
+    stamps. Packed B-frames go to PyAV (decord's FFmpeg says they are there)."""
+    path = avi_b_frames[name]
+    reference = _ffmpeg_display_frames(path)
+    assert len(reference) == AVI_FRAMES
+    assert _nearest_source(reference, avi_b_frames["frames"]) == list(range(AVI_FRAMES))
+    reader = VideoReader(path, force_pyav=force_pyav)
+    got: list[np.ndarray] = []
+    numbers: list[int] = []
+    times: list[float] = []
+
+    def keep(chunk) -> None:
+        got.append(chunk.frames)
+        numbers.extend(chunk.numbers)
+        times.extend(chunk.times)
+
+    report = reader.decode(keep)
+    np.testing.assert_array_equal(np.concatenate(got), reference)
+    assert numbers == list(range(AVI_FRAMES))
+    np.testing.assert_allclose(times, np.arange(AVI_FRAMES) / 30, atol=1e-9)
+    assert report.problem() is None and report.frames_retimed == 0
+    assert report.decoder == ("pyav" if force_pyav or name == "mpeg4_packed" else "decord")
+    assert reader.info.num_frames == AVI_FRAMES and reader.info.fps == pytest.approx(30.0)
+    # every=2 and fps=10 select by frame number and by time, as on any constant-rate video
+    assert reader.info.select(every=2) == list(range(0, AVI_FRAMES, 2))
+    picked: list[int] = []
+    reader.decode(lambda c: picked.extend(c.numbers), fps=10.0)
+    assert picked == list(range(0, AVI_FRAMES, 3))
+
+
+def test_timestamps_further_out_of_order_than_the_window_keep_every_frame(avi_b_frames,
+                                                                          monkeypatch):
+    """8 B-frames in a row against a 2-frame reorder window (what a 4K frame's memory bound
+    leaves): every frame is still kept once, in order, times increasing (here at most one
+    frame late); the frames the window could not place are timed 1/rate after the one
+    before, said in the log, and not a warning."""
+    monkeypatch.setattr(decode, "REORDER_WINDOW", 2)
+    path = avi_b_frames["h264_8b"]
+    reader = VideoReader(path, force_pyav=True)
+    got: list[np.ndarray] = []
+    times: list[float] = []
+    report = reader.decode(lambda c: (got.append(c.frames), times.extend(c.times)))
+    np.testing.assert_array_equal(np.concatenate(got), _ffmpeg_display_frames(path))
+    assert np.all(np.diff(times) > 0)
+    assert np.abs(np.array(times) - np.arange(AVI_FRAMES) / 30).max() <= 1 / 30 + 1e-9
+    assert report.frames_retimed > 0 and report.problem() is None
+    assert f"timestamps: {report.frames_retimed} frames not after the frame shown before " \
+           "(out of order beyond the 2-frame window, or repeated): timed 1/rate after it" \
+           in report.log
+
+
+def test_prepare_stores_every_frame_of_an_avi_with_b_frames(tmp_path, dh, avi_b_frames,
+                                                            monkeypatch):
+    """``vcorr prepare`` on the AVIs through PyAV (as for 1080p, the NTU RGB+D case): all 60
+    frames stored, in order, no warning, 30 fps."""
+    monkeypatch.setattr(decode, "DECORD_MAX_PIXELS", 0)
+    names = ("h264", "h264_8b", "mpeg4_packed")
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,split,id\n" + "".join(
+        f"{avi_b_frames[n].name},a,train,{n}\n" for n in names))
+    out = tmp_path / "out"
+    r = dh.run_prepare(out, "list", ann, avi_b_frames["root"], short_side=0, codec="raw")
+    assert r.videos == 3 and r.failures == 0 and r.warnings == 0
+    for row in dh.read_csv(out / "index.csv"):
+        assert int(row["num_frames"]) == AVI_FRAMES, row["id"]
+        assert float(row["source_fps"]) == pytest.approx(30.0)
+        stored = dh.stored_frames(out, row)
+        reference = _ffmpeg_display_frames(avi_b_frames[row["id"]])
+        np.testing.assert_array_equal(stored, reference)
 
 
 # --------------------------------------------------------------------------- damage

@@ -18,6 +18,13 @@ chunks of bounded size (a 4K video never sits in memory whole):
   frames decoded after them up to the next key frame (:func:`count_damage`) are counted in
   :class:`DecodeReport`, so the caller can say what happened. Damage the decoder does not
   notice (bytes that happen to parse as valid data) cannot be seen by either decoder.
+  Frames are taken in the decoder's output order, which is presentation order; their
+  timestamps need not be: AVI stores no presentation times (FFmpeg stamps B-frames' packets
+  in decode order, 1, 4, 3, 5, 2, ..., and DivX-style packed B-frames a chunk off), so each
+  frame is timed with the timestamps of the frames around it sorted (:class:`_Retimer`), and
+  every frame the decoder outputs is kept once. Packed B-frames never take the fast path:
+  decord's FFmpeg says they are there (INFO), and decord's random access into them returns
+  the wrong frames.
 
 Selection is by time: ``fps=F`` keeps, for each time k/F from the first frame's presentation
 time up to the end of the video, the frame whose presentation time is nearest (exact ties go
@@ -33,11 +40,13 @@ older exported it). Other angles are refused (:class:`VideoError`), never stored
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +73,9 @@ CHUNK_FRAMES = 32
 # 10 s at 30 fps, +200-300 MB at 1280x720 (and 1.5x faster), +560 MB at 1920x1080 (and 1.5x
 # slower), +3.1 GB at 3840x2160 (2x slower). Larger frames than 720p go to PyAV.
 DECORD_MAX_PIXELS = 1280 * 720
+# PyAV's output frames are timed once this many later frames are out (at most CHUNK_BYTES of
+# them): timestamps this far out of presentation order are put back in order (_Retimer).
+REORDER_WINDOW = 16
 
 
 class VideoError(Exception):
@@ -449,7 +461,9 @@ class DecodeReport:
     frames_corrupt: int = 0  # decoded with errors (error-concealed, marked corrupt)
     # decoded after a damaged frame (decode order), before the next key frame: count_damage
     frames_after_damage: int = 0
-    frames_repeated: int = 0  # repeated timestamps (the decoder filled a gap with a neighbour)
+    # timestamps not after the previous frame's beyond the reorder window (or repeated):
+    # kept, timed 1/rate after it; said in the log, not a problem
+    frames_retimed: int = 0
     packets_rejected: int = 0
     stream_end: float = 0.0  # seconds: end of the last decoded frame
     expected_end: float | None = None
@@ -467,8 +481,6 @@ class DecodeReport:
         if self.frames_after_damage:
             parts.append(f"{_count(self.frames_after_damage, 'frame')} predicted from damaged "
                          "frames (up to the next key frame)")
-        if self.frames_repeated:
-            parts.append(f"{_count(self.frames_repeated, 'frame')} repeated by the decoder")
         if self.packets_rejected and not missing:
             parts.append(f"{_count(self.packets_rejected, 'packet')} rejected by the decoder")
         if missing > 0 and self.expected_end and self.stream_end < self.expected_end - 0.05:
@@ -718,6 +730,31 @@ class VideoReader:
             position = -1  # decode position of the last packet sent
             shown: list[DecodedFrame] = []
             rejected: list[int] = []
+            # The decoder outputs frames in presentation order; their timestamps may not be
+            # (see _Retimer): a frame is timed once REORDER_WINDOW more frames are out.
+            retimer = _Retimer(min(REORDER_WINDOW, self._chunk_limit()))
+
+            def take(frame, stamp: int | None) -> None:
+                nonlocal t0, number, last_time
+                if stamp is not None and tb > 0:
+                    t0 = stamp if t0 is None else t0
+                    time = (stamp - t0) * tb
+                    if info.nominal_rate:  # on the rate's grid, as probe put it
+                        time = round(time * info.nominal_rate) / info.nominal_rate
+                else:
+                    time = number * spacing
+                if last_time is not None and time <= last_time + 1e-9:
+                    # beyond the window (or a repeated timestamp): still the next frame shown
+                    rep.frames_retimed += 1
+                    time = last_time + spacing
+                # a decoder that does not pass opaque on: the latest packet's position,
+                # an upper bound (counts the frame as damaged rather than clean)
+                at = frame.opaque if isinstance(frame.opaque, int) else position
+                shown.append(DecodedFrame(at, number, frame.is_corrupt, frame.key_frame))
+                last_time = times[number] = time
+                number += 1
+                convert(sel.feed(number - 1, time, frame))
+
             for packet in _packets(container, stream, log):
                 if packet is not None:
                     position += 1
@@ -730,29 +767,55 @@ class VideoReader:
                     log.append(f"decoder: {_ffmpeg_message(exc)}")
                     continue
                 for frame in frames:
-                    if frame.pts is not None and tb > 0:
-                        t0 = frame.pts if t0 is None else t0
-                        time = (frame.pts - t0) * tb
-                        if info.nominal_rate:  # on the rate's grid, as probe put it
-                            time = round(time * info.nominal_rate) / info.nominal_rate
-                    else:
-                        time = number * spacing
-                    if last_time is not None and time <= last_time + 1e-9:
-                        rep.frames_repeated += 1  # not later than the last frame: a filler
-                        continue
-                    # a decoder that does not pass opaque on: the latest packet's position,
-                    # an upper bound (counts the frame as damaged rather than clean)
-                    at = frame.opaque if isinstance(frame.opaque, int) else position
-                    shown.append(DecodedFrame(at, number, frame.is_corrupt, frame.key_frame))
-                    last_time = times[number] = time
-                    number += 1
-                    convert(sel.feed(number - 1, time, frame))
+                    for done in retimer.add(frame):
+                        take(*done)
+            for done in retimer.finish():
+                take(*done)
             convert(sel.finish())
             out.flush()
         rep.frames_corrupt, rep.frames_after_damage = count_damage(shown, rejected)
         rep.frames_decoded = number
+        if rep.frames_retimed:  # times approximate (in-window reordering is exact)
+            log.append(f"timestamps: {_count(rep.frames_retimed, 'frame')} not after the frame "
+                       f"shown before (out of order beyond the {retimer.window}-frame window, "
+                       "or repeated): timed 1/rate after it")
         if last_time is not None:
             rep.stream_end = last_time + (info.duration - float(info.times[-1]))
+
+
+class _Retimer:
+    """Gives the decoder's output frames presentation timestamps in presentation order.
+
+    A decoder outputs frames in presentation order, each with the timestamp of the packet it
+    came from. Where packets carry decode-order timestamps (AVI has no presentation times:
+    FFmpeg stamps its B-frames' packets in decode order, and DivX-style packed B-frames are
+    stamped one chunk off), those come out of order (1, 2, 4, 3, 6, 5, ...) though the frames
+    do not. Each frame is held until ``window`` later frames are out, then gets the smallest
+    timestamp among the frames held: the sorted timestamps, in output order, wherever no
+    frame's timestamp lies more than ``window`` frames from its place. In-order timestamps
+    (MP4, WebM, ..., B-frames or not, constant or variable rate) are unchanged.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = max(0, window)
+        self.held: deque = deque()
+        self.stamps: list[int] = []  # a heap: the held frames' timestamps
+
+    def add(self, frame) -> list[tuple[object, int | None]]:
+        """Take the decoder's next output frame; returns the frames timed now, as
+        ``(frame, timestamp or None)``."""
+        if frame.pts is not None:
+            heapq.heappush(self.stamps, frame.pts)
+        self.held.append(frame)
+        return [self._pop() for _ in range(len(self.held) - self.window)]
+
+    def finish(self) -> list[tuple[object, int | None]]:
+        """The frames still held, timed."""
+        return [self._pop() for _ in range(len(self.held))]
+
+    def _pop(self) -> tuple[object, int | None]:
+        frame = self.held.popleft()
+        return frame, (heapq.heappop(self.stamps) if frame.pts is not None else None)
 
 
 @dataclass(frozen=True)
