@@ -9,6 +9,7 @@ import torch
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from vcorr.pipelines.data.index import VideoTable
 from vcorr.pipelines.data.inspect import read_classes, read_index, read_meta
 from vcorr.pipelines.data.samplers import DenseSampler, SegmentSampler
 from vcorr.pipelines.data.shards import ShardReader
@@ -34,6 +35,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     Shape: clip (C, T, H, W) in training or with ``num_clips=1``; (num_clips, C, T, H, W)
     otherwise.
 
+    ``videos`` lists the split's rows of ``index.csv`` (a
+    :class:`~vcorr.pipelines.data.index.VideoTable`: ``videos[i]`` is video ``i``'s row dict).
+
     Randomness comes from a generator seeded by (seed, epoch, index), so a clip depends only
     on those, not on worker count or order: runs repeat exactly and resumes are exact. Call
     :meth:`set_epoch` at every epoch. HDF5 files are opened lazily in each worker.
@@ -57,9 +61,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split, self.sampler, self.transform = split, sampler, transform
         self.train, self.num_clips, self.seed, self.epoch = train, num_clips, seed, 0
-        rows = [r for r in read_index(self.root) if r["split"] == split]
-        self.videos = [r for r in rows if r["num_frames"] >= min_frames]
-        if not self.videos:
+        # The split's rows as a view of the index's columns (no Python object per video: the
+        # dataset is forked into every DataLoader worker, which would copy such objects'
+        # pages as it read them), shared with any other holder of the same index.
+        index = read_index(self.root)
+        self.videos: VideoTable = index.select(
+            index.mask("split", split) & (index.column("num_frames") >= min_frames))
+        if not len(self.videos):
             raise UserError(f"{self.root}: no videos in split {split!r}")
         self.classes = read_classes(self.root)
         if flip not in ("off", "on", "swap"):
@@ -85,7 +93,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def labels(self) -> list[int]:
-        return [v["label_index"] for v in self.videos]
+        """``label_index`` of every video, in dataset order."""
+        return self.videos.column("label_index").tolist()
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])

@@ -8,26 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
+from vcorr.pipelines.data.index import VideoTable, load_index
 from vcorr.pipelines.data.shards import ShardReader
 from vcorr.pipelines.errors import UserError
 
 
-def read_index(out: str | Path) -> list[dict]:
-    """Rows of ``OUT/index.csv`` with numeric columns converted."""
-    path = Path(out) / "index.csv"
-    if not path.is_file():
-        raise UserError(f"{path}: not found (is {out} a folder written by 'vcorr prepare'?)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("label_index", "num_frames", "height", "width"):
-            r[k] = int(r[k])
-        for k in ("fps", "source_fps"):
-            r[k] = float(r[k])
-        # Folders prepared before these columns existed have none: None, not a guess.
-        r["duration"] = float(r["duration"]) if r.get("duration") else None
-        r["variable_rate"] = bool(int(r["variable_rate"])) if r.get("variable_rate") else None
-    return rows
+def read_index(out: str | Path) -> VideoTable:
+    """The rows of ``OUT/index.csv``, as a :class:`~vcorr.pipelines.data.index.VideoTable`:
+    a read-only sequence of row dicts (numeric columns converted; ``duration`` and
+    ``variable_rate`` None in folders prepared before those columns existed) held as
+    columns, about 80 bytes per video (:func:`vcorr.pipelines.data.index.load_index`).
+
+    Raises:
+        UserError: no ``index.csv`` in ``out``, or a malformed one.
+    """
+    return load_index(out)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -69,7 +64,23 @@ def _one_edit(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1:]
 
 
-def class_checks(rows: list[dict], classes: list[str], train_split: str = "train"
+def _label_split_counts(rows: VideoTable | list[dict]) -> dict[str, Counter]:
+    """Videos per label and split: ``{label: Counter({split: videos})}``."""
+    per: dict[str, Counter] = defaultdict(Counter)
+    if isinstance(rows, VideoTable):
+        lab, labels = rows.codes("label")
+        spl, splits = rows.codes("split")
+        pair = lab.astype(np.int64) * len(splits) + spl
+        found, n = np.unique(pair, return_counts=True)
+        for p, k in zip(found.tolist(), n.tolist()):
+            per[labels[p // len(splits)]][splits[p % len(splits)]] = k
+        return per
+    for r in rows:
+        per[r["label"]][r["split"]] += 1
+    return per
+
+
+def class_checks(rows: VideoTable | list[dict], classes: list[str], train_split: str = "train"
                  ) -> list[str]:
     """Class-list hygiene, one line each: classes with no video in ``train_split`` (the model
     cannot learn them), classes with training videos that no other split has, and rare classes
@@ -77,10 +88,8 @@ def class_checks(rows: list[dict], classes: list[str], train_split: str = "train
     inserted, deleted, changed, or two swapped: "wrestel" and "wrestle") from a bigger class,
     or from one with training videos where the rare one has none --
     a typo in a few rows makes a new class without a word otherwise."""
-    per: dict[str, Counter] = defaultdict(Counter)
-    for r in rows:
-        per[r["label"]][r["split"]] += 1
-    splits = sorted({r["split"] for r in rows})
+    per = _label_split_counts(rows)
+    splits = sorted({sp for c in per.values() for sp in c})
     lines = []
 
     def where(c: str) -> str:
@@ -126,21 +135,26 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
     failures = _read_rows(out / "failures.csv")
     warnings = _read_rows(out / "warnings.csv")
     meta = read_meta(out)
+    # Whole columns at once, no Python object per video (650,000 videos: 0.6 s, cached).
+    split_codes, split_names = rows.codes("split")
+    shard_codes, shard_names = rows.codes("shard")
+    frames = rows.column("num_frames")
+    per = _label_split_counts(rows)
     splits: dict[str, dict] = {}
-    per_class: dict[str, Counter] = defaultdict(Counter)
-    for r in rows:
-        s = splits.setdefault(r["split"], {"videos": 0, "frames": 0, "bytes": 0, "shards": set()})
-        s["videos"] += 1
-        s["frames"] += r["num_frames"]
-        s["shards"].add(r["shard"])
-        per_class[r["split"]][r["label"]] += 1
-    for s in splits.values():
-        s["bytes"] = sum((out / "shards" / name).stat().st_size for name in s["shards"]
-                         if (out / "shards" / name).is_file())
-        s["shards"] = len(s["shards"])
+    for name in rows.counts("split"):   # in order of first appearance, as before
+        m = split_codes == split_names.index(name)
+        names = [shard_names[k] for k in np.unique(shard_codes[m]).tolist()]
+        splits[name] = {"videos": int(m.sum()), "frames": int(frames[m].sum(dtype=np.int64)),
+                        "bytes": sum((out / "shards" / n).stat().st_size for n in names
+                                     if (out / "shards" / n).is_file()),
+                        "shards": len(names)}
+    per_class: dict[str, Counter] = {sp: Counter() for sp in splits}
+    for label, by_split in per.items():
+        for sp, n in by_split.items():
+            per_class[sp][label] += n
     summary = {
         "out": str(out), "dataset": meta.get("dataset", ""), "num_classes": len(classes),
-        "videos": len(rows), "frames": sum(r["num_frames"] for r in rows),
+        "videos": len(rows), "frames": int(frames.sum(dtype=np.int64)),
         "bytes": sum(s["bytes"] for s in splits.values()), "splits": splits,
         "per_class": {sp: dict(sorted(c.items())) for sp, c in per_class.items()},
         # Classes of the class list (which sets the model's outputs) with no video at all,
@@ -159,7 +173,7 @@ def summarize(out: str | Path, verify: bool = False, sample_frames: int = 3,
     return summary
 
 
-def verify_shards(out: Path, rows: list[dict], sample_frames: int = 3,
+def verify_shards(out: Path, rows: VideoTable | list[dict], sample_frames: int = 3,
                   progress: bool = False) -> list[dict]:
     """Decode a sample of frames of every video; return a list of problems found."""
     import torch

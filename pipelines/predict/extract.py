@@ -15,12 +15,15 @@ so nothing a reader iterating the file sees) with its attributes and flushed, th
 ``<id>`` and the file flushed again, so a dataset at ``<id>`` is always complete and the file's
 only names are video ids; a kill before the link leaves unreachable bytes, never a name; a
 rerun skips every ``<id>`` present. A rerun with other settings (checkpoint, layer, views,
-...) is refused. (HDF5 itself is not journaled: a kill in the milliseconds of a write may
-still damage the file's metadata; it is then reported when opened.)
+...) is refused; ``overwrite`` starts a new file instead, the old one moved aside to
+``STEM.old-N.h5`` (:mod:`vcorr.pipelines.outputs`), never deleted. (HDF5 itself is not
+journaled: a kill in the milliseconds of a write may still damage the file's metadata; it is
+then reported when opened.)
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +36,7 @@ from torch import nn
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.evaluate.batcher import ViewBatcher
 from vcorr.pipelines.evaluate.views import CROP_CHOICES
+from vcorr.pipelines.outputs import aside_name, move_aside
 from vcorr.pipelines.predict.plan import WHOLE
 from vcorr.pipelines.runtime import resolve_device
 from vcorr.pipelines.train.interrupts import fault_point
@@ -104,7 +108,8 @@ class FeatureFile:
             self.f = h5py.File(path, "a")
         except OSError as exc:
             raise UserError(f"{path}: cannot be opened as HDF5 ({exc}); it may have been "
-                            "damaged by a kill during a write: move it away and rerun") from None
+                            "damaged by a kill during a write: rerun with --overwrite to move "
+                            f"it aside to {aside_name(path)} and start anew") from None
         want = json.dumps(settings, sort_keys=True)
         have = self.f.attrs.get("settings")
         if have is not None and have != want:
@@ -113,7 +118,8 @@ class FeatureFile:
                              if old.get(k) != new.get(k))
             self.f.close()
             raise UserError(f"{path}: holds features made with other settings ({diff}); give "
-                            "another --out, or delete it")
+                            f"another --out, or --overwrite to move it aside to "
+                            f"{aside_name(path)}")
         if have is None:
             self.f.attrs["settings"] = want
             for k, v in settings.items():
@@ -149,11 +155,13 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
                      per_clip: bool = False, keep_spatial: bool = False, clips: int = 10,
                      crops: int = 3, fps: float | None = None, every: int | None = None,
                      max_views: int = 64, workers: int = 2, device: str | None = None,
-                     progress: bool = False,
-                     model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+                     progress: bool = False, model_args: dict[str, Any] | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Write float32 features of every video of ``data`` (a prepared folder; ``split`` or
     every split) or of the raw videos ``inputs`` names into ``out`` (HDF5, resumed if it
-    exists). Returns counts (``written``, ``skipped``, ``failed`` with reasons) and settings.
+    exists; with ``overwrite`` an existing ``out`` is moved aside and a new one started).
+    Returns counts (``written``, ``skipped``, ``failed`` with reasons), settings and
+    ``moved_aside`` (where the old file went, or None).
     ``model_args``: test-time builder overrides (``--model-arg``; refused where they would
     change the trained weights).
 
@@ -190,6 +198,22 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
     else:
         settings["data"] = str(Path(data).resolve())
     out = Path(out)
+    root = Path(data) if data is not None else None
+    table = None   # the prepared index (pipelines.data.index.VideoTable)
+    splits: list[str] = []
+    if root is not None:
+        from vcorr.pipelines.data.inspect import read_index
+
+        if not (root / "index.csv").is_file():
+            raise UserError(f"{root}: not a prepared dataset (no index.csv)")
+        table = read_index(root)
+        per_split = table.counts("split")   # columns: no per-row objects
+        splits = [split] if split else list(per_split)
+        for sp in splits:
+            if not per_split.get(sp):
+                raise UserError(f"{root}: no videos in split {sp!r}")
+    # Every check above passed: only now may the old file go (it is never deleted).
+    moved = move_aside(out) if overwrite and os.path.lexists(out) else None
     h5 = FeatureFile(out, settings)
     written: list[str] = []
     failed: list[dict[str, str]] = []
@@ -205,19 +229,11 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
 
     try:
         done = h5.done()
-        if data is not None:
-            from vcorr.pipelines.data.inspect import read_index
+        if root is not None:
             from vcorr.pipelines.evaluate.evaluate import feed_prepared
 
-            root = Path(data)
-            if not (root / "index.csv").is_file():
-                raise UserError(f"{root}: not a prepared dataset (no index.csv)")
-            rows = read_index(root)
-            splits = [split] if split else list(dict.fromkeys(r["split"] for r in rows))
             for sp in splits:
-                ids = [r["id"] for r in rows if r["split"] == sp]
-                if not ids:
-                    raise UserError(f"{root}: no videos in split {sp!r}")
+                ids = table.select(table.mask("split", sp)).column("id")
                 todo = [i for i, vid in enumerate(ids) if vid not in done]
                 skipped += len(ids) - len(todo)
                 if not todo:
@@ -242,7 +258,8 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
             for v in videos:  # an id already there must be the same video
                 if v.id in done and h5.source(v.id) != v.path:
                     raise UserError(f"{out}: holds {v.id!r} from {h5.source(v.id)}, not from "
-                                    f"{v.path}; give another --out")
+                                    f"{v.path}; give another --out, or --overwrite to move "
+                                    f"it aside to {aside_name(out)}")
             todo = [v for v in videos if v.id not in done]
             skipped = len(videos) - len(todo)
             todo_paths = [v.path for v in todo]
@@ -266,5 +283,6 @@ def extract_features(checkpoint: str | Path, out: str | Path, *,
         h5.close()
     return {"out": str(out), **settings, "written": len(written), "skipped": skipped,
             "failed": failed, "videos_in_file": total,
+            "moved_aside": str(moved) if moved else None,
             "seconds": time.perf_counter() - t_start}
 
