@@ -129,11 +129,14 @@ def run_demo(out: str | Path, plan: DemoPlan, run: Callable[[list[str]], None],
     stage(["prepare", "--format", "list", "--annotations", str(toy / "annotations.csv"),
            "--labels", str(toy / "classes.txt"), "--root", str(toy), "--out", str(data),
            "--short-side", "0", "--codec", "raw", "--workers", "1"])
-    for key, _, _ in MODELS:
-        # One validation, after the last epoch: the table's val column is `vcorr eval`'s.
-        stage(["train", str(configs / f"toy_{key}.toml"), "--data", str(data),
-               "--out", str(runs / key), "--set", f"optim.epochs={plan.epochs}",
-               "--set", f"train.val_every={plan.epochs}"])
+    from vcorr.pipelines.train.monitor import tensorboard_note_once
+
+    with tensorboard_note_once():  # six trainings, one note that TensorBoard is off
+        for key, _, _ in MODELS:
+            # One validation, after the last epoch: the table's val column is `vcorr eval`'s.
+            stage(["train", str(configs / f"toy_{key}.toml"), "--data", str(data),
+                   "--out", str(runs / key), "--set", f"optim.epochs={plan.epochs}",
+                   "--set", f"train.val_every={plan.epochs}"])
     for key, _, _ in MODELS:
         # last.pt, not best.pt: picking the best epoch on val would flatter the val numbers.
         stage(["eval", str(runs / key / "last.pt"), "--data", str(data), "--clips",

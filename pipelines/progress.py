@@ -15,9 +15,19 @@ from typing import Any, TextIO
 PLAIN_SECONDS = 60.0
 
 
+def rate_text(n: float, seconds: float, unit: str) -> str:
+    """``"2.5 video/s"``, or below one per second (a long video, a --window run) the seconds
+    each takes, ``"41.3 s/video"``, as tqdm shows it: ``0.0 video/s`` would say nothing."""
+    if n <= 0:
+        return f"0 {unit}/s"
+    rate = n / max(seconds, 1e-9)
+    return f"{rate:.1f} {unit}/s" if rate >= 1 else f"{seconds / n:.1f} s/{unit}"
+
+
 class PlainProgress:
     """tqdm's ``update``/``close`` (and iteration) as plain lines: ``DESC: N/TOTAL UNITs
-    (R UNIT/s)`` every :data:`PLAIN_SECONDS` and when done."""
+    (R UNIT/s, or S s/UNIT below one per second)`` every :data:`PLAIN_SECONDS` and when
+    done."""
 
     def __init__(self, total: int, desc: str, unit: str = "it", stream: TextIO | None = None,
                  iterable: Iterable | None = None) -> None:
@@ -35,9 +45,9 @@ class PlainProgress:
 
     def _line(self, now: float) -> None:
         self.last, self.printed = now, self.n
-        rate = self.n / max(now - self.start, 1e-9)
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({rate:.1f} {self.unit}/s)",
-              file=self.stream, flush=True)
+        rate = rate_text(self.n, now - self.start, self.unit)
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({rate})", file=self.stream,
+              flush=True)
 
     def close(self) -> None:
         if self.printed != self.n:

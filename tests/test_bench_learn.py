@@ -114,6 +114,11 @@ def test_smoke_runs_every_stage_and_writes_the_report(smoke):
     assert "| C2D (`c2d_tiny`) |" in report and "| CorrNet (`corrnet_tiny`) |" in report
     assert "![pairs](pairs.png)" in report and "![curves](curves.png)" in report
     assert [tuple(p) for p in r["pairs"]] == [tuple(p) for p in REVERSAL_PAIRS]
+    # issue 25, item 6: two trainings, one note that TensorBoard is off (where it is missing)
+    import importlib.util
+
+    tb_missing = importlib.util.find_spec("tensorboard") is None
+    assert proc.stdout.count("TensorBoard logging is off") == int(tb_missing), proc.stdout
 
 
 def test_smoke_c2d_scores_do_not_depend_on_frame_order(smoke):

@@ -252,6 +252,32 @@ def test_malformed_rows_are_failures_not_errors(cli_toy: Path, tmp_path: Path) -
     assert "unknown label: 'sideways'" in fails[str(cli_toy / "videos/toy_00002.mp4")]
 
 
+def test_same_file_name_in_two_folders_says_how_to_tell_them_apart(cli_toy: Path,
+                                                                    tmp_path: Path) -> None:
+    """Issue 25, item 6: without an id column a 'list' row's id is its file name without the
+    extension, so a/test.mp4 and b/test.avi collide; the failure says to give the rows ids,
+    and with an id column both are prepared."""
+    root = tmp_path / "root"
+    for rel, src in (("a/test.mp4", "toy_00000.mp4"), ("b/test.avi", "toy_00001.mp4")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cli_toy / "videos" / src, root / rel)
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,split\na/test.mp4,up,train\nb/test.avi,down,train\n")
+    args = ["prepare", "--format", "list", "--annotations", ann, "--labels",
+            cli_toy / "classes.txt", "--root", root, "--short-side", "0", "--no-progress"]
+    r = run(*args, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "prepared 1 video (train 1)" in r.stdout and "1 failure (duplicate id 1" in r.stdout
+    with open(tmp_path / "out" / "failures.csv", newline="") as f:
+        (fail,) = list(csv.DictReader(f))
+    assert fail["id"] == "test" and fail["reason"].startswith(f"duplicate id: first at {ann}:2")
+    assert "b/test.avi -> test" in fail["reason"] and "'id' column" in fail["reason"], fail
+    ann.write_text("path,label,split,id\na/test.mp4,up,train,a_test\n"
+                   "b/test.avi,down,train,b_test\n")
+    r = run(*args, "--out", tmp_path / "out2")
+    assert r.exit_code == 0 and "0 failures" in r.stdout, r.output
+
+
 # --------------------------------------------------------------------------- bad input
 def _bad_list_csv(tmp: Path) -> Path:
     p = tmp / "wrong_header.csv"
@@ -305,6 +331,38 @@ def test_prepare_bad_input_is_one_error_line(case: str, cli_toy: Path, tmp_path:
             "--root", root, "--out", out, "--no-progress", *extra)
     assert_user_error(r, *names)
     assert not out.exists()
+
+
+_SAYS_IF_TORCH = ("import sys\nfrom vcorr.cli.main import cli\ntry:\n"
+                  "    cli.main(sys.argv[1:], prog_name='vcorr')\nfinally:\n"
+                  "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+
+
+def test_prepare_checks_its_input_without_importing_torch(cli_toy: Path, cli_prepared: Path,
+                                                          tmp_path: Path) -> None:
+    """Issue 25, item 6: importing torch costs seconds; `vcorr prepare` needs it only to
+    resize and encode videos (and decord's frames come through torch), so its help, its
+    one-line errors on bad input and a rerun with nothing left to do return without it."""
+    def vcorr(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _SAYS_IF_TORCH, *map(str, args)],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    out = tmp_path / "out"
+    shutil.copytree(cli_prepared, out)
+    for args, code in ((["prepare", "--help"], 0),
+                       ([tmp_path / "nope.csv" if a == cli_toy / "annotations.csv" else a
+                         for a in prepare_args(cli_toy, tmp_path / "new")], 2),
+                       (prepare_args(cli_toy, out, "--videos-per-shard", "4"), 0)):
+        p = vcorr(*args)
+        assert p.returncode == code, p.stderr[-2000:]
+        assert p.stderr.splitlines()[-1] == "torch imported: False", (args, p.stderr[-2000:])
+    assert "shards written 0, skipped 4" in p.stdout
+    assert not (tmp_path / "new").exists()
+    code = ("import sys; from vcorr.pipelines.data.prepare import prepare; "
+            "print('torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, check=True)
+    assert p.stdout.strip() == "False"
 
 
 def test_unknown_format_is_a_usage_error(cli_toy: Path, tmp_path: Path) -> None:

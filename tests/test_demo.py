@@ -37,6 +37,11 @@ def test_quick_demo_runs_every_stage_as_a_real_command(quick_demo):
         assert f"$ {s['command']}" in proc.stdout  # each command is shown before it runs
     assert "--clips 2 --crops 3" in " ".join(s["command"] for s in r["stages"])
     assert [row["label"] for row in r["rows"]] == ["C2D", "C3D", "ARTNet", "TRN", "NL C2D", "CPNet"]
+    # issue 25, item 6: six trainings, the note that TensorBoard is off once (where it is)
+    import importlib.util
+
+    tb_missing = importlib.util.find_spec("tensorboard") is None
+    assert proc.stdout.count("TensorBoard logging is off") == int(tb_missing), proc.stdout[-3000:]
 
 
 def test_quick_demo_writes_every_artefact(quick_demo):

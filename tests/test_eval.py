@@ -200,6 +200,8 @@ def test_compare_gains_exact_and_plot_written(tmp_path: Path) -> None:
     assert [r["class"] for r in s["largest_gains"]] == ["run"]
     assert [r["class"] for r in s["largest_losses"]] == ["swim"]
     assert "| run | 50.0% | 75.0% | +25.0 | 4 |" in (out / "gains.md").read_text()
+    # issue 25, item 6: one class, not "1 classes"
+    assert "; 1 class improved, 1 worse, 2 equal" in (out / "gains.md").read_text()
     # several models against one baseline
     summaries = compare_results([model, other], base, tmp_path / "cmp2")
     assert [x["name"] for x in summaries] == ["cpnet", "corr"]

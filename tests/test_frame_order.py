@@ -360,6 +360,7 @@ def test_compare_order_report_by_hand(tmp_path: Path) -> None:
     assert "| class | original accuracy | reversed accuracy | drop | support |" in md
     assert "| run | 75.0% | 25.0% | +50.0 | 4 |" in md
     assert "| swim | 50.0% | 75.0% | -25.0 | 4 |" in md
+    assert "; 1 class dropped, 1 rose, 2 equal" in md  # issue 25, item 6: not "1 classes"
     # a class without videos is left out of the rows and the mean; the library call agrees
     o2 = fake(tmp_path / "o2", [1.0, None, 0.5, 0.5], 0.6)
     s2 = fake(tmp_path / "s2", [0.0, None, 0.5, 1.0], 0.5, "shuffled")

@@ -140,9 +140,53 @@ def test_predict_gives_the_right_labels_at_the_training_rate(tmp_path: Path,
     assert s["predicted"] == 8 and s["failed"] == 0 and s["notes"] == []
     probs = [sum(t["prob"] for t in v["top"]) for v in s["videos"]]
     assert np.allclose(probs, 1.0, atol=1e-5)
+    # Issue 25, item 6: the table's column after the top-1 lists the runners-up (the other
+    # k-1), and is named for what it shows, not "top-4"
+    header = next(line for line in r.stdout.splitlines() if "video" in line and "prob" in line)
+    assert "runners-up" in header and "top-4" not in header, r.stdout
     # The output folder rule: a second run into it is refused, --overwrite moves it aside.
     r = run("predict", toy_ckpt, tmp_path / "videos" / "slow_0.mp4", "--out", out)
     assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_a_missing_or_csv_input_is_refused_before_anything_is_written(
+        tmp_path: Path, toy_ckpt: Path) -> None:
+    """Issue 25, item 6: an INPUT that does not exist, or a .csv (not a list file), is one
+    error line naming it, exit 2, and no output folder or feature file (a missing path that a
+    list file names stays one failed row: test_broken_files_are_reported...)."""
+    from test_cli import assert_user_error
+
+    good = square_video(tmp_path / "good.mp4", 3, (20, 3), 8, 3, 8.0)
+    missing = tmp_path / "missing.mp4"
+    table = tmp_path / "a.csv"
+    table.write_text("path,label\ngood.mp4,right\n")
+    out = tmp_path / "out"
+    for bad, why in ((missing, "no such file or folder"),
+                     (table, "not a video; list files are .txt or .lst")):
+        line = assert_user_error(run("predict", toy_ckpt, good, bad, "--out", out), bad, why)
+        assert line.count(str(bad)) == 1, line
+        assert not out.exists()
+        assert_user_error(run("extract", toy_ckpt, bad, "--out", tmp_path / "f.h5"), bad, why)
+        assert not (tmp_path / "f.h5").exists()
+
+
+def test_progress_of_a_slow_window_run_says_seconds_per_video(
+        tmp_path: Path, toy_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, item 6: a --window run of a long video took 40 s a video and its progress
+    line said "0.0 video/s"; below one per second it says the seconds per video."""
+    import types
+
+    from vcorr.pipelines import progress
+
+    clock = iter(range(0, 10_000, 40))  # every reading of the clock 40 s after the last
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    video = square_video(tmp_path / "long.mp4", 3, (20, 3), 8, 3, 8.0)
+    r = run("predict", toy_ckpt, video, "--window", "0.25", "--clips", "1", "--crops", "1",
+            "--workers", "0", "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("predict: ")]
+    assert lines == ["predict: 1/1 videos (40.0 s/video)"], r.stderr
+    assert progress.rate_text(3, 1.5, "video") == "2.0 video/s"
 
 
 def test_predict_refuses_mirrored_views_of_a_direction_model(tmp_path: Path,
@@ -365,6 +409,28 @@ def test_extract_equals_the_stages_run_by_hand_and_resumes_after_kill(
     assert r.exit_code == 2 and "holds 'v0' from" in r.output
     r = run("extract", toy_ckpt, videos, "--out", out, "--clips", "3", "--workers", "0")
     assert r.exit_code == 2 and "other settings" in r.output and "clips 2 -> 3" in r.output
+    assert "--overwrite" in r.output
+    # Issue 25, item 6: --overwrite starts the file anew with the new settings; the old one
+    # is moved aside whole, never deleted
+    before = out.read_bytes()
+    r = run("extract", toy_ckpt, videos, "--out", out, "--clips", "3", "--crops", "1",
+            "--workers", "0", "--no-progress", "--overwrite")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    aside = tmp_path / "feats.old-1.h5"
+    assert f"moved the earlier features aside to {aside}" in r.stdout
+    assert "4 written, 0 already there" in r.stdout
+    assert aside.read_bytes() == before
+    with h5py.File(out, "r") as f:
+        assert sorted(f) == ["v0", "v1", "v2", "v3"] and f["v0"].attrs["clips"] == 3
+
+
+def test_extract_help_names_only_its_own_options() -> None:
+    """Issue 25, item 6: extract has no --window (its --clips help said "and per --window");
+    it has --overwrite."""
+    r = run("extract", "--help")
+    assert r.exit_code == 0
+    assert "--window" not in r.stdout and "--overwrite" in r.stdout
+    assert "--window" in run("predict", "--help").stdout
 
 
 def test_extract_a_resnet_stage_per_clip_with_its_map(tmp_path: Path) -> None:

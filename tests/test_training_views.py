@@ -233,3 +233,34 @@ def test_runs_on_a_folder_that_is_not_a_run_exits_2(run_a: dict, tmp_path: Path,
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a training run")
+
+
+def test_curves_label_only_what_is_plotted(tmp_path: Path, toy_train_prepared: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, item 6: the toy has 4 classes, so no top-5 is recorded (null under 6) and
+    none is plotted; curves.png of `vcorr train` named its accuracy axis "top-1 / top-5"."""
+    from vcorr.pipelines.train import curves
+    from vcorr.pipelines.train.curves import plot_run_curves
+
+    drawn: list[tuple[str, list[str]]] = []
+    real_save = curves.save
+
+    def save(fig, path, written):
+        drawn.append((fig.axes[1].get_ylabel(), fig.axes[1].get_legend_handles_labels()[1]))
+        return real_save(fig, path, written)
+
+    monkeypatch.setattr(curves, "save", save)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", str(REPO / "examples" / "configs" / "toy_c2d.toml"),
+                                 "--data", str(toy_train_prepared), "--out", str(out),
+                                 "--set", "optim.epochs=1", "--set", "data.workers=0",
+                                 "--set", "optim.batch_size=8", "--device", "cpu",
+                                 "--no-progress"], prog_name="vcorr")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert (out / "curves.png").is_file() and drawn
+    label, legend = drawn[-1]
+    assert label == "top-1 (%)" and not any("top-5" in x for x in legend), drawn[-1]
+    # with a top-5 recorded (6 classes or more) both are plotted and named
+    recs = [{"split": "val", "epoch": 1, "step": 8, "loss": 1.0, "top1": 0.5, "top5": 0.9}]
+    plot_run_curves(recs, tmp_path / "c.png", title="t")
+    assert drawn[-1][0] == "top-1 / top-5 (%)" and "val top-5" in drawn[-1][1]

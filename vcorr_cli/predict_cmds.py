@@ -1,6 +1,7 @@
 """``vcorr predict`` and ``vcorr extract``: parse options, call :mod:`vcorr.pipelines.predict`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -15,8 +16,13 @@ _fps = click.option("--fps", type=click.FloatRange(min=0, min_open=True), defaul
                          "checkpoint's data, else every frame].")
 _every = click.option("--every", type=click.IntRange(min=1), default=None,
                       help="The training data kept every N-th frame (prepare's --every).")
-_clips = click.option("--clips", default=10, show_default=True, type=click.IntRange(min=1),
-                      help="Clips per video (predict: and per --window), evenly spaced.")
+
+
+def _clips_option(per: str) -> Callable[[Callable], Callable]:
+    return click.option("--clips", default=10, show_default=True, type=click.IntRange(min=1),
+                        help=f"Clips per {per}, evenly spaced.")
+
+
 _crops = click.option("--crops", default="3", show_default=True,
                       type=click.Choice(["1", "3", "6", "10"]),
                       help="Spatial crops per clip, as in `vcorr eval`.")
@@ -62,7 +68,7 @@ def parse_model_args(items: tuple[str, ...]) -> dict:
 @_inputs
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="Classes listed per video and window.")
-@_clips
+@_clips_option("video and per --window")
 @_crops
 @click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Also predict windows of this many seconds (by presentation time).")
@@ -89,7 +95,9 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
             no_amp: bool, model_args: tuple[str, ...], swap_map: str, out_dir: Path | None,
             overwrite: bool, no_progress: bool) -> None:
     """Top-k classes of a checkpoint on raw videos: INPUT is a video file, a folder (searched
-    recursively for video files and frame folders) or a .txt/.lst file listing paths.
+    recursively for video files and frame folders) or a .txt/.lst file listing paths (an INPUT
+    that does not exist, or a .csv, is an error; a listed path that is missing is a failed
+    video).
 
     Each video gets the view protocol of `vcorr eval` (clips x crops, softmax averaged) on
     frames taken at the training data's rate; writes OUT/predictions.csv and
@@ -120,8 +128,11 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
                        progress=not no_progress, overwrite=overwrite)
     for note in r["notes"]:
         click.echo(f"note: {note}", err=True)
+    from vcorr.pipelines.progress import rate_text
+
     t = Table(title=f"{r['model_name']}: {clips} clip(s) x {crops} crop(s), top-{r['top_k']}")
-    for col in ("video", "top-1", "prob", f"top-{r['top_k']}", "windows"):
+    # The top-k after the top-1 (all k are in predictions.csv).
+    for col in ("video", "top-1", "prob", "runners-up", "windows"):
         t.add_column(col, justify="right" if col in ("prob", "windows") else "left")
     for row in r["videos"][:_ROWS_SHOWN]:
         if row["error"]:
@@ -141,7 +152,8 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
     if r.get("moved_aside"):
         click.echo(f"moved the earlier results aside to {r['moved_aside']}")
     click.echo(f"{r['predicted']} of {len(r['videos'])} videos predicted "
-               f"({r['videos_per_s']:.2f} videos/s); wrote {r['out']}")
+               f"({rate_text(len(r['videos']), r['timing']['wall'], 'video')}); "
+               f"wrote {r['out']}")
     if r["predicted"] == 0:
         raise UserError(f"no video could be read ({r['failed']} failed; the reasons are in "
                         f"{Path(r['out']) / 'predictions.csv'})")
@@ -154,13 +166,14 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
               help="A prepared dataset folder instead of INPUT videos.")
 @click.option("--split", default=None, help="With --data: only this split [default: all].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="The HDF5 file (resumed if it exists).")
+              required=True,
+              help="The HDF5 file (resumed if it exists: ids already in it are skipped).")
 @click.option("--layer", default="pool", show_default=True,
               help="pool (the last stage, averaged) or a stage of the model: res2..res5.")
 @click.option("--per-clip", is_flag=True, help="One vector per clip instead of per video.")
 @click.option("--keep-spatial", is_flag=True,
               help="Keep the (C, T, H, W) map instead of averaging it.")
-@_clips
+@_clips_option("video")
 @_crops
 @_fps
 @_every
@@ -168,16 +181,20 @@ def predict(checkpoint: Path, inputs: tuple[Path, ...], top_k: int, clips: int, 
 @_workers
 @_device
 @model_arg_option
+@click.option("--overwrite", is_flag=True,
+              help="Start the HDF5 file anew instead of resuming it (the old one is moved "
+                   "aside to STEM.old-N.h5).")
 @_no_progress
 def extract(checkpoint: Path, inputs: tuple[Path, ...], data: Path | None, split: str | None,
             out_path: Path, layer: str, per_clip: bool, keep_spatial: bool, clips: int,
             crops: str, fps: float | None, every: int | None, max_views_per_batch: int,
-            workers: int, device: str | None, model_args: tuple[str, ...],
+            workers: int, device: str | None, model_args: tuple[str, ...], overwrite: bool,
             no_progress: bool) -> None:
     """Features of a checkpoint for every video of a prepared dataset (--data) or of INPUT
     videos (files, folders, list files): one float32 dataset per video id in an HDF5 file,
-    the mean over clips x crops (or per clip). Rerunning skips ids already complete; a killed
-    run never leaves a partial vector under a video's id.
+    the mean over clips x crops (or per clip). Rerunning skips ids already complete (a run
+    with other settings is refused; --overwrite starts a new file, the old one moved aside);
+    a killed run never leaves a partial vector under a video's id.
 
     \b
     Examples:
@@ -191,7 +208,9 @@ def extract(checkpoint: Path, inputs: tuple[Path, ...], data: Path | None, split
                          layer=layer, per_clip=per_clip, keep_spatial=keep_spatial, clips=clips,
                          crops=int(crops), fps=fps, every=every, max_views=max_views_per_batch,
                          workers=workers, device=device, progress=not no_progress,
-                         model_args=parse_model_args(model_args))
+                         model_args=parse_model_args(model_args), overwrite=overwrite)
+    if r["moved_aside"]:
+        click.echo(f"moved the earlier features aside to {r['moved_aside']}")
     for f in r["failed"]:
         click.echo(f"failed: {f.get('path', f['id'])}: {f['error']}", err=True)
     click.echo(f"{r['written']} written, {r['skipped']} already there, {len(r['failed'])} "

@@ -231,11 +231,15 @@ def run_learn(out: str | Path, plan: LearnPlan, run: Callable[[list[str]], None]
     stage(["prepare", "--format", "list", "--annotations", str(videos / "annotations.csv"),
            "--labels", str(videos / "classes.txt"), "--root", str(videos), "--out", str(data),
            *meta["recommended"]["prepare"].split(), "--workers", "2"])
-    for key, (_, model) in names.items():
-        # One validation, after the last epoch; the report's numbers are the test split's.
-        stage(["train", str(config), "--data", str(data), "--out", str(runs / key),
-               "--set", f'model.name="{model}"', "--set", f"optim.epochs={plan.epochs}",
-               "--set", f"train.val_every={plan.epochs}", "--set", f"seed={plan.seed}", *dev])
+    from vcorr.pipelines.train.monitor import tensorboard_note_once
+
+    with tensorboard_note_once():  # one note that TensorBoard is off, not one per model
+        for key, (_, model) in names.items():
+            # One validation, after the last epoch; the report's numbers are the test split's.
+            stage(["train", str(config), "--data", str(data), "--out", str(runs / key),
+                   "--set", f'model.name="{model}"', "--set", f"optim.epochs={plan.epochs}",
+                   "--set", f"train.val_every={plan.epochs}", "--set", f"seed={plan.seed}",
+                   *dev])
     for key in names:
         for order in ("original", "reversed"):
             # last.pt, not best.pt: choosing the epoch on val would flatter nothing here, but

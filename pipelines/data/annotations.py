@@ -131,10 +131,14 @@ class _Collector:
         self.failures: list[Failure] = []
         self._seen: dict[str, str] = {}
 
-    def add(self, id_: str, label: str, split: str, source: str, where: str) -> None:
+    def add(self, id_: str, label: str, split: str, source: str, where: str,
+            fix: str = "") -> None:
+        """``fix``: how to tell this row apart from another with the same id, added to a
+        duplicate's reason."""
         if id_ in self._seen:
             self.failures.append(Failure(id_, source or where,
-                                         f"duplicate id: first at {self._seen[id_]}"))
+                                         f"duplicate id: first at {self._seen[id_]}"
+                                         + (f"; {fix}" if fix else "")))
             return
         self._seen[id_] = where
         if self.classes is not None and label and label not in self.classes:
@@ -190,11 +194,16 @@ def parse_list(files: Sequence[Path], labels: Path | None, root: Path,
                 col.bad_row(f"{f}:{n}", f"{len(row)} fields, expected {len(header)}")
                 continue
             rel = row[ip].strip()
-            id_ = row[iid].strip() if iid is not None and row[iid].strip() else Path(rel).stem
+            given = iid is not None and row[iid].strip()
+            id_ = row[iid].strip() if given else Path(rel).stem
+            # e.g. a/test.mp4 and b/test.avi: both "test" by default
+            fix = "" if given else (f"the id defaults to the file name without its extension "
+                                    f"({rel} -> {id_}); give each row a unique value in an "
+                                    "'id' column (header path,label,split,id)")
             split = normalise_split(row[isp]) if isp is not None and row[isp].strip() \
                 else default_split
             col.add(id_, row[il].strip(), split, finder.by_path(rel) or str(root / rel),
-                    f"{f}:{n}")
+                    f"{f}:{n}", fix)
     return col.result("list")
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -33,10 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-# Imported here, before workers fork, so that they start at once.
-import torch
-from torchvision.io import encode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from vcorr.pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
 from vcorr.pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
@@ -160,6 +157,18 @@ def _resize_shape(h: int, w: int, short_side: int) -> tuple[int, int]:
     return max(1, round(h * short_side / w)), short_side
 
 
+def _torch_ops():
+    """torch, ``encode_jpeg`` and torchvision's functional transforms, imported when a video
+    is first resized or encoded (or by :func:`prepare` before its workers fork, so that they
+    start with them): checking the options and annotations, and a rerun with nothing left to
+    do, never pay for importing torch (seconds)."""
+    import torch
+    from torchvision.io import encode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    return torch, encode_jpeg, TF
+
+
 def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> dict:
     """Decode, downsample, resize and encode one video, through the one decoding layer.
 
@@ -194,6 +203,10 @@ def process_video(sample: Sample, opt: PrepareOptions, classes: list[str]) -> di
         if keep_bytes:
             jpegs.extend(f.read_bytes() for f in chunk.files)
             return
+        if opt.codec == "raw" and size == tuple(chunk.frames.shape[1:3]):
+            raw.append(np.ascontiguousarray(chunk.frames))  # stored as decoded
+            return
+        torch, encode_jpeg, TF = _torch_ops()
         frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
         if size != tuple(frames.shape[2:]):
             frames = TF.resize(frames, list(size), antialias=True)
@@ -237,6 +250,7 @@ def _too_short(kept: int, opt: PrepareOptions) -> str:
 
 
 def _worker_init() -> None:
+    torch = _torch_ops()[0]  # already imported by the parent (fork): no cost
     torch.set_num_threads(1)  # parallelism comes from processes, not intra-op threads
 
 
@@ -251,6 +265,7 @@ def _ordered_map(tasks: Iterable[tuple], workers: int) -> Iterator[dict]:
         for t in tasks:
             yield _process_star(t)
         return
+    _torch_ops()  # imported before the workers fork, so that they start at once
     with ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
         window: list[Future] = []
         for t in tasks:
@@ -444,21 +459,24 @@ def _write_csv(path: Path, columns: tuple, rows: list[dict]) -> None:
 
 
 def _versions() -> dict:
-    import av
-    import decord
-    import h5py
-    import torch
-    import torchvision
+    """The versions of the packages that prepare the data. A package this run has not
+    imported (torch on a rerun with nothing left to do) is read from its installed metadata
+    instead of imported; that version lacks the local build tag (``+cu130``)."""
+    from importlib.metadata import version
 
-    try:
-        from importlib.metadata import version
-        vcorr = version("vcorr")
-    except Exception:
-        vcorr = "unknown"
-    return {"vcorr": vcorr, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "decord": decord.__version__,
-            "av": av.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__}
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except Exception:
+            return "unknown"
+
+    def of(name: str) -> str:
+        module = sys.modules.get(name)
+        return str(getattr(module, "__version__", None) or installed(name))
+
+    return {"vcorr": installed("vcorr"), "python": platform.python_version(),
+            "torch": of("torch"), "torchvision": of("torchvision"), "decord": of("decord"),
+            "av": of("av"), "h5py": of("h5py"), "numpy": np.__version__}
 
 
 class _NoBar:

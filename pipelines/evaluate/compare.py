@@ -37,6 +37,11 @@ def load_result(folder: str | Path) -> dict[str, Any]:
     return m
 
 
+def _classes(n: int) -> str:
+    """``"1 class"``, ``"3 classes"``."""
+    return f"{n} class" if n == 1 else f"{n} classes"
+
+
 def _name(m: dict[str, Any], default: str) -> str:
     return str(m.get("_path") or m.get("out") or default)
 
@@ -53,10 +58,10 @@ def _paired_classes(a: dict[str, Any], b: dict[str, Any], a_name: str,
     bc = [p["class"] for p in b["per_class"]]
     if ac != bc:
         diff = sorted(set(ac) ^ set(bc))
-        what = (f"{len(diff)} classes in only one of them (e.g. {', '.join(diff[:3])})" if diff
+        what = (f"{_classes(len(diff))} in only one of them (e.g. {', '.join(diff[:3])})" if diff
                 else "the same classes in another order")
         raise UserError(f"{a_name} and {b_name} were evaluated on different class lists "
-                        f"({len(ac)} vs {len(bc)} classes, {what}); compare results of the "
+                        f"({len(ac)} vs {_classes(len(bc))}, {what}); compare results of the "
                         "same dataset")
     pairs, no_support, support_differs = [], [], []
     for pa, pb in zip(a["per_class"], b["per_class"]):
@@ -214,7 +219,7 @@ def _md(rows: list[dict[str, Any]], summary: dict[str, Any], name: str) -> str:
              f"- model top-1 {100 * s['model_top1']:.2f}%, baseline {100 * s['baseline_top1']:.2f}%"
              f", overall gain {100 * s['overall_gain']:+.2f} points",
              f"- mean per-class gain {100 * s['mean_per_class_gain']:+.2f} points; "
-             f"{s['improved']} classes improved, {s['worse']} worse, {s['equal']} equal", ""]
+             f"{_classes(s['improved'])} improved, {s['worse']} worse, {s['equal']} equal", ""]
     lines += _md_table(rows, ("class", "baseline accuracy", "model accuracy", "gain",
                               "support"), GAIN_COLUMNS)
     return "\n".join(lines) + "\n"
@@ -227,8 +232,8 @@ def _drop_md(rows: list[dict[str, Any]], summary: dict[str, Any], name: str) -> 
              (f"- top-1 {100 * s['original_top1']:.2f}% with the frames in their original "
               f"order, {100 * s['reordered_top1']:.2f}% {order}: "
               f"{100 * s['top1_drop']:+.2f} points"),
-             (f"- mean per-class drop {100 * s['mean_drop']:+.2f} points; {s['dropped']} "
-              f"classes dropped, {s['rose']} rose, {s['equal']} equal"), ""]
+             (f"- mean per-class drop {100 * s['mean_drop']:+.2f} points; "
+              f"{_classes(s['dropped'])} dropped, {s['rose']} rose, {s['equal']} equal"), ""]
     lines += _md_table(rows, ("class", "original accuracy", f"{order} accuracy", "drop",
                               "support"), DROP_COLUMNS)
     return "\n".join(lines) + "\n"

@@ -12,12 +12,16 @@ from vcorr.pipelines.data.decode import IMAGE_SUFFIXES
 from vcorr.pipelines.errors import UserError
 
 LIST_SUFFIXES = (".txt", ".lst")
+# Files a command line may name by mistake for a list or a video (a .csv annotation file, a
+# checkpoint, a single image): refused in one line instead of failing to decode as a video.
+NOT_VIDEO_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".md", ".toml", ".yaml", ".yml",
+                      ".h5", ".hdf5", ".pt", ".pth", ".npy", ".npz") + IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
 class VideoInput:
     """One video: ``id`` (unique, used in output names) and ``path`` (a file or frame
-    folder, which may not exist: it is then reported as a missing file)."""
+    folder; one a list file names may not exist: it is then reported as a missing file)."""
 
     id: str
     path: str
@@ -42,7 +46,19 @@ def _search(folder: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def _check_named(p: Path) -> None:
+    """A path the command line names (not one a list file names): it must exist and not be
+    a file of another kind, so that a typo or a .csv fails before anything is written."""
+    if not p.exists():
+        raise UserError(f"{p}: no such file or folder")
+    if p.is_file() and p.suffix.lower() in NOT_VIDEO_SUFFIXES:
+        raise UserError(f"{p}: not a video; list files are {' or '.join(LIST_SUFFIXES)} (one "
+                        f"path per line), videos are {', '.join(VIDEO_SUFFIXES)}")
+
+
 def _expand(p: Path, in_list: bool) -> list[tuple[Path, str]]:
+    if not in_list:
+        _check_named(p)
     if p.is_dir():
         if _is_frame_folder(p):
             return [(p, p.name)]
@@ -70,10 +86,12 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[VideoInput]:
     ``.txt``/``.lst`` file's lines (paths relative to the list's folder; blank lines and
     ``#`` comments skipped); anything else is taken as a video. Ids are the path relative to
     the folder searched (or the file's stem), ``/`` written ``__``; repeated ids get ``~2``,
-    ``~3``.
+    ``~3``. A path a list file names may be missing (the caller reports it as one failed
+    video); one ``inputs`` names may not.
 
     Raises:
-        UserError: no inputs, a folder without videos, an empty list file.
+        UserError: no inputs, an input that does not exist or is not a video, list or folder
+            (:data:`NOT_VIDEO_SUFFIXES`), a folder without videos, an empty list file.
     """
     seen: set[str] = set()
     ids: set[str] = set()

@@ -58,7 +58,7 @@ def _xy(recs: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list,
 def plot_run_curves(records: list[dict[str, Any]], path: str | Path, *, title: str,
                     plan: Sequence[dict[str, Any]] = ()) -> Path:
     """``path`` (PNG, written atomically): train loss and val loss; train top-1, val top-1 and
-    top-5 (%); the learning rate; all against epochs, the phases of ``plan`` marked by dashed
+    top-5 (%, where recorded); the learning rate; all against epochs, the phases of ``plan`` marked by dashed
     lines and labelled, the best val top-1 starred. 800 x 840 px."""
     p = plt()
     train = [r for r in records if r["split"] == "train"]
@@ -79,7 +79,8 @@ def plot_run_curves(records: list[dict[str, Any]], path: str | Path, *, title: s
         i = max(range(len(by)), key=by.__getitem__)
         ax_acc.plot(bx[i], by[i], "*", ms=13, color="tab:red", zorder=5,
                     label=f"best val top-1 {by[i]:.1f}% (epoch {bx[i]:g})")
-    ax_acc.set_ylabel("top-1 / top-5 (%)")
+    # top-5 is None under 6 classes: the axis names only what is plotted
+    ax_acc.set_ylabel("top-1 / top-5 (%)" if x5 else "top-1 (%)")
     ax_acc.set_ylim(-2, 102)
     ax_lr.plot(*_xy(train, "lr"), lw=1.0, color="tab:purple")
     ax_lr.set_ylabel("learning rate")

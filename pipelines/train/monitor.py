@@ -5,16 +5,18 @@ Both are views of the ``metrics.jsonl`` records and nothing else: the monitor is
 record as it is written. curves.png is redrawn from the whole file after every validation (and
 at the end of a call, if train records came after the last validation). TensorBoard logging
 needs the ``tensorboard`` package (``pip install 'vcorr[tb]'``); without it the run says once
-that it is off and trains on. On resume the trainer cuts ``metrics.jsonl`` back to what the
-checkpoint had seen; the event files are then rebuilt from those records (a new file is
-written, then the old ones are removed), so TensorBoard never shows steps the resumed run
-will repeat.
+that it is off and trains on (commands that train several models, ``vcorr demo`` and ``vcorr
+bench learn``, say it once in all: :func:`tensorboard_note_once`). On resume the trainer cuts
+``metrics.jsonl`` back to what the checkpoint had seen; the event files are then rebuilt from
+those records (a new file is written, then the old ones are removed), so TensorBoard never
+shows steps the resumed run will repeat.
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,35 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
     return (peak / MIB if sys.platform == "darwin" else peak / 1024), "rss"
 
 
+TB_OFF_NOTE = ("note: TensorBoard logging is off: the tensorboard package is not installed "
+               "(pip install 'vcorr[tb]'); curves.png and metrics.jsonl are written as always")
+
+# Within tensorboard_note_once(): [whether the note was printed]; outside: None (each
+# run says it).
+_note_once: list[bool] | None = None
+
+
+@contextlib.contextmanager
+def tensorboard_note_once() -> Iterator[None]:
+    """Within: of the runs trained in this process, only the first prints
+    :data:`TB_OFF_NOTE` (the demo trains six models; the note is the same for each)."""
+    global _note_once
+    outer = _note_once
+    _note_once = outer if outer is not None else [False]
+    try:
+        yield
+    finally:
+        _note_once = outer
+
+
+def _say_tensorboard_off() -> None:
+    if _note_once is not None:
+        if _note_once[0]:
+            return
+        _note_once[0] = True
+    print(TB_OFF_NOTE, flush=True)
+
+
 def tensorboard_writer_class() -> Any:
     """``torch.utils.tensorboard.SummaryWriter``, or None when ``tensorboard`` is missing."""
     try:
@@ -67,9 +98,7 @@ class TrainingMonitor:
             return
         writer_class = tensorboard_writer_class()
         if writer_class is None:
-            print("note: TensorBoard logging is off: the tensorboard package is not installed "
-                  "(pip install 'vcorr[tb]'); curves.png and metrics.jsonl are written as "
-                  "always", flush=True)
+            _say_tensorboard_off()
         else:
             tb = out / "tb"
             old = set(tb.glob("events.out.tfevents.*"))
