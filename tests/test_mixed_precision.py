@@ -146,7 +146,8 @@ ONEDNN_BAD_CASES = [
     ((2, 64, 4, 1, 1), (128, 64, 1, 3, 3), (2, 2, 2), (0, 1, 1)),
     ((2, 64, 2, 1, 1), (128, 64, 3, 3, 3), (1, 2, 2), (1, 1, 1)),
     ((2, 64, 4, 1, 1), (128, 64, 1, 7, 7), (1, 2, 2), (0, 3, 3)),
-    # A T=2 temporal conv, reported wrong in issue 24 (inside corrnet_26); not reproduced alone.
+    # A T=2 temporal conv, reported wrong in issue 24 (inside corrnet_26); not reproduced alone
+    # on a Xeon with AVX-512 BF16 and AMX, PyTorch 2.14.1 (test_trainer_autocast_* below).
     ((2, 64, 2, 4, 4), (64, 64, 3, 1, 1), (1, 1, 1), (1, 0, 0)),
 ]
 
@@ -222,3 +223,72 @@ def test_every_video_resnet_forward_runs_its_convs_in_float32_under_cpu_autocast
         out = model(torch.randn(2, 3, 4, 16, 16))
     assert seen == {"stem.0": torch.float32, "res5.0.conv1": torch.float32}
     assert out.dtype == BF16
+
+
+# --------------------------------------------------------------------------- issue 24
+def _relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_trainer_autocast_runs_any_models_convs_in_float32():
+    """The trainer's autocast (``precision.amp = "bf16"`` on CPU) applies the float32-conv
+    rule itself, so a model that is not a VideoResNet gets it too: issue 24's shape, a
+    (3, 1, 1) temporal conv with padding 1 at T=2, has the float32 gradient (to 1e-5 of the
+    float64 one); plain bf16 autocast is off by bf16 rounding (> 1e-4), so the check can tell."""
+    from vcorr.pipelines.train.config import load_config
+    from vcorr.pipelines.train.trainer import _autocast
+
+    cfg = load_config(None, ['precision.amp="bf16"'])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 2, 4, 4, generator=g)
+    grad_out = torch.randn(2, 64, 2, 4, 4, generator=g)
+    x64 = x.double().requires_grad_()
+    errors = {}
+    for name, ctx in (("trainer", lambda: _autocast(cfg, torch.device("cpu"))),
+                      ("plain", lambda: torch.autocast("cpu", dtype=BF16))):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv3d(64, 64, (3, 1, 1), padding=(1, 0, 0), bias=False)
+        xi = x.clone().requires_grad_()
+        with ctx():
+            y = conv(xi)
+        y.backward(grad_out.to(y.dtype))
+        w64 = conv.weight.detach().double().requires_grad_()
+        F.conv3d(x64, w64, padding=(1, 0, 0)).backward(grad_out.double())
+        assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(xi.grad).all()
+        errors[name] = max(_relative_error(conv.weight.grad, w64.grad),
+                           _relative_error(xi.grad, x64.grad))
+        x64.grad = None
+    assert errors["trainer"] < 1e-5 and errors["plain"] > 1e-4, errors
+
+
+def test_corrnet_26_res5_temporal_conv_at_t2_has_the_float32_gradient():
+    """Issue 24's report: corrnet_26, 8 frames of 64x64, batch 2, under the trainer's bf16
+    autocast on CPU; res5.1.conv2.0 is a (3, 1, 1) conv at T=2. Every gradient is finite, and
+    that conv's weight gradient is the float32 one of its own input and output gradient (1e-5
+    of float64). The rest of the model (linear, correlation) runs in bf16 by design, so the
+    whole model's gradients are compared only for finiteness."""
+    from vcorr.pipelines.train.config import load_config
+    from vcorr.pipelines.train.trainer import _autocast
+
+    cfg = load_config(None, ['precision.amp="bf16"'])
+    torch.manual_seed(0)
+    model = models.create_model("corrnet_26", num_classes=4, num_frames=8).train()
+    conv = model.get_submodule("res5.1.conv2.0")
+    assert isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 1, 1)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, out):
+        seen["input"] = args[0].detach()
+        out.register_hook(lambda g: seen.__setitem__("grad_out", g.detach()))
+
+    conv.register_forward_hook(keep)
+    x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
+    with _autocast(cfg, torch.device("cpu")):
+        loss = F.cross_entropy(model(x).float(), torch.tensor([0, 3]))
+    loss.backward()
+    assert seen["input"].shape[2] == 2 and seen["input"].dtype == torch.float32
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert torch.isfinite(loss) and not bad, bad
+    ref = torch.nn.grad.conv3d_weight(seen["input"].double(), conv.weight.shape,
+                                      seen["grad_out"].double(), padding=conv.padding)
+    assert _relative_error(conv.weight.grad, ref) < 1e-5

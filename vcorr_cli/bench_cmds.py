@@ -62,6 +62,8 @@ def bench() -> None:
       vcorr bench prepare my_videos/ --workers 2 --json bench_prepare.json
       vcorr bench loader data/toy_h5 --json bench_loader.json
       vcorr bench shards /tmp/many_shards
+      vcorr bench index /tmp/index_650k --videos 650000
+      vcorr bench signals small_toy.toml /tmp/signals --runs 50
       vcorr bench knn --json bench_knn.json
       vcorr bench models --json bench_models.json
       vcorr bench correlation --json bench_correlation.json
@@ -213,6 +215,125 @@ def shards(folder: str, shards: int, max_open: int | None, json_path: str | None
     click.echo(f"from {r['samples'][1][0]} to {r['shards']} shards: open fds "
                f"{r['fds_growth']:+d}, RSS {r['rss_growth_mib']:+.1f} MiB")
     _save_json(r, json_path)
+
+@bench.command(name="signals")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Interrupted runs (0 and 2 loader workers alternately).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the moments and signals.")
+@json_option
+def signals(config: str, out: str, runs: int, seed: int, json_path: str | None) -> None:
+    """Stop signals at random moments: every run must exit within 30 s and resume exactly.
+
+    CONFIG is a small training config with its data.root (a few epochs of a toy model). One
+    uninterrupted reference run is made in OUT, then --runs runs of `vcorr train`, each sent
+    SIGINT or SIGTERM, to the main process or its whole process group, at a random moment
+    (start-up, data loading, steps, validation, checkpoints); each must exit within 30 s with
+    the "interrupted" line and no process left, and `--resume` must end at the reference's
+    weights, optimiser state and metrics, bit for bit.
+
+    \b
+    Examples:
+      vcorr bench signals small_toy.toml /tmp/signals --runs 50 --json signals.json
+    """
+    from vcorr.pipelines.bench.signals import render, run_stress
+
+    r = run_stress(config, out, runs=runs, seed=seed)
+    for line in render(r):
+        click.echo(line)
+    _save_json(r, json_path)
+
+
+@bench.command(name="index")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--videos", default=650_000, show_default=True, type=click.IntRange(min=1),
+              help="Rows of the Kinetics-like index to write if FOLDER has no index.csv.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="DataLoader workers (forked) reading rows.")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Videos per batch.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Batches to read [default: one epoch of the train split].")
+@click.option("--rows", "kinds", default="vcorr,dicts", show_default=True,
+              help="What to measure, comma-separated: vcorr (the index as vcorr holds it) and "
+                   "dicts (the former list of per-video dicts, for reference).")
+@click.option("--model", default="c2d_r50", show_default=True,
+              help="Model whose construction is timed for scale (\"\" for none).")
+@click.option("--workers-per-gpu", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Loader workers per training process, for the per-GPU figure.")
+@click.option("--gpus-per-node", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Training processes per node, for the per-node figure.")
+@json_option
+def index(folder: str, videos: int, workers: int, batch: int, steps: int | None, kinds: str,
+          model: str, workers_per_gpu: int, gpus_per_node: int, json_path: str | None) -> None:
+    """Memory and time of the dataset index at scale, per process and per node.
+
+    Writes a Kinetics-like index.csv of --videos rows into FOLDER (unless it holds one; no
+    shards: the index is measured, not the reader), then, in a fresh interpreter per --rows
+    kind, does what a training process does with it (loads it, builds the train and val
+    datasets, reads every row of an epoch through a DataLoader with --workers forked
+    workers) and samples each process's RSS, PSS and USS (/proc/<pid>/smaps_rollup, Linux).
+    First it times `vcorr inspect FOLDER` without the index cache (it is removed and written
+    again) and with it.
+
+    \b
+    Examples:
+      vcorr bench index /tmp/index_650k --videos 650000
+      vcorr bench index /tmp/index_650k --rows vcorr --steps 600 --json bench_index.json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from vcorr.pipelines.bench.index import ROW_KINDS, bench_index, make_index_folder
+
+    rows = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    bad = [k for k in rows if k not in ROW_KINDS]
+    if bad or not rows:
+        raise UserError(f"--rows: {', '.join(bad) or '(none)'}: give some of "
+                        f"{', '.join(ROW_KINDS)}")
+    if not (Path(folder) / "index.csv").is_file():
+        click.echo(f"writing an index of {videos} videos into {folder} ...")
+        make_index_folder(folder, videos)
+    r = bench_index(folder, rows, workers=workers, batch=batch, steps=steps, model=model,
+                    workers_per_gpu=workers_per_gpu, gpus_per_node=gpus_per_node)
+    console = Console()
+    t = Table(title=f"{r['videos']} videos ({folder}), {workers} forked workers, batch {batch}")
+    t.add_column("", style="bold")
+    for kind in r["runs"]:
+        t.add_column(kind, justify="right")
+
+    def row(label: str, fmt: Any) -> None:
+        t.add_row(label, *(fmt(run) for run in r["runs"].values()))
+
+    row("load index / + datasets (s)", lambda x: f"{x['load_s']:.2f}"
+        f"{' (cache)' if x['cached'] else ''} / {x['datasets_s']:.2f}")
+    row("parse index.csv alone (s)",
+        lambda x: "-" if x["parse_s"] is None else f"{x['parse_s']:.2f}")
+    row("first batch (s)", lambda x: f"{x['first_batch_s']:.2f}")
+    row(f"{model or 'model'} construction (s)",
+        lambda x: "-" if x["model_s"] is None else f"{x['model_s']:.2f}")
+    row("steps read (s)", lambda x: f"{x['steps']} ({x['epoch_s']:.1f})")
+    row("main RSS before -> loaded (MiB)", lambda x: f"{x['main_before']['rss']:.0f} -> "
+        f"{x['main_loaded']['rss']:.0f}")
+    row("index in main (RSS added, MiB)", lambda x: f"{x['scale']['main']:.0f}")
+    row("worker RSS at the end (MiB)", lambda x: f"{x['scale']['worker_rss']:.0f}")
+    row("worker PSS first -> last (MiB)", lambda x: f"{x['scale']['worker_pss_first']:.0f} -> "
+        f"{x['scale']['worker_pss_last']:.0f}")
+    row("worker copied (USS growth, MiB)", lambda x: f"{x['scale']['worker_copied']:.0f}")
+    row(f"per GPU: main + {workers_per_gpu} workers (MiB)",
+        lambda x: f"{x['scale']['per_gpu']:.0f}")
+    row(f"per node: {gpus_per_node} GPUs (GiB)", lambda x: f"{x['scale']['per_node'] / 1024:.1f}")
+    console.print(t)
+    for kind, run in r["runs"].items():
+        trace = ", ".join(f"{step}: {sum(w['pss'] for w in ws) / max(len(ws), 1):.0f}"
+                          for step, ws in run["samples"])
+        click.echo(f"{kind}: worker PSS (MiB) by step: {trace}")
+    for how, m in (r["inspect"] or {}).items():
+        click.echo(f"vcorr inspect ({'parsing index.csv' if how == 'parse' else 'index cache'}):"
+                   f" {m['seconds']:.1f} s, peak RSS {m['peak_rss_mib']:.0f} MiB")
+    _save_json(r, json_path)
+
 
 _THREADS_HELP = ("torch intra-op threads during the run (0: torch's default). 1 gives per-core "
                  "numbers, the least disturbed on a shared machine.")

@@ -18,6 +18,12 @@ import click
                    "(repeatable; values are TOML: 8, 0.1, true, [128, 160], \"x\").")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last.pt (CONFIG may be left out).")
+@click.option("--extend", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
+              help="With --resume: append a phase of EPOCHS epochs to the run (finished or "
+                   "not): the last phase's clips, batch and BN mode under the config's "
+                   "schedule, restarted (warmup included); recorded in the run.")
+@click.option("--extend-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The learning rate of the --extend phase [default: the last phase's].")
 @click.option("--init", "init", type=click.Path(path_type=Path),
               help="Start from these weights: a vcorr checkpoint, a state dict, torchvision 2D "
                    "ResNet weights (inflated to the video model), or a torchvision / "
@@ -33,7 +39,8 @@ import click
               help="Force a device [default: CUDA when present].")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tuple[str, ...],
-          resume: bool, init: Path | None, partial_init: bool, overwrite: bool,
+          resume: bool, extend: int | None, extend_lr: float | None, init: Path | None,
+          partial_init: bool, overwrite: bool,
           device: str | None,
           no_progress: bool) -> None:
     """Train a registered model as described by CONFIG (TOML).
@@ -56,6 +63,7 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
       vcorr train --out runs/toy_cpnet --resume
       vcorr train cfg.toml --data data/ssv1 --init resnet50-0676ba61.pth
       vcorr train --out runs/toy_cpnet --resume --set data.workers=8
+      vcorr train --out runs/toy_cpnet --resume --extend 10 --extend-lr 0.001
       vcorr train examples/configs/toy_cpnet.toml --data data/toy_h5 --out runs/toy_cpnet --overwrite
       torchrun --nproc_per_node 8 -m vcorr.cli train cfg.toml --data /data/k400 --out runs/k
     """
@@ -86,7 +94,8 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
     try:
         summary = run_train(cfg, out_dir, resume=resume, init=init, init_partial=partial_init,
-                            progress=not no_progress, device=device, overwrite=overwrite)
+                            progress=not no_progress, device=device, overwrite=overwrite,
+                            extend=extend, extend_lr=extend_lr)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         if main:

@@ -34,6 +34,12 @@ DEFAULTS: dict[str, Any] = {
         "mean": [0.485, 0.456, 0.406],  # ImageNet; converted checkpoints carry their source's
         "std": [0.229, 0.224, 0.225],
         "flip": "off",                 # off, on, swap (flip and swap direction labels)
+        # the classes a mirror swaps: "" (the dataset's built-in map: ssv2, ssv1, jester), a
+        # built-in map's name ("jester-authors") or a CSV file of class-name pairs
+        "swap_map": "",
+        # a class of classes.txt with no training video (a typo in a val row makes one) is an
+        # error unless this is true
+        "allow_empty_classes": False,
         "workers": 2,
     },
     "model": {
@@ -71,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
         # (LoadReport.hold_bn): "hold" keeps them there for the whole run (gamma and beta still
         # train; exact start in training mode), "batch" lets them use batch statistics
         "init_bn": "hold",
+        # Steps with a NaN/inf gradient are skipped (no update; counted as `skipped_steps` in
+        # metrics.jsonl); this many in a row stop the run (0: never stop)
+        "max_nonfinite_steps": 3,
     },
     # A list of {frames, epochs, freeze_bn, lr}: progressive training (e.g. 8 -> 16 -> 32 frames
     # with BN frozen after the first phase). Empty: one phase of data.frames x optim.epochs.
@@ -188,6 +197,9 @@ def _check_values(cfg: dict, src: _Sources) -> None:
                         f"multiple of optim.accumulate ({o['accumulate']})")
     if o["lr"] <= 0:
         raise UserError(f"{src('optim.lr')}: optim.lr must be positive")
+    if cfg["train"]["max_nonfinite_steps"] < 0:
+        raise UserError(f"{src('train.max_nonfinite_steps')}: train.max_nonfinite_steps must be "
+                        "0 (never stop) or positive")
     if d["frames"] < 1 or d["interval"] < 1 or d["crop"] < 1 or d["workers"] < 0:
         raise UserError(f"{src('data.frames', 'data.interval', 'data.crop', 'data.workers')}: "
                         "data.frames, data.interval and data.crop must be positive "

@@ -23,6 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from vcorr.pipelines.data.index import VideoTable
 from vcorr.pipelines.errors import UserError
 from vcorr.pipelines.outputs import aside_name, folder_results, move_aside
 
@@ -202,14 +205,65 @@ def resume_changes(saved: dict, cfg: dict, where: Path) -> dict[str, list[Any]]:
     return diff
 
 
-def data_fingerprint(rows: list[dict], classes: list[str], split: str) -> dict[str, Any]:
+def _table(rows: VideoTable | list[dict]) -> VideoTable:
+    return rows if isinstance(rows, VideoTable) else VideoTable.from_rows(rows)
+
+
+def data_fingerprint(rows: VideoTable | list[dict], classes: list[str], split: str
+                     ) -> dict[str, Any]:
     """Class list and training videos (id, label, frames, in index order: what the sampler's
-    indices refer to) as hashes, with the video count."""
-    videos = [f"{r['id']}\0{r['label_index']}\0{r['num_frames']}" for r in rows
-              if r["split"] == split]
+    indices refer to) as hashes, with the video count.
+
+    ``train`` is the SHA-256 of the lines ``id\\0label_index\\0num_frames`` of the
+    ``split`` rows joined by newlines, hashed a run of rows at a time (no string per video
+    held at once)."""
+    table = _table(rows)
+    train = table.select(table.mask("split", split))
+    h = hashlib.sha256()
+    step = 1 << 16
+    for s in range(0, len(train), step):
+        part = train[s:s + step]
+        lines = "\n".join(f"{i}\0{lab}\0{n}" for i, lab, n in zip(
+            part.column("id"), part.column("label_index").tolist(),
+            part.column("num_frames").tolist()))
+        h.update((("\n" if s else "") + lines).encode())
     return {"classes": hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16],
-            "train": hashlib.sha256("\n".join(videos).encode()).hexdigest()[:16],
-            "train_videos": len(videos)}
+            "train": h.hexdigest()[:16], "train_videos": len(train)}
+
+
+def extend_phases(cfg: dict, epochs: int, lr: float | None = None) -> tuple[dict, dict]:
+    """``cfg`` with a phase of ``epochs`` epochs appended (``vcorr train --resume --extend``),
+    and that phase: the last phase's clip length, interval, batch size and BN mode, learning
+    rate ``lr`` (default: the last phase's), under the config's schedule and warmup -- a warm
+    restart of the schedule over the new epochs. The phases are written out in full (a
+    config without ``[[phases]]`` gets its one phase as the first).
+
+    Raises:
+        UserError: ``epochs`` or ``lr`` not positive.
+    """
+    from vcorr.pipelines.train.config import PHASE_KEYS, phases
+
+    if epochs < 1 or (lr is not None and lr <= 0):
+        raise UserError(f"--extend needs a positive number of epochs (got {epochs}) and "
+                        f"--extend-lr a positive rate (got {lr})")
+    plan = [{k: p[k] for k in PHASE_KEYS} for p in phases(cfg)]
+    added = dict(plan[-1], epochs=int(epochs))
+    if lr is not None:
+        added["lr"] = float(lr)
+    return {**cfg, "phases": plan + [added]}, added
+
+
+def with_extensions(cfg: dict, saved: dict, extensions: list[dict]) -> dict:
+    """``cfg`` given for a resume, with the phases ``--extend`` appended to the run
+    (``extensions``, recorded in its checkpoints) when ``cfg`` is the run's config from before
+    them (e.g. the original file): so that resuming an extended run with either config works."""
+    from vcorr.pipelines.train.config import phases
+
+    if not extensions or phases(cfg) == phases(saved):
+        return cfg
+    if phases(cfg) + [dict(e) for e in extensions] == phases(saved):
+        return {**cfg, "phases": [dict(p) for p in saved["phases"]]}
+    return cfg
 
 
 def data_meta(root: Path, given: str) -> dict[str, Any]:
@@ -262,14 +316,15 @@ def _short_side(value: Any) -> Any:
     return None if not value else int(value)
 
 
-def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str], root: Path,
-              world_size: int, device_type: str) -> list[str]:
+def preflight(cfg: dict, plan: list[dict], rows: VideoTable | list[dict], classes: list[str],
+              root: Path, world_size: int, device_type: str) -> list[str]:
     """Check a run's config against its prepared data before anything is written.
 
     Args:
         cfg: the resolved config; plan: its phases (:func:`vcorr.pipelines.train.config.phases`).
-        rows: ``index.csv`` rows (:func:`vcorr.pipelines.data.inspect.read_index`); classes: the
-            dataset's class list; root: the dataset folder (for messages).
+        rows: ``index.csv`` rows (:func:`vcorr.pipelines.data.inspect.read_index`'s table, or
+            row dicts); classes: the dataset's class list; root: the dataset folder (for
+            messages).
         world_size: training processes; device_type: ``cpu`` or ``cuda``.
 
     Returns:
@@ -281,16 +336,17 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
     """
     d, o = cfg["data"], cfg["optim"]
     notes: list[str] = []
-    counts = Counter(r["split"] for r in rows)
+    rows = _table(rows)   # whole columns: no Python object per video
+    counts = Counter(rows.counts("split"))
     have = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no videos at all"
     split = d["train_split"]
-    train_rows = [r for r in rows if r["split"] == split]
-    if not train_rows:
+    train_rows = rows.select(rows.mask("split", split))
+    if not len(train_rows):
         raise UserError(f"data.train_split = {split!r}: {root} has no videos in split "
                         f"{split!r} (it has: {have}); set --set data.train_split=NAME")
     every = cfg["train"]["val_every"]
-    val_rows = [r for r in rows if r["split"] == d["val_split"]]
-    if every and not val_rows:
+    val_rows = rows.select(rows.mask("split", d["val_split"]))
+    if every and not len(val_rows):
         others = [k for k in sorted(counts) if k != split]
         raise UserError(
             f"data.val_split = {d['val_split']!r}: {root} has no videos in split "
@@ -302,12 +358,15 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
         raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
 
     # Labels and classes: the classifier has one output per line of classes.txt.
-    for r in train_rows + (val_rows if every else []):
-        if not 0 <= r["label_index"] < len(classes):
+    for checked in (train_rows, val_rows) if every else (train_rows,):
+        labels = checked.column("label_index")
+        bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+        if bad.size:
+            r = checked[int(bad[0])]
             raise UserError(f"{root / 'index.csv'}: video {r['id']!r} has label_index "
                             f"{r['label_index']}, outside the {len(classes)} classes of "
                             f"classes.txt; prepare the dataset again")
-    trained = {r["label_index"] for r in train_rows}
+    trained = set(np.unique(train_rows.column("label_index")).tolist())
     empty = [c for i, c in enumerate(classes) if i not in trained]
     if empty and not d["allow_empty_classes"]:
         from vcorr.pipelines.data.inspect import class_checks
@@ -349,7 +408,7 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
     # Clip length: shorter videos loop or repeat frames (data.short_video; samplers.py).
     for frames, interval in sorted({(p["frames"], p["interval"]) for p in plan}):
         span = (frames - 1) * interval + 1 if d["sampler"] == "dense" else frames
-        short = sum(r["num_frames"] < span for r in train_rows)
+        short = int((train_rows.column("num_frames") < span).sum())
         if short:
             clip = (f"{frames} frames {interval} apart" if interval > 1 and
                     d["sampler"] == "dense" else f"{frames} frames")
@@ -361,8 +420,8 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
                          f"{span} frames a clip of {clip} covers; their clips {how}")
 
     # Frame size: stored short side against the training resize and crop.
-    stored = sorted(min(r["height"], r["width"]) for r in train_rows)
-    lo, hi = stored[0], stored[-1]
+    stored = np.minimum(train_rows.column("height"), train_rows.column("width"))
+    lo, hi = int(stored.min()), int(stored.max())
     size = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
     train_ss = _short_side(d["short_side"])
     if train_ss is None and not d["random_resized"] and lo < d["crop"]:
@@ -380,7 +439,7 @@ def preflight(cfg: dict, plan: list[dict], rows: list[dict], classes: list[str],
                          "more) to train on real pixels")
     if every:
         test_ss = _short_side(d["test_short_side"])
-        vlo = min(min(r["height"], r["width"]) for r in val_rows)
+        vlo = int(np.minimum(val_rows.column("height"), val_rows.column("width")).min())
         if test_ss is None and vlo < d["crop"]:
             raise UserError(f"data.crop = {d['crop']} is larger than the stored validation "
                             f"frames (short side {vlo} px) and data.test_short_side = 0 keeps "

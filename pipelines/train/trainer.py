@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vcorr import models
+from vcorr.models.ops.precision import float32_convs_on_cpu
 from vcorr.pipelines.data.dataset import VideoClipDataset
 from vcorr.pipelines.data.inspect import read_classes, read_index
 from vcorr.pipelines.data.samplers import make_sampler
@@ -52,12 +53,22 @@ from vcorr.pipelines.train.config import to_toml, with_defaults
 from vcorr.pipelines.train.distributed import (DistEnv, EpochSampler, all_reduce_sum, barrier,
                                                cleanup_distributed, setup_distributed)
 from vcorr.pipelines.train import preflight as pf
-from vcorr.pipelines.train.interrupts import SignalGuard, fault_point, ignore_stop_signals
+from vcorr.pipelines.train.interrupts import (Interrupted, SignalGuard, fault_point, held,
+                                               ignore_stop_signals)
 from vcorr.pipelines.train.monitor import TrainingMonitor, peak_memory_mib
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf: the run stops, the last good checkpoint is kept."""
+
+
+class NonFiniteGradient(NonFiniteLoss):
+    """``train.max_nonfinite_steps`` steps in a row had a NaN/inf gradient (each was skipped):
+    the run stops, the last good checkpoint is kept."""
+
+
+class NonFiniteCheckpoint(UserError):
+    """A checkpoint about to be written holds a NaN/inf tensor: it is not written."""
 
 
 @dataclass
@@ -80,11 +91,14 @@ class RunState:
     # that an interrupt in the middle of a step (dropout already drawn) still resumes exactly.
     rng: dict[str, Any] = field(default_factory=dict)
     best_top1: float = -1.0
+    # best.pt's validation loss: the tie-break between epochs of equal top-1
+    best_loss: float = math.inf
     last_val: dict[str, float] = field(default_factory=dict)
     # {"global_step", "changes": {key: [old, new]}} of every resume that changed safe keys
     config_changes: list[dict[str, Any]] = field(default_factory=list)
     guard: SignalGuard = field(default_factory=SignalGuard)
-    # loss sum, correct, clips, non-finite since the last train record; and over the epoch
+    # loss sum, correct, clips, skipped steps (non-finite gradient) since the last train
+    # record; and loss sum, correct, clips over the epoch
     window: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.float64))
     epoch_totals: torch.Tensor = field(
         default_factory=lambda: torch.zeros(3, dtype=torch.float64))
@@ -93,6 +107,15 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
     # BNs held on their running statistics in training (train.init_bn = "hold" after --init)
     hold_bn: list[str] = field(default_factory=list)
+    # Steps skipped for a non-finite gradient: in all, and in a row now, with the first step
+    # of the current streak and its first parameter with a NaN/inf gradient
+    skipped_steps: int = 0
+    nonfinite_streak: int = 0
+    nonfinite_first: list[Any] = field(default_factory=list)  # [global step, parameter]
+    # The class pairs a mirror swaps ([a, b] names): checkpoints carry them for test views.
+    swap_pairs: list[list[str]] = field(default_factory=list)
+    # Phases appended by `--resume --extend N`, in order (each a full phase dict)
+    extensions: list[dict[str, Any]] = field(default_factory=list)
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -118,7 +141,7 @@ def build_dataset(cfg: dict, frames: int, *, train: bool,
         tf = train_transform(d["crop"], _short_side(d["short_side"]), d["random_resized"],
                              color_jitter=d["color_jitter"], mean=mean, std=std)
         return VideoClipDataset(d["root"], d["train_split"], sampler, tf, train=True,
-                                flip=d["flip"], seed=cfg["seed"])
+                                flip=d["flip"], seed=cfg["seed"], swap_spec=d["swap_map"])
     tf = test_transform(d["crop"], _short_side(d["test_short_side"]), mean=mean, std=std)
     return VideoClipDataset(d["root"], d["val_split"], sampler, tf, train=False, num_clips=1,
                             seed=cfg["seed"])
@@ -227,12 +250,25 @@ def hold_bns(model: nn.Module, names: list[str]) -> None:
         m.eval()
 
 
-def _autocast(cfg: dict, device: torch.device) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _autocast(cfg: dict, device: torch.device) -> Iterator[None]:
+    """``precision.amp``'s autocast. On a CPU the convolutions inside it run in float32
+    (:func:`vcorr.models.ops.precision.float32_convs_on_cpu`, which every VideoResNet's forward
+    also enters): oneDNN's bf16 convolution backward gives inf/NaN weight gradients for some
+    small maps (issues 21 and 24), so the rule holds for any model the trainer runs. With
+    ``train.compile`` the compiled model's own forward applies it (nothing is traced around
+    the compiled call)."""
     amp = cfg["precision"]["amp"]
     if amp == "off":
-        return contextlib.nullcontext()
+        yield
+        return
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        if device.type == "cpu" and not cfg["train"]["compile"]:
+            with float32_convs_on_cpu():
+                yield
+        else:
+            yield
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -283,18 +319,25 @@ def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1, top-5, count
-    for x, y in loader:
-        x, y = x.to(env.device, non_blocking=True), y.to(env.device)
-        with _autocast(cfg, env.device):
-            out = model(x)
-        out = out.float()
-        totals[0] += F.cross_entropy(out, y, reduction="sum").item()
-        top = out.topk(min(5, out.shape[1]), dim=1).indices
-        totals[1] += (top[:, 0] == y).sum().item()
-        totals[2] += (top == y[:, None]).any(dim=1).sum().item()
-        totals[3] += len(y)
-        fault_point("validation")
-    model.train(was_training)
+    it = None
+    try:
+        with held():  # stop signals wait while the workers are forked (interrupts.held)
+            it = iter(loader)
+        for x, y in it:
+            x, y = x.to(env.device, non_blocking=True), y.to(env.device)
+            with _autocast(cfg, env.device):
+                out = model(x)
+            out = out.float()
+            totals[0] += F.cross_entropy(out, y, reduction="sum").item()
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            totals[1] += (top[:, 0] == y).sum().item()
+            totals[2] += (top == y[:, None]).any(dim=1).sum().item()
+            totals[3] += len(y)
+            fault_point("validation")
+    finally:  # the workers end here, also when a signal stops validation
+        _shut_down(it)
+        del it
+        model.train(was_training)
     totals = all_reduce_sum(totals.to(env.device if env.device.type == "cuda" else "cpu")).cpu()
     n = max(totals[3].item(), 1.0)
     return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
@@ -352,6 +395,7 @@ class _PlainProgress:
 
     def __init__(self) -> None:
         self.tasks: dict[int, dict[str, Any]] = {}
+        self._next = 0
 
     def __enter__(self) -> "_PlainProgress":
         return self
@@ -361,10 +405,13 @@ class _PlainProgress:
 
     def add_task(self, description: str, total: int, completed: int = 0,
                  **fields: Any) -> int:
-        task = len(self.tasks)
+        task, self._next = self._next, self._next + 1
         self.tasks[task] = {"description": description, "total": total, "completed": completed,
                             "fields": fields, "last": time.monotonic()}
         return task
+
+    def remove_task(self, task: int) -> None:
+        self.tasks.pop(task, None)
 
     def update(self, task: int, advance: int = 0, **fields: Any) -> None:
         t = self.tasks[task]
@@ -395,7 +442,8 @@ def _progress(enabled: bool):
 
 def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None,
           init_partial: bool = False, progress: bool = True, device: str | None = None,
-          stop_after_steps: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+          stop_after_steps: int | None = None, overwrite: bool = False,
+          extend: int | None = None, extend_lr: float | None = None) -> dict[str, Any]:
     """Run the config ``cfg`` into ``out_dir``; returns the summary (also ``summary.json``).
 
     ``resume`` continues from ``out_dir/last.pt`` (keys of
@@ -406,7 +454,10 @@ def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | P
     PyTorchVideo Kinetics checkpoint; :func:`vcorr.pipelines.weights.load_weights`), refusing a
     partial load unless ``init_partial``; its report is printed and saved as
     ``out_dir/init_report.json``. ``stop_after_steps`` stops like Ctrl-C after that many
-    optimiser steps of this call (for tests and time-boxed jobs).
+    optimiser steps of this call (for tests and time-boxed jobs). ``extend`` (with ``resume``)
+    appends a phase of that many epochs to a finished or stopped run
+    (:func:`vcorr.pipelines.train.preflight.extend_phases`; ``extend_lr`` its learning rate),
+    recorded in the run.
 
     Raises:
         UserError: a problem found before the first step (nothing is left in ``out_dir``), or
@@ -417,20 +468,37 @@ def train(cfg: dict, out_dir: str | Path, *, resume: bool = False, init: str | P
     env = setup_distributed(device)
     try:
         return _train(cfg, Path(out_dir), env, resume, init, progress, stop_after_steps,
-                      init_partial=init_partial, overwrite=overwrite)
+                      init_partial=init_partial, overwrite=overwrite, extend=extend,
+                      extend_lr=extend_lr)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | None,
            progress: bool, stop_after_steps: int | None, *,
-           init_partial: bool = False, overwrite: bool = False) -> dict[str, Any]:
+           init_partial: bool = False, overwrite: bool = False, extend: int | None = None,
+           extend_lr: float | None = None) -> dict[str, Any]:
     """Everything checked before anything is written, then :func:`_run` in a new run folder
     (or the resumed one) with SIGINT/SIGTERM handled."""
+    if (extend is not None or extend_lr is not None) and not resume:
+        raise UserError("--extend continues a run: give it with --resume and the run's --out")
+    if extend_lr is not None and extend is None:
+        raise UserError("--extend-lr sets the learning rate of the epochs --extend adds; give "
+                        "--extend N too")
     data_root = Path(cfg["data"]["root"])
-    if not cfg["data"]["root"] or not (data_root / "index.csv").is_file():
+    if not cfg["data"]["root"]:
+        raise UserError("no training data: give --data (a folder written by `vcorr prepare`) "
+                        "or set data.root in the config")
+    if not (data_root / "index.csv").is_file():
         raise UserError(f"{data_root}: not a prepared dataset (no index.csv); give --data or "
                         "data.root, a folder written by `vcorr prepare`")
+    # The run records the data folder absolute, so that its checkpoints find it from any
+    # folder, and what inference needs from it (prepare.json: the stored frame rate, short
+    # side and dataset), so that they do not need it at all.
+    given = str(cfg["data"]["root"])
+    data_root = data_root.resolve()
+    cfg = {**cfg, "data": {**cfg["data"], "root": str(data_root)}}
+    data_meta = pf.data_meta(data_root, given)
     if env.distributed and cfg["train"]["sync_bn"] and env.device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU "
                         "implementation); set train.sync_bn = false to train on CPUs")
@@ -439,14 +507,21 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
                         "there; give one of them")
     plan = config_phases(cfg)
     rows, classes = read_index(data_root), read_classes(data_root)
-    ckpt, changes, move_old = None, {}, False
+    ckpt, changes, move_old, extended = None, {}, False, None
     if resume:
         if not (out / "last.pt").is_file() and pf.folder_results(out, pf.RUN_PATTERNS):
             raise UserError(f"{out / 'last.pt'}: checkpoint not found: the run in {out} saved "
                             "none, there is nothing to resume; start it again with --overwrite")
         ckpt = load_checkpoint(out / "last.pt")
         # Keys a newer vcorr added (e.g. data.mean/std) take their defaults, not "changed".
-        changes = pf.resume_changes(with_defaults(ckpt["config"]), cfg, out / "last.pt")
+        saved = with_defaults(ckpt["config"])
+        cfg = pf.with_extensions(cfg, saved, list(ckpt.get("extensions", [])))
+        changes = pf.resume_changes(saved, cfg, out / "last.pt")
+        if extend is not None:
+            cfg, added = pf.extend_phases(cfg, extend, extend_lr)
+        plan = config_phases(cfg)
+        if extend is not None:
+            extended = {"epochs": added["epochs"], "phase": len(plan), "settings": added}
     else:
         move_old = pf.check_new_run(out, overwrite)
     notes = pf.preflight(cfg, plan, rows, classes, data_root, env.world_size, env.device.type)
@@ -471,13 +546,15 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
         if env.is_main:
             pf.remove_stale_temporaries(out)
         return _run(cfg, out, env, ckpt, init, progress, stop_after_steps, plan, classes,
-                    changes, fingerprint, guard, start, init_partial=init_partial)
+                    changes, fingerprint, guard, start, init_partial=init_partial,
+                    data_meta=data_meta, extended=extended)
 
 
 def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path | None,
          progress: bool, stop_after_steps: int | None, plan: list[dict], classes: list[str],
          changes: dict, fingerprint: dict, guard: SignalGuard,
-         start: pf.RunStart, init_partial: bool = False) -> dict[str, Any]:
+         start: pf.RunStart, init_partial: bool = False,
+         data_meta: dict | None = None, extended: dict | None = None) -> dict[str, Any]:
     """The run itself: model, optimiser, the phase/epoch/step loop, checkpoints, summary."""
     data_root = Path(cfg["data"]["root"])
     if env.is_main:
@@ -523,16 +600,26 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             scaler.load_state_dict(ckpt["scaler"])
         state.position = Position(**ckpt["position"])
         state.best_top1 = ckpt["best_top1"]
+        state.best_loss = float(ckpt.get("best_loss", math.inf))
         state.last_val = dict(ckpt.get("last_val", {}))
         state.config_changes = list(ckpt.get("config_changes", []))
         state.seconds_before = float(ckpt.get("seconds", 0.0))
         state.hold_bn = list(ckpt.get("hold_bn", []))
+        nonfinite = ckpt.get("nonfinite", {})
+        state.skipped_steps = int(nonfinite.get("skipped", 0))
+        state.nonfinite_streak = int(nonfinite.get("streak", 0))
+        state.nonfinite_first = list(nonfinite.get("first", []))
         if "train_sums" in ckpt:
             state.window = torch.tensor(ckpt["train_sums"]["window"], dtype=torch.float64)
             state.epoch_totals = torch.tensor(ckpt["train_sums"]["epoch"], dtype=torch.float64)
         if changes:
             state.config_changes.append({"global_step": state.position.global_step,
                                          "changes": changes})
+        state.extensions = [dict(e) for e in ckpt.get("extensions", [])]
+        if extended is not None:
+            state.extensions.append(extended["settings"])
+            state.config_changes.append({"global_step": state.position.global_step,
+                                         "extended": extended})
         _set_rng_state(ckpt["rng"], env.device)
     state.rng = _rng_state(env.device)
     metrics = _Metrics(out / "metrics.jsonl", env.is_main,
@@ -545,18 +632,31 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     def checkpoint(name: str) -> None:
         if not env.is_main:
             return
+        weights = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        # Never a checkpoint with NaN/inf (a bad update, a broken resume): the previous file
+        # stays the last good state and the run stops on the first tensor that has them.
+        bad = _first_nonfinite_tensor(weights)
+        if bad is not None:
+            raise NonFiniteCheckpoint(
+                f"{out / name}: not written, {bad} holds NaN/inf values; the files already "
+                f"in {out} are the last good state")
         save_checkpoint(out / name, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            **weights,
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "scheduler": {"schedule": cfg["optim"]["schedule"],
                           "lr": optimizer.param_groups[0]["lr"]},
             "position": state.position.as_dict(), "best_top1": state.best_top1,
+            "best_loss": state.best_loss,
             "last_val": state.last_val, "rng": state.rng or _rng_state(env.device), "config": cfg,
             "model_name": cfg["model"]["name"], "classes": classes,
             "metrics_records": metrics.records, "data_fingerprint": fingerprint,
             "config_changes": state.config_changes,
             "train_sums": {"window": state.window.tolist(), "epoch": state.epoch_totals.tolist()},
             "seconds": state.seconds(), "hold_bn": state.hold_bn,
+            "nonfinite": {"skipped": state.skipped_steps, "streak": state.nonfinite_streak,
+                          "first": state.nonfinite_first},
+            "swap_pairs": state.swap_pairs, "data_meta": data_meta or {},
+            "extensions": state.extensions,
         })
 
     steps_run = 0
@@ -564,6 +664,15 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     t_start = state.started = time.perf_counter()
     train_stats: dict[str, float] = {}
     start.started()  # from here a failure leaves the run folder (and last.pt on interrupts)
+    if extended is not None:
+        # The extended schedule is the run's from now on: config.toml holds it already, and
+        # last.pt must too, or a plain --resume before the next checkpoint would be refused.
+        with guard.deferred():
+            checkpoint("last.pt")
+        if env.is_main:
+            print(f"extended: phase {extended['phase']} of {extended['epochs']} more epochs "
+                  f"(lr {extended['settings']['lr']}, {extended['settings']['frames']} frames)",
+                  flush=True)
     with _progress(progress and env.is_main) as bar, contextlib.closing(monitor):
         try:
             while state.position.phase < len(plan) and not stopped:
@@ -572,6 +681,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                 micro = _micro_batch(cfg, phase, env)
                 ds = build_dataset(cfg, phase["frames"], train=True,
                                    interval=phase["interval"])
+                state.swap_pairs = [list(p) for p in ds.swap_pairs]
                 per_rank = -(-len(ds) // env.world_size)
                 steps = per_rank // (micro * cfg["optim"]["accumulate"])
                 if cfg["train"]["max_steps_per_epoch"]:
@@ -626,14 +736,20 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                                            "seconds": state.seconds()})
                             if env.is_main:
                                 _print_epoch(global_epoch + 1, train_stats, val)
-                            if val["top1"] > state.best_top1:
-                                state.best_top1 = val["top1"]
+                            # best.pt: the highest top-1; of equal ones, the lowest loss
+                            if (val["top1"], -val["loss"]) > (state.best_top1,
+                                                              -state.best_loss):
+                                state.best_top1, state.best_loss = val["top1"], val["loss"]
                                 checkpoint("best.pt")
                         elif env.is_main and progress:
                             _print_epoch(global_epoch + 1, train_stats, None)
                         pos.epoch += 1
                         pos.step_in_epoch = 0
                         checkpoint("last.pt")
+                    if bar is not None:
+                        # The live area holds the current epoch's bar only; finished epochs
+                        # are their summary lines above it, so it fits any terminal.
+                        bar.remove_task(task)
                 if not stopped:
                     pos.phase += 1
                     pos.epoch = 0
@@ -642,12 +758,19 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             with guard.deferred():
                 checkpoint("last.pt")
             raise
+        except Exception as exc:
+            if guard.received is None or isinstance(exc, UserError):
+                raise
+            # Failed while stopping on a signal (e.g. shutting down a loader whose worker it
+            # ended): stopped by the signal. No checkpoint: the state may be half-way through
+            # its bookkeeping; last.pt is the last one written, from which --resume is exact.
+            raise Interrupted(guard.received) from exc
     seconds = time.perf_counter() - t_start
     summary = {"run_dir": str(out), "model": cfg["model"]["name"],
                "finished": state.position.phase >= len(plan), "position": state.position.as_dict(),
                "best_val_top1": state.best_top1 if state.best_top1 >= 0 else None,
                "last_val": state.last_val, "last_train": train_stats, "seconds": seconds,
-               "run_seconds": state.seconds(),
+               "run_seconds": state.seconds(), "skipped_steps": state.skipped_steps,
                "config_changes": state.config_changes}
     if env.is_main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
@@ -661,14 +784,41 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                metrics: _Metrics, bar: Any, task: Any, stop_after_steps: int | None,
                steps_before: int, epochs_before: int) -> dict[str, Any]:
     """Optimiser steps from ``state.position.step_in_epoch`` to ``steps``; ``epochs_before``
-    is the number of epochs of the earlier phases (for global epoch numbers)."""
+    is the number of epochs of the earlier phases (for global epoch numbers). The loader's
+    worker processes are shut down when it returns or raises (an interrupt included)."""
+    it = None
+    try:
+        with held():  # stop signals wait while the workers are forked (interrupts.held)
+            it = iter(loader)
+        return _run_steps(net, model, optimizer, scaler, cfg, phase, env, it, steps, state,
+                          metrics, bar, task, stop_after_steps, steps_before, epochs_before)
+    finally:
+        _shut_down(it)
+        del it
+
+
+def _shut_down(it: Any) -> None:
+    """End a DataLoader iterator's worker processes now, not whenever the iterator is
+    collected: on an interrupt the exception's traceback keeps the frame that holds it alive
+    until the process exits, and Python's exit handler then waits for the workers. Safe to
+    call twice, on a single-process iterator, and on workers that are already gone."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # what the iterator's __del__ calls
+    if shutdown is not None:
+        shutdown()
+
+
+def _run_steps(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, cfg: dict, phase: dict, env: DistEnv,
+               it: Iterator, steps: int, state: RunState, metrics: _Metrics, bar: Any,
+               task: Any, stop_after_steps: int | None, steps_before: int,
+               epochs_before: int) -> dict[str, Any]:
     o = cfg["optim"]
     pos = state.position
     acc = o["accumulate"]
+    limit = cfg["train"]["max_nonfinite_steps"]
     net.train()
     set_bn_frozen(net, phase["freeze_bn"])
     hold_bns(model, state.hold_bn)
-    it: Iterator = iter(loader)
     # Sums since the last metrics record and over the epoch: part of the run's state (a
     # checkpoint carries them), so that records and epoch lines after a resume are exact.
     window, epoch_totals = state.window, state.epoch_totals
@@ -677,11 +827,13 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     t_window, wait_window, steps_run = time.perf_counter(), 0.0, 0
     while pos.step_in_epoch < steps:
         lr = lr_at(cfg, phase, pos.epoch + pos.step_in_epoch / steps)
-        step_stats = torch.zeros(4, dtype=torch.float64)
+        # loss sum, correct, clips, non-finite losses, ranks with a non-finite gradient
+        step_stats = torch.zeros(5, dtype=torch.float64)
         saved: list[torch.Tensor] | None = None
+        bad_param: str | None = None
         try:
             # Forward changes the BN running statistics: kept, to be put back if this step
-            # does not finish (an interrupt, a non-finite loss, a failing batch).
+            # does not finish (an interrupt, a non-finite loss, a failing batch) or is skipped.
             saved = _copy_buffers(model)
             for j in range(acc):
                 fault_point("data")
@@ -701,9 +853,16 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                 fault_point("backward")
                 value = loss.item()
                 finite = math.isfinite(value)
-                step_stats += torch.tensor([value * len(y) if finite else 0.0,
-                                            (out.argmax(1) == y).sum().item(), len(y),
-                                            0.0 if finite else 1.0], dtype=torch.float64)
+                step_stats[:4] += torch.tensor([value * len(y) if finite else 0.0,
+                                                (out.argmax(1) == y).sum().item(), len(y),
+                                                0.0 if finite else 1.0], dtype=torch.float64)
+            # The gradients the optimiser would use: unscaled (fp16; GradScaler records its
+            # overflow check here and the step below uses it), then checked. Every rank
+            # takes the same decision (the flag is summed with the loss sums).
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)
+            bad_param = _first_nonfinite_grad(model)
+            step_stats[4] = 0.0 if bad_param is None else 1.0
             step_stats = all_reduce_sum(step_stats.to(env.device if env.device.type == "cuda"
                                                       else "cpu")).cpu()
             if step_stats[3] > 0:
@@ -711,28 +870,69 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                                     f"{pos.phase + 1}, epoch {epochs_before + pos.epoch + 1}); "
                                     "stopped, the last checkpoint is the last good one. Lower "
                                     "optim.lr or set optim.clip_grad")
-        except BaseException:
+            skip = bool(step_stats[4] > 0)
+            if skip:
+                bad_param = bad_param or "(on another rank)"
+                # fp16: an overflow while GradScaler can still lower its scale is its usual
+                # business; only a streak at a scale of 1 or less counts towards the limit.
+                counts = not scaler.is_enabled() or scaler.get_scale() <= 1.0
+                streak = state.nonfinite_streak + counts
+                first = state.nonfinite_first if state.nonfinite_streak else [
+                    pos.global_step + 1, bad_param]
+                if limit and streak >= limit:
+                    amp = cfg["precision"]["amp"]
+                    hint = ("train with precision.amp = \"off\" or lower optim.lr"
+                            if amp != "off" else "lower optim.lr")
+                    raise NonFiniteGradient(
+                        f"gradient not finite for {streak} steps in a row (train."
+                        f"max_nonfinite_steps = {limit}) from step {first[0]} (phase "
+                        f"{pos.phase + 1}, epoch {epochs_before + pos.epoch + 1}), first in "
+                        f"parameter {first[1]}; stopped, no update used it and the last "
+                        f"checkpoint is the last good one. Look for NaN/inf in that layer, "
+                        f"or {hint}")
+        except BaseException as exc:
             if saved is not None:
                 _restore_buffers(model, saved)
             optimizer.zero_grad(set_to_none=True)
+            if state.guard.received is not None and not isinstance(
+                    exc, (KeyboardInterrupt, UserError)):
+                # A stop signal arrived and this failed meanwhile (a loader worker that the
+                # signal ended, seen as "exited unexpectedly"): the signal's stop, not a crash.
+                raise Interrupted(state.guard.received) from exc
             raise
         # The step itself and its bookkeeping happen together or not at all: a signal that
         # arrives in here takes effect after the metrics record (see interrupts.py).
         with state.guard.deferred():
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if o["clip_grad"] > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
-            scaler.step(optimizer)
+            if skip:
+                # No update: the weights, optimiser state and BN statistics stay those of the
+                # last applied step. The step still counts (position, lr schedule, RNG), so
+                # that a resumed run repeats it exactly.
+                _restore_buffers(model, saved)
+                if scaler.is_enabled():
+                    scaler.update()  # lowers the fp16 loss scale (overflow found by unscale_)
+                if counts and streak == 1 and env.is_main:
+                    print(f"warning: step {pos.global_step + 1}: gradient not finite (first in "
+                          f"{bad_param}); step skipped, weights unchanged"
+                          + (f" ({limit} such steps in a row stop the run: "
+                             "train.max_nonfinite_steps)" if limit else ""), flush=True)
+                state.nonfinite_first = first
+                state.nonfinite_streak = streak
+                state.skipped_steps += 1
+            else:
+                if o["clip_grad"] > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
+                scaler.step(optimizer)
+                scaler.update()
+                state.nonfinite_streak, state.nonfinite_first = 0, []
             fault_point("optimizer")
-            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             pos.step_in_epoch += 1
             pos.global_step += 1
             steps_run += 1
             state.rng = _rng_state(env.device)
-            window += step_stats
+            window += torch.cat([step_stats[:3], step_stats[4:].clamp(max=1.0)])
             epoch_totals += step_stats[:3]
             if bar is not None:
                 bar.update(task, advance=1, stats=f"loss {step_stats[0] / step_stats[2]:.3f} "
@@ -744,6 +944,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                                "step": pos.global_step, "split": "train",
                                "loss": window[0].item() / window[2].item(),
                                "top1": window[1].item() / window[2].item(), "lr": lr,
+                               "skipped_steps": int(window[3].item()),
                                "clips_per_s": window[2].item() / max(elapsed, 1e-9),
                                "data_wait": wait_window / max(elapsed, 1e-9),
                                "frames": phase["frames"], "peak_mem_mib": peak,
@@ -753,6 +954,43 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
         if stop_after_steps is not None and steps_before + steps_run >= stop_after_steps:
             return _epoch_stats(epoch_totals, steps_run, stopped=True)
     return _epoch_stats(epoch_totals, steps_run, stopped=False)
+
+
+def _first_nonfinite_grad(model: nn.Module) -> str | None:
+    """The name of the first parameter (in ``named_parameters`` order) whose gradient holds a
+    NaN or inf, or None; one device synchronisation."""
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return None
+    ok = torch.stack([torch.isfinite(g).all() for _, g in named])
+    if bool(ok.all()):
+        return None
+    return named[int((~ok).nonzero()[0, 0])][0]
+
+
+def _first_nonfinite_tensor(tree: Any, where: str = "") -> str | None:
+    """The path (``model.res5.1.conv2.0.weight``, ``optimizer.state.3.momentum_buffer``) of
+    the first floating-point tensor in nested dicts/lists that holds a NaN or inf, or None."""
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() or node.is_complex():
+                found.append((path, node))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}" if path else str(i))
+
+    walk(tree, where)
+    if not found:
+        return None
+    ok = torch.stack([torch.isfinite(t).all().cpu() for _, t in found])
+    if bool(ok.all()):
+        return None
+    return found[int((~ok).nonzero()[0, 0])][0]
 
 
 def _copy_buffers(model: nn.Module) -> list[torch.Tensor]:
