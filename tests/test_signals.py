@@ -158,3 +158,33 @@ def test_held_blocks_the_signals_and_delivers_them_after() -> None:
                 reached = True
         assert reached and exc.value.signum == signal.SIGTERM
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_sigterm_during_start_up_is_an_interrupt_not_a_silent_kill(
+        tmp_path: Path, toy_train_prepared: Path) -> None:
+    """SIGTERM while `vcorr train` is still importing and checking (before the trainer's own
+    handling): exit 128 + 15 with the "interrupted" line, no traceback, nothing written. The
+    signal is sent as soon as the process catches SIGTERM (/proc/PID/status SigCgt)."""
+    import subprocess
+    import sys
+    import time
+
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("no /proc/PID/status here")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vcorr.cli", "train", str(TOY_C2D), "--data",
+         str(toy_train_prepared), "--out", str(tmp_path / "run"), "--device", "cpu",
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        fields = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":" in line)
+        if int(fields["SigCgt"].strip(), 16) >> (signal.SIGTERM - 1) & 1:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "interrupted (SIGTERM)" in out and "Traceback" not in out, out
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -69,38 +69,27 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
     """
     import os
     import signal
+    import threading
 
-    from vcorr.pipelines.errors import UserError
-    from vcorr.pipelines.train import load_config, train as run_train
-    from vcorr.pipelines.train.checkpoint import load_checkpoint
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
 
-    if config is None and not resume:
-        raise UserError("give a CONFIG file (or --resume with --out RUN_DIR)")
-    if out_dir is None:
-        if config is None:
-            raise UserError("--resume needs --out RUN_DIR")
-        out_dir = Path("runs") / config.stem
-    sets = list(sets)
-    if data is not None:
-        sets.insert(0, f"data.root={_toml_string(str(data))}")
-    if config is None:
-        # Resume with the run's own config (plus any explicit --set).
-        saved = out_dir / "config.toml"
-        if not saved.is_file():
-            load_checkpoint(out_dir / "last.pt")  # a clear error if there is no run there
-            raise UserError(f"{saved}: the run's config is missing")
-        config = saved
-    cfg = load_config(config, sets)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        # Before the run's own handling starts (imports, config, checks), SIGTERM stops like
+        # Ctrl-C: one "interrupted" line, not a silent kill.
+        signal.signal(signal.SIGTERM, stop)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
+    if out_dir is None and config is not None:
+        out_dir = Path("runs") / config.stem
     try:
-        summary = run_train(cfg, out_dir, resume=resume, init=init, init_partial=partial_init,
-                            progress=not no_progress, device=device, overwrite=overwrite,
-                            extend=extend, extend_lr=extend_lr)
+        summary = _run(config, data, out_dir, sets, resume, extend, extend_lr, init,
+                       partial_init, overwrite, device, no_progress)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         if main:
             name = signal.Signals(signum).name
-            if (out_dir / "last.pt").is_file():
+            if out_dir is not None and (out_dir / "last.pt").is_file():
                 click.echo(f"interrupted ({name}): {out_dir / 'last.pt'} holds the state after "
                            f"the last completed step; continue with: vcorr train --out "
                            f"{out_dir} --resume", err=True)
@@ -113,6 +102,47 @@ def train(config: Path | None, data: Path | None, out_dir: Path | None, sets: tu
         click.echo(f"done: {out_dir} (best val top-1 "
                    f"{'-' if best is None else f'{100 * best:.1f}%'}, "
                    f"{summary.get('run_seconds', summary['seconds']):.0f} s in all)")
+    if on_main_thread:
+        # Everything is written: a stop signal from here on ends the process at once, without
+        # a traceback from Python's exit handlers.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: os._exit(128 + signum))
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM before the trainer's own signal handling: stops like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("SIGTERM")
+        self.signum = signum
+
+
+def _run(config: Path | None, data: Path | None, out_dir: Path | None, sets: tuple[str, ...],
+         resume: bool, extend: int | None, extend_lr: float | None, init: Path | None,
+         partial_init: bool, overwrite: bool, device: str | None, no_progress: bool) -> dict:
+    """Load the config (the run's own for a resume without CONFIG) and train."""
+    from vcorr.pipelines.errors import UserError
+    from vcorr.pipelines.train import load_config, train as run_train
+    from vcorr.pipelines.train.checkpoint import load_checkpoint
+
+    if config is None and not resume:
+        raise UserError("give a CONFIG file (or --resume with --out RUN_DIR)")
+    if out_dir is None:
+        raise UserError("--resume needs --out RUN_DIR")
+    sets_list = list(sets)
+    if data is not None:
+        sets_list.insert(0, f"data.root={_toml_string(str(data))}")
+    if config is None:
+        # Resume with the run's own config (plus any explicit --set).
+        saved = out_dir / "config.toml"
+        if not saved.is_file():
+            load_checkpoint(out_dir / "last.pt")  # a clear error if there is no run there
+            raise UserError(f"{saved}: the run's config is missing")
+        config = saved
+    cfg = load_config(config, sets_list)
+    return run_train(cfg, out_dir, resume=resume, init=init, init_partial=partial_init,
+                     progress=not no_progress, device=device, overwrite=overwrite,
+                     extend=extend, extend_lr=extend_lr)
 
 
 def _toml_string(text: str) -> str:
