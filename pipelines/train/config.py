@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         # a class of classes.txt with no training video (a typo in a val row makes one) is an
         # error unless this is true
         "allow_empty_classes": False,
+        # class imbalance: "off", "loss" (cross-entropy weighted by n / (classes x n_class)) or
+        # "sampler" (each epoch draws its videos with probability 1 / n_class, with replacement)
+        "class_balance": "off",
         "workers": 2,
     },
     "model": {
@@ -61,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "accumulate": 1,               # micro-batches per step (batch_size / accumulate each)
         "epochs": 10,                  # when no phases are given
         "label_smoothing": 0.0,
+        # with --init: the learning rate of the parameters taken from the file, as a multiple
+        # of that of the new ones (a new classifier, plug-ins that start at identity)
+        "pretrained_lr_mult": 1.0,
     },
     "precision": {
         "amp": "off",                  # off, bf16, fp16 (CUDA; bf16 also works on CPU)
@@ -77,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
         # (LoadReport.hold_bn): "hold" keeps them there for the whole run (gamma and beta still
         # train; exact start in training mode), "batch" lets them use batch statistics
         "init_bn": "hold",
+        # modules not trained (names as in `vcorr models`, e.g. ["stem", "res2"]): their
+        # parameters keep their values and their BNs their statistics (eval mode)
+        "freeze": [],
         # Steps with a NaN/inf gradient are skipped (no update; counted as `skipped_steps` in
         # metrics.jsonl); this many in a row stop the run (0: never stop)
         "max_nonfinite_steps": 3,
@@ -95,6 +104,7 @@ CHOICES = {
     ("optim", "schedule"): ("cosine", "step", "constant"),
     ("precision", "amp"): ("off", "bf16", "fp16"),
     ("train", "init_bn"): ("hold", "batch"),
+    ("data", "class_balance"): ("off", "loss", "sampler"),
 }
 
 
@@ -197,6 +207,12 @@ def _check_values(cfg: dict, src: _Sources) -> None:
                         f"multiple of optim.accumulate ({o['accumulate']})")
     if o["lr"] <= 0:
         raise UserError(f"{src('optim.lr')}: optim.lr must be positive")
+    if o["pretrained_lr_mult"] <= 0:
+        raise UserError(f"{src('optim.pretrained_lr_mult')}: optim.pretrained_lr_mult must be "
+                        "positive (use train.freeze to keep parameters fixed)")
+    if not all(isinstance(n, str) and n for n in cfg["train"]["freeze"]):
+        raise UserError(f"{src('train.freeze')}: train.freeze is a list of module names, e.g. "
+                        '["stem", "res2"]')
     if cfg["train"]["max_nonfinite_steps"] < 0:
         raise UserError(f"{src('train.max_nonfinite_steps')}: train.max_nonfinite_steps must be "
                         "0 (never stop) or positive")

@@ -60,16 +60,28 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     ``DistributedSampler`` does) and dealt round-robin, so all ranks run the same number of
     steps; with ``n`` divisible by the world size every sample is seen exactly once per epoch.
     ``skip`` drops this rank's first samples: a resumed epoch continues where it stopped.
+    ``weights`` (one per sample) make the epoch n draws with replacement instead, sample i
+    with probability ``weights[i] / sum(weights)`` (class-balanced sampling).
     """
 
     def __init__(self, n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, skip: int = 0) -> None:
+                 shuffle: bool = True, skip: int = 0,
+                 weights: np.ndarray | None = None) -> None:
         self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
         self.rank, self.world_size, self.skip = rank, world_size, skip
+        self.weights = weights
 
     def rank_indices(self) -> list[int]:
-        order = (np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.n)
-                 if self.shuffle else np.arange(self.n))
+        if self.weights is not None:
+            # n draws with replacement, each index with probability weights / sum (a
+            # class-balanced epoch); the same (seed, epoch) gives the same draws everywhere.
+            p = np.asarray(self.weights, np.float64)
+            order = np.random.default_rng([self.seed, self.epoch, 11]).choice(
+                self.n, size=self.n, replace=True, p=p / p.sum())
+        elif self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
         total = -(-self.n // self.world_size) * self.world_size
         order = np.resize(order, total)  # wraps around to pad
         return order[self.rank::self.world_size].tolist()

@@ -32,8 +32,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,6 +117,12 @@ class RunState:
     swap_pairs: list[list[str]] = field(default_factory=list)
     # Phases appended by `--resume --extend N`, in order (each a full phase dict)
     extensions: list[dict[str, Any]] = field(default_factory=list)
+    # Parameters an --init did not load (new classifier, identity plug-ins); None: no --init
+    new_params: list[str] | None = None
+    # BNs inside train.freeze's modules (eval mode in training)
+    frozen_bn: list[str] = field(default_factory=list)
+    # data.class_balance = "loss": the cross-entropy's class weights (on the device)
+    loss_weight: torch.Tensor | None = None
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -215,15 +222,30 @@ def lr_at(cfg: dict, phase: dict, epoch: float) -> float:
     return lr
 
 
-def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW; no weight decay on BN and bias parameters."""
+def build_optimizer(cfg: dict, model: nn.Module,
+                    new_params: Sequence[str] | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the parameters that train
+    (``requires_grad``); no weight decay on BN and bias parameters. With ``new_params`` (the
+    names of parameters an ``--init`` did not load: a new classifier, identity plug-ins) and
+    ``optim.pretrained_lr_mult`` != 1, the others get that multiple of the learning rate: each
+    group carries ``lr_mult``, which the schedule applies."""
     o = cfg["optim"]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
+    mult = float(o["pretrained_lr_mult"])
+    new = set(new_params or ()) if mult != 1.0 and new_params is not None else None
+    groups = []
+    for is_new in ((True, False) if new is not None else (True,)):
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad and (new is None or (name in new) == is_new):
+                (no_decay if p.dim() <= 1 else decay).append(p)
+        lr_mult = 1.0 if is_new else mult
+        # Without a multiplier the two groups are always there (even empty), as checkpoints
+        # written before the multiplier existed hold them.
+        groups += [{"params": ps, "weight_decay": wd, "lr_mult": lr_mult}
+                   for ps, wd in ((decay, o["weight_decay"]), (no_decay, 0.0))
+                   if ps or new is None]
+    if not any(g["params"] for g in groups):
+        raise UserError("nothing to train: every parameter is frozen (train.freeze)")
     if o["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=o["lr"])
     return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
@@ -238,6 +260,59 @@ def set_bn_frozen(model: nn.Module, frozen: bool) -> None:
             m.eval()
 
 
+def freeze_modules(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Stop training the modules ``names`` (``train.freeze``; a name covers its submodules):
+    their parameters get ``requires_grad = False``. Returns the BN modules inside them, which
+    training keeps in eval mode (:func:`hold_bns`) so their statistics stay too.
+
+    Raises:
+        UserError: a name that is not a module of the model (the message lists the top-level
+        ones).
+    """
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown:
+        top = [n for n, _ in model.named_children()]
+        raise UserError(f"train.freeze: {', '.join(map(repr, unknown))} is not a module of the "
+                        f"model; its top-level modules are {', '.join(top)}")
+    bns = []
+    for name in names:
+        for sub, m in modules[name].named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bns.append(f"{name}.{sub}" if sub else name)
+        for p in modules[name].parameters():
+            p.requires_grad_(False)
+    return bns
+
+
+@dataclass
+class ClassBalance:
+    """``data.class_balance`` made concrete for one training set: ``loss_weight`` (K,) for
+    the cross-entropy, or ``sample_weights`` (N,) for the epoch sampler, or neither."""
+
+    loss_weight: torch.Tensor | None = None
+    sample_weights: np.ndarray | None = None
+
+
+def class_balance(mode: str, labels: Sequence[int], num_classes: int,
+                  device: torch.device) -> ClassBalance:
+    """``"loss"``: class c weighs n / (K' n_c) in the loss (K' the classes with videos, so a
+    balanced set gets weights 1; a class without videos weighs 0); ``"sampler"``: video i is
+    drawn with probability proportional to 1 / n_(label i), every class equally often in
+    expectation; ``"off"``: neither. Shape: labels (N,) -> loss_weight (K,), sample_weights
+    (N,)."""
+    if mode == "off":
+        return ClassBalance()
+    y = np.asarray(labels, np.int64)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    if mode == "sampler":
+        return ClassBalance(sample_weights=1.0 / counts[y])
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return ClassBalance(loss_weight=torch.tensor(w, dtype=torch.float32, device=device))
+
+
 def hold_bns(model: nn.Module, names: list[str]) -> None:
     """Put the BNs ``names`` (``LoadReport.hold_bn``) in eval mode: they normalise with their
     running statistics (neutral after ``--init``) and do not update them, while their gamma and
@@ -248,6 +323,12 @@ def hold_bns(model: nn.Module, names: list[str]) -> None:
         if not isinstance(m, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"{name} is not a BatchNorm of the model")
         m.eval()
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's learning rate (that of the new parameters), whatever ``lr_mult``."""
+    g = optimizer.param_groups[0]
+    return g["lr"] / g.get("lr_mult", 1.0)
 
 
 @contextlib.contextmanager
@@ -569,6 +650,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                               model_name=cfg["model"]["name"])
         if cfg["train"]["init_bn"] == "hold":
             state.hold_bn = list(report.hold_bn)
+        params = {n for n, _ in model.named_parameters()}
+        state.new_params = sorted(params & set(report.new_classifier + report.kept))
         if env.is_main:
             report.render()
             if state.hold_bn:
@@ -587,7 +670,10 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     if cfg["train"]["compile"]:   # training steps only; validation and checkpoints use `model`
         from vcorr.pipelines.runtime import compile_model
         net = compile_model(net)
-    optimizer = build_optimizer(cfg, model)
+    if ckpt is not None:
+        state.new_params = ckpt.get("new_params")
+    state.frozen_bn = freeze_modules(model, cfg["train"]["freeze"])
+    optimizer = build_optimizer(cfg, model, state.new_params)
     amp = cfg["precision"]["amp"]
     if amp == "fp16" and env.device.type != "cuda":
         raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
@@ -644,7 +730,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             **weights,
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "scheduler": {"schedule": cfg["optim"]["schedule"],
-                          "lr": optimizer.param_groups[0]["lr"]},
+                          "lr": _base_lr(optimizer)},
             "position": state.position.as_dict(), "best_top1": state.best_top1,
             "best_loss": state.best_loss,
             "last_val": state.last_val, "rng": state.rng or _rng_state(env.device), "config": cfg,
@@ -656,7 +742,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
             "nonfinite": {"skipped": state.skipped_steps, "streak": state.nonfinite_streak,
                           "first": state.nonfinite_first},
             "swap_pairs": state.swap_pairs, "data_meta": data_meta or {},
-            "extensions": state.extensions,
+            "extensions": state.extensions, "new_params": state.new_params,
         })
 
     steps_run = 0
@@ -682,6 +768,9 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                 ds = build_dataset(cfg, phase["frames"], train=True,
                                    interval=phase["interval"])
                 state.swap_pairs = [list(p) for p in ds.swap_pairs]
+                balance = class_balance(cfg["data"]["class_balance"], ds.labels(),
+                                        len(classes), env.device)
+                state.loss_weight = balance.loss_weight
                 per_rank = -(-len(ds) // env.world_size)
                 steps = per_rank // (micro * cfg["optim"]["accumulate"])
                 if cfg["train"]["max_steps_per_epoch"]:
@@ -695,7 +784,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                     ds.set_epoch(global_epoch)
                     skip = pos.step_in_epoch * micro * cfg["optim"]["accumulate"]
                     sampler = EpochSampler(len(ds), seed=cfg["seed"], epoch=global_epoch,
-                                           rank=env.rank, world_size=env.world_size, skip=skip)
+                                           rank=env.rank, world_size=env.world_size, skip=skip,
+                                           weights=balance.sample_weights)
                     loader = _loader(ds, sampler, micro, cfg["data"]["workers"], drop_last=True)
                     task = None
                     if bar is not None:
@@ -731,7 +821,7 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                             metrics.write({"epoch": global_epoch + 1, "step": pos.global_step,
                                            "split": "val", "loss": val["loss"],
                                            "top1": val["top1"], "top5": val["top5"],
-                                           "lr": optimizer.param_groups[0]["lr"],
+                                           "lr": _base_lr(optimizer),
                                            "count": val["count"],
                                            "seconds": state.seconds()})
                             if env.is_main:
@@ -818,7 +908,7 @@ def _run_steps(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     limit = cfg["train"]["max_nonfinite_steps"]
     net.train()
     set_bn_frozen(net, phase["freeze_bn"])
-    hold_bns(model, state.hold_bn)
+    hold_bns(model, state.hold_bn + state.frozen_bn)
     # Sums since the last metrics record and over the epoch: part of the run's state (a
     # checkpoint carries them), so that records and epoch lines after a resume are exact.
     window, epoch_totals = state.window, state.epoch_totals
@@ -847,7 +937,7 @@ def _run_steps(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
                     with _autocast(cfg, env.device):
                         out = net(x)
                         fault_point("forward")
-                        loss = F.cross_entropy(out.float(), y,
+                        loss = F.cross_entropy(out.float(), y, weight=state.loss_weight,
                                                label_smoothing=o["label_smoothing"])
                     scaler.scale(loss / acc).backward()
                 fault_point("backward")
@@ -904,7 +994,7 @@ def _run_steps(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
         # arrives in here takes effect after the metrics record (see interrupts.py).
         with state.guard.deferred():
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             if skip:
                 # No update: the weights, optimiser state and BN statistics stay those of the
                 # last applied step. The step still counts (position, lr schedule, RNG), so
