@@ -13,6 +13,10 @@ alone (same clips x crops): ``OUT/<id>.timeline.csv`` and ``.png``; ``render`` w
 A video that cannot be read is one row with the reason in ``predictions.csv`` and the run goes
 on. Outputs: ``predictions.csv``, ``predictions.json`` (and the per-video files) in ``OUT``;
 an ``OUT`` holding results already is refused unless ``overwrite`` (moved aside).
+
+The Python API (:class:`vcorr.pipelines.predict.api.Predictor`) runs the same steps:
+:func:`open_checkpoint`, :func:`run_raw_videos` (or :func:`run_clip_items` for frames in
+memory) and :func:`top_classes`.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +143,27 @@ def load_inference(checkpoint: str | Path, *, clips: int, fps: float | None = No
                      test_short_side, d["flip"])
 
 
+def open_checkpoint(checkpoint: str | Path, *, clips: int, crops: int,
+                    device: str | torch.device | None = None, fps: float | None = None,
+                    every: int | None = None, window: float | None = None,
+                    stride: float | None = None, model_args: dict[str, Any] | None = None,
+                    swap_map: str = "") -> tuple[Inference, torch.device]:
+    """:func:`load_inference`, the mirrored-views check of ``crops``
+    (:func:`check_mirrored_views`) and the model moved to ``device`` (None: CUDA when present):
+    what ``vcorr predict`` and :class:`vcorr.pipelines.predict.api.Predictor` both start from.
+
+    Raises:
+        UserError: the checkpoint does not load; bad ``fps``/``every``; ``crops`` with
+            mirrored views the model cannot use; a device that is not there.
+    """
+    inf = load_inference(checkpoint, clips=clips, fps=fps, every=every, window=window,
+                         stride=stride, model_args=model_args, swap_map=swap_map)
+    check_mirrored_views(crops, inf.train_flip, inf.swap_map, checkpoint)
+    dev = resolve_device(device)  # CUDA asked for where there is none: one line
+    inf.model.to(dev)
+    return inf, dev
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
@@ -148,7 +173,32 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
                    progress: str | None = None, sync_timing: bool = False,
                    on_video: Callable[[int, dict[str, Any]], None] | None = None
                    ) -> dict[str, Any]:
-    """Run every group of clips (whole video, windows) of ``paths`` through the model.
+    """Run every group of clips (whole video, windows) of ``paths`` through the model: the
+    videos decoded in ``workers`` DataLoader workers (:class:`RawVideos`), their items through
+    :func:`run_clip_items` (see there for the arguments and what is returned).
+    """
+    loader = torch.utils.data.DataLoader(
+        RawVideos(paths, inf.spec), batch_size=None, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    return run_clip_items(inf, loader, len(paths), crops=crops, max_views=max_views,
+                          workers=workers, device=device, amp=amp, forward=forward,
+                          reduce=reduce, progress=progress, sync_timing=sync_timing,
+                          on_video=on_video)
+
+
+def run_clip_items(inf: Inference, items: Iterable[dict[str, Any]], count: int, *,
+                   crops: int, max_views: int, device: torch.device, workers: int = 0,
+                   amp: bool = True,
+                   forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   reduce: Callable[[torch.Tensor, list[bool]], torch.Tensor] | None = None,
+                   progress: str | None = None, sync_timing: bool = False,
+                   on_video: Callable[[int, dict[str, Any]], None] | None = None
+                   ) -> dict[str, Any]:
+    """Run the clip items of ``count`` videos (:func:`vcorr.pipelines.predict.loader.video_items`'
+    items, from a DataLoader over :class:`RawVideos` with ``workers`` workers, or made in this
+    process with ``workers=0``, e.g. from frames in memory) through the model, views batched
+    across videos (:class:`ViewBatcher`: ``crops`` crops of ``inf.crop_size``, ``inf``'s
+    normalisation, at most ``max_views`` views per forward pass).
 
     ``forward``/``reduce`` default to the model and the averaged softmax of ``vcorr eval``
     (flipped views label-swapped back). ``on_video(i, video)`` is called as soon as video
@@ -157,17 +207,20 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     (seconds: ``data`` waiting for workers, ``views``, ``model``, ``wall``, ``first_item``: until
     the first clips arrived) and ``model_threads`` (the intra-op threads the model ran with:
     on CPU at most the cores left by the ``workers``).
+
+    Shape: an item's ``clips`` uint8 (N, C, T, H, W); a result of the default ``reduce``
+    float32 (K,) class probabilities.
     """
     forward = forward or inf.model
     reduce = reduce or (lambda out, flips: average_views(out, flips, inf.swap_map, "probs"))
     videos: dict[int, dict[str, Any]] = {
         i: {"groups": {}, "starts": {}, "ends": {}, "info": {}, "error": "", "closed": False,
-            "emitted": 0, "counted": False, "gen": 0} for i in range(len(paths))}
+            "emitted": 0, "counted": False, "gen": 0} for i in range(count)}
     bar = None
     if progress:
         from vcorr.pipelines.progress import make_progress
 
-        bar = make_progress(len(paths), progress, unit="video")
+        bar = make_progress(count, progress, unit="video")
 
     def finish(i: int) -> None:
         v = videos[i]
@@ -189,9 +242,6 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     batcher = ViewBatcher(forward, reduce, on_done, crops=crops, crop_size=inf.crop_size,
                           max_views=max_views, device=device, mean=inf.mean, std=inf.std,
                           amp=amp, sync_timing=sync_timing)
-    loader = torch.utils.data.DataLoader(
-        RawVideos(paths, inf.spec), batch_size=None, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     threads = torch.get_num_threads()
     if device.type == "cpu" and workers:
         # The decoding workers need cores too: intra-op threads beyond the cores left make the
@@ -201,9 +251,9 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
     model_threads = torch.get_num_threads()
     t_start = time.perf_counter()
     # The model works on what it has while the workers decode the next videos.
-    items = Prefetched(loader, workers, on_idle=batcher.flush)
+    source = Prefetched(items, workers, on_idle=batcher.flush)
     with torch.inference_mode(), _restore_threads(threads):
-        for item in items:
+        for item in source:
             v = videos[item["video"]]
             if item.get("done"):
                 v.update(closed=True, emitted=item["groups"], info=item["info"])
@@ -227,9 +277,9 @@ def run_raw_videos(inf: Inference, paths: Sequence[str | Path], *, crops: int,
         finish(i)
     if bar is not None:
         bar.close()
-    return {"videos": [videos[i] for i in range(len(paths))],
-            "timing": {"data": items.waited, **batcher.timing, "wall": wall,
-                       "first_item": items.first or 0.0},
+    return {"videos": [videos[i] for i in range(count)],
+            "timing": {"data": source.waited, **batcher.timing, "wall": wall,
+                       "first_item": source.first or 0.0},
             "model_threads": model_threads, "views_per_group": batcher.views_per_video}
 
 
@@ -255,6 +305,15 @@ def _top(scores: np.ndarray, k: int) -> list[int]:
     return [int(c) for c in np.argsort(-scores, kind="stable")[:k]]
 
 
+def top_classes(scores: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` classes of highest score, best first (ties: the earlier class), with their
+    scores: what ``vcorr predict`` lists per video.
+
+    Shape: ``scores`` (K,), in ``classes`` order.
+    """
+    return [(classes[c], float(scores[c])) for c in _top(scores, k)]
+
+
 def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
                    out: str | Path | None = None, settings: PredictSettings | None = None,
                    device: str | None = None, progress: bool = False,
@@ -274,11 +333,9 @@ def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
     out = Path(out) if out is not None else Path(checkpoint).parent / "predict"
     move_old = check_folder(out, PREDICT_OUTPUTS, overwrite=overwrite,
                             what="the results of an earlier `vcorr predict`")
-    inf = load_inference(checkpoint, clips=s.clips, fps=s.fps, every=s.every, window=s.window,
-                         stride=s.stride, model_args=s.model_args, swap_map=s.swap_map)
-    check_mirrored_views(s.crops, inf.train_flip, inf.swap_map, checkpoint)
-    dev = resolve_device(device)  # CUDA asked for where there is none: one line
-    inf.model.to(dev)
+    inf, dev = open_checkpoint(checkpoint, clips=s.clips, crops=s.crops, device=device,
+                               fps=s.fps, every=s.every, window=s.window, stride=s.stride,
+                               model_args=s.model_args, swap_map=s.swap_map)
     r = run_raw_videos(inf, [v.path for v in videos], crops=s.crops,
                        max_views=s.max_views_per_batch, workers=s.workers, device=dev,
                        amp=s.amp, progress="predict" if progress else None)
@@ -288,7 +345,7 @@ def predict_videos(checkpoint: str | Path, inputs: Sequence[str | Path],
         row: dict[str, Any] = {"id": v.id, "path": v.path, **res["info"], "error": res["error"]}
         if not res["error"]:
             sc = res["groups"][WHOLE].numpy()
-            row["top"] = [{"class": inf.classes[c], "prob": float(sc[c])} for c in _top(sc, k)]
+            row["top"] = [{"class": c, "prob": p} for c, p in top_classes(sc, inf.classes, k)]
             windows = sorted(g for g in res["groups"] if g != WHOLE)
             row["windows"] = len(windows)
             row["_timeline"] = ([res["starts"][g] for g in windows],
