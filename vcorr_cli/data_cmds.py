@@ -113,14 +113,30 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.command()
 @click.option("--format", "fmt", required=True,
               type=click.Choice(["list", "kinetics", "ssv2", "ssv1", "jester", "ucf101",
-                                 "diving48"]),
-              help="Annotation format of the dataset.")
-@click.option("--annotations", multiple=True, required=True, type=click.Path(),
-              help="Annotation file; repeat for several (e.g. train and validation).")
+                                 "diving48", "folders", "mmaction", "mmaction-rawframes",
+                                 "slowfast", "hmdb51"]),
+              help="Annotation format of the dataset (folders: a folder per class under "
+                   "--root, no --annotations).")
+@click.option("--annotations", multiple=True, type=click.Path(),
+              help="Annotation file; repeat for several (e.g. train and validation). "
+                   "Required, except for --format folders; hmdb51 also takes the folder of "
+                   "its split files.")
 @click.option("--labels", type=click.Path(), default=None,
               help="Class list (ssv2 labels JSON, jester/ssv1 labels CSV, ucf101 "
-                   "classInd.txt, diving48 vocab JSON, or one class per line).")
+                   "classInd.txt, diving48 vocab JSON, or one class per line; for integer "
+                   "labels line 1 is label 0).")
 @click.option("--root", required=True, type=click.Path(), help="Folder of the videos.")
+@click.option("--val-fraction", type=float, default=None,
+              help="[folders] Share of each class put in the val split when --root has no "
+                   "split folders [default: 0.2].")
+@click.option("--seed", type=int, default=None,
+              help="[folders] Seed of that split [default: 0]; the split depends only on "
+                   "the seed and the videos' paths.")
+@click.option("--label-base", type=click.Choice(["0", "1"]), default=None,
+              help="[mmaction, mmaction-rawframes, slowfast] The label of the first class: "
+                   "0 or 1. Without --labels the classes are named by number.")
+@click.option("--split-index", type=click.Choice(["1", "2", "3"]), default=None,
+              help="[hmdb51] Which official split to prepare.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--every", default=1, show_default=True,
               help="Keep frames 0, N, 2N, ... (--every 12 is 1/12 of the frame rate).")
@@ -144,7 +160,8 @@ def _parse_part(value: str) -> tuple[int, int]:
 @click.option("--part", default="0/1", show_default=True,
               help="Prepare only part I of N (0-based), e.g. one task of a SLURM array.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool, **kw) -> None:
+def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool,
+            label_base: str | None, split_index: str | None, **kw) -> None:
     """Decode videos, downsample, resize and write HDF5 shards plus an index.
 
     Writes OUT/shards/<split>-NNNNN.h5, OUT/index.csv, OUT/classes.txt, OUT/failures.csv,
@@ -167,11 +184,16 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
           --annotations something-something-v2-validation.json \\
           --labels something-something-v2-labels.json --root 20bn-something-something-v2 \\
           --out data/ssv2 --every 2 --part $SLURM_ARRAY_TASK_ID/8
+      vcorr prepare --format folders --root my_clips --out data/mine --val-fraction 0.2
+      vcorr prepare --format mmaction --annotations kinetics400_train_list_videos.txt \\
+          --labels label_map_k400.txt --root kinetics400/videos_train --out data/k400
     """
     from vcorr.pipelines.data.prepare import PrepareOptions, prepare as run
 
     opt = PrepareOptions(format=fmt, annotations=list(annotations), part=_parse_part(part),
-                         progress=not no_progress, **kw)
+                         progress=not no_progress,
+                         label_base=None if label_base is None else int(label_base),
+                         split_index=None if split_index is None else int(split_index), **kw)
     r = run(opt)
     splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
     reasons = ", ".join(f"{k} {v}" for k, v in list(r.failure_reasons.items())[:3])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcorr.pipelines.data.annotations import parse_annotations
+from vcorr.pipelines.data.annotations import FormatOptions, parse_annotations
 from vcorr.pipelines.data.dataset import VideoClipDataset, decode_frames
 from vcorr.pipelines.data.samplers import DenseSampler
 from vcorr.pipelines.data.transforms import train_transform
@@ -68,7 +68,10 @@ def make_synthetic_dataset(folder: str | Path, videos: int = 24, seconds: float 
 def _sources(out: Path) -> dict[str, str]:
     """Source video of every id, from the annotations named in ``OUT/prepare.json``."""
     opts = json.loads((out / "prepare.json").read_text())["options"]
-    ann = parse_annotations(opts["format"], opts["annotations"], opts["labels"], opts["root"])
+    fmt = FormatOptions(*(opts.get(k) for k in ("val_fraction", "seed", "label_base",
+                                                "split_index")), previous=out)
+    ann = parse_annotations(opts["format"], opts["annotations"], opts["labels"], opts["root"],
+                            fmt)
     return {s.id: s.source for s in ann.samples}
 
 

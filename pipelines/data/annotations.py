@@ -6,17 +6,26 @@ path), the class list in the dataset's own order, and row-level :class:`Failure`
 missing or not in the named format raises :class:`UserError` before anything is written.
 
 Splits are normalised to ``train``, ``val`` and ``test`` ("validate"/"validation" -> ``val``).
+
+Besides the datasets' own files, the layouts other toolkits use are read as they are: class
+folders (``folders``, also Hugging Face's VideoFolder and PyTorchVideo's directory layout),
+mmaction2's video and rawframe lists (``mmaction``, ``mmaction-rawframes``), PySlowFast's and
+PyTorchVideo's ``train.csv``/``val.csv``/``test.csv`` (``slowfast``) and HMDB-51's split
+files (``hmdb51``). vcorr is single-label: a list with several labels on one line is refused.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from vcorr.pipelines.data.decode import IMAGE_SUFFIXES
 from vcorr.pipelines.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -398,7 +407,473 @@ def parse_diving48(files: Sequence[Path], labels: Path | None, root: Path) -> An
     return col.result("diving48")
 
 
-FORMATS: dict[str, Callable[[Sequence[Path], Path | None, Path], Annotations]] = {
+# --------------------------------------------------------------------------- other toolkits
+@dataclass(frozen=True)
+class FormatOptions:
+    """Options that only some formats read (the ``vcorr prepare`` flags of the same names;
+    None: not given). :data:`OPTION_FORMATS` says which formats read which."""
+
+    val_fraction: float | None = None  # folders without split folders: val share per class
+    seed: int | None = None  # folders: seed of that split
+    label_base: int | None = None  # mmaction, mmaction-rawframes, slowfast: label of class 0
+    split_index: int | None = None  # hmdb51: which of the three official splits
+    previous: Path | None = None  # folders: an OUT prepared before, whose splits are kept
+
+
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SEED = 0
+
+OPTION_FORMATS: dict[str, tuple[str, ...]] = {
+    "val_fraction": ("folders",), "seed": ("folders",),
+    "label_base": ("mmaction", "mmaction-rawframes", "slowfast"),
+    "split_index": ("hmdb51",)}
+
+_INT = re.compile(r"[+-]?\d+$")
+_SPLIT_NAMES = ("train", "val", "test")
+
+
+def _visible(names: Sequence[str]) -> list[str]:
+    """Sorted names without hidden entries (``.DS_Store``) and macOS zip debris."""
+    return sorted(n for n in names if not n.startswith(".") and n != "__MACOSX")
+
+
+def _suffix(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def _is_int_list(text: str) -> bool:
+    parts = text.split(",")
+    return len(parts) > 1 and all(_INT.match(p.strip()) for p in parts)
+
+
+def _several_labels(f: Path, n: int, line: str) -> UserError:
+    return UserError(f"{f}:{n}: several labels on one line ({line.strip()!r}); vcorr trains "
+                     "single-label classifiers: keep one label per video")
+
+
+def _lines(f: Path) -> list[tuple[int, str]]:
+    """Numbered non-empty lines of a text file, stripped."""
+    return [(n, ln.strip()) for n, ln in enumerate(_read_text(f).splitlines(), start=1)
+            if ln.strip()]
+
+
+# --- folders
+def _class_folder_videos(folder: Path) -> list[Path]:
+    """Video files under a class folder, at any depth, and frame folders (a folder of images
+    and no video file, inside the class folder) as videos."""
+    found: list[Path] = []
+    top = str(folder)
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = _visible(dirnames)
+        names = _visible(filenames)
+        videos = [n for n in names if _suffix(n) in VIDEO_SUFFIXES]
+        if dirpath != top and not videos and any(_suffix(n) in IMAGE_SUFFIXES for n in names):
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a frame folder is one video: not searched further
+            continue
+        found.extend(Path(dirpath) / n for n in videos)
+    return found
+
+
+def val_count(n: int, fraction: float) -> int:
+    """Videos of a class of ``n`` that go to val: ``fraction`` of them rounded half up, and
+    at least one left for training."""
+    return max(0, min(int(n * fraction + 0.5), n - 1))
+
+
+def split_rank_key(seed: int, rel: str) -> bytes:
+    """Rank of a video in its class for the seeded split: a hash of the seed and the video's
+    path under --root (Unicode NFC, '/'), so the split depends on neither the order in which
+    the file system lists files nor the machine."""
+    text = f"{seed}\0{unicodedata.normalize('NFC', rel)}"
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _previous_splits(out: Path | None, fraction: float, seed: int) -> dict[str, str]:
+    """id -> split of the videos in ``out``'s index, if ``out`` was prepared from class
+    folders with the same --val-fraction and --seed (else nothing)."""
+    if out is None:
+        return {}
+    try:
+        meta = json.loads((out / "prepare.json").read_text(encoding="utf-8"))["data_options"]
+        if (meta.get("format"), meta.get("val_fraction"), meta.get("seed")) != (
+                "folders", fraction, seed):
+            return {}
+        with open(out / "index.csv", newline="", encoding="utf-8") as fh:
+            return {r["id"]: r["split"] for r in csv.DictReader(fh)
+                    if r.get("split") in ("train", "val")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def parse_folders(files: Sequence[Path], labels: Path | None, root: Path,
+                  opts: FormatOptions) -> Annotations:
+    """A folder per class under root, ``<class>/<video>``, or with a split level above,
+    ``<split>/<class>/<video>`` (split folders named train, val/validation or test; Hugging
+    Face's VideoFolder and PyTorchVideo's directory layout). Classes are the sorted folder
+    names (or --labels). The id of a video is its path under root without the extension;
+    a folder of images inside a class folder is a frame-folder video.
+
+    Without split folders each class is split into train and val: ``val_count`` of its videos,
+    those first in the order of :func:`split_rank_key` (seeded), go to val. Videos already in
+    the index of ``opts.previous`` (prepared with the same fraction and seed) keep their split.
+    """
+    top = [d for d in _visible(os.listdir(root)) if (root / d).is_dir()]
+    split_of = {d: normalise_split(d) for d in top}
+    split_dirs = [d for d in top if split_of[d] in _SPLIT_NAMES]
+    if not top:
+        raise UserError(f"{root}: no class folders (expected <class>/<video> or "
+                        "<split>/<class>/<video> under it)")
+    if split_dirs and len(split_dirs) != len(top):
+        others = [d for d in top if d not in split_dirs]
+        raise UserError(f"{root}: split folders ({', '.join(split_dirs)}) beside other folders "
+                        f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): put "
+                        "every class folder in a split folder, or use no split folders")
+    if split_dirs and (opts.val_fraction is not None or opts.seed is not None):
+        raise UserError(f"{root}: its split folders ({', '.join(split_dirs)}) are the split; "
+                        "--val-fraction and --seed are for class folders without split folders")
+    fraction = DEFAULT_VAL_FRACTION if opts.val_fraction is None else opts.val_fraction
+    seed = DEFAULT_SEED if opts.seed is None else opts.seed
+    if not 0 <= fraction < 1:
+        raise UserError(f"--val-fraction must be at least 0 and below 1, got {fraction}")
+    col = _Collector(read_class_list(labels) if labels else None)
+    bases = [(root / d, split_of[d]) for d in split_dirs] if split_dirs else [(root, "")]
+    entries: list[tuple[str, str, str, Path]] = []  # path under root, class, split, source
+    class_names: set[str] = set()
+    for base, split in bases:
+        for name in _visible(os.listdir(base)):
+            p = base / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_dir():
+                inside = _visible(os.listdir(p))
+                if inside and all(_suffix(n) in IMAGE_SUFFIXES and not (p / n).is_dir()
+                                  for n in inside):
+                    raise UserError(f"{p}: a folder of images where a class folder was "
+                                    "expected (a frame folder goes inside its class folder: "
+                                    f"{(base / '<class>' / name / inside[0]).as_posix()})")
+                class_names.add(name)
+                entries.extend((v.relative_to(root).as_posix(), name, split, v)
+                               for v in _class_folder_videos(p))
+            elif _suffix(name) in VIDEO_SUFFIXES:
+                if split == "test":  # an unlabelled test video
+                    entries.append((rel, "", split, p))
+                else:
+                    col.failures.append(Failure(str(PurePosixPath(rel).with_suffix("")), str(p),
+                                                "missing label: not in a class folder"))
+    if not split_dirs:
+        pinned = _previous_splits(opts.previous, fraction, seed)
+        by_class: dict[str, list[int]] = {}
+        for i, (_, label, _, _) in enumerate(entries):
+            by_class.setdefault(label, []).append(i)
+        val: set[int] = set()
+        for idx in by_class.values():
+            ranked = sorted(idx, key=lambda i: (split_rank_key(seed, entries[i][0]),
+                                                entries[i][0]))
+            val.update(ranked[:val_count(len(idx), fraction)])
+        for i, (rel, label, _, src) in enumerate(entries):
+            split = pinned.get(_folder_id(rel, src)) or ("val" if i in val else "train")
+            entries[i] = (rel, label, split, src)
+    for rel, label, split, src in sorted(entries):
+        id_ = _folder_id(rel, src)
+        col.add(id_, label, split, str(src), rel,
+                fix="the id is the path under --root without the extension: two files differ "
+                    "only in their extension")
+    if labels is None:
+        col.classes = sorted(class_names)
+    return col.result("folders")
+
+
+def _folder_id(rel: str, src: Path) -> str:
+    return rel if src.is_dir() else str(PurePosixPath(rel).with_suffix(""))
+
+
+# --- integer labels (mmaction2, PySlowFast, PyTorchVideo)
+@dataclass
+class _IntRow:
+    where: str  # file:line
+    id: str
+    label: int | None  # None: unlabelled (no label, or -1)
+    split: str
+    source: str
+    problem: str = ""  # a failure reason found while reading the row
+
+
+def _int_label_annotations(rows: list[_IntRow], labels: Path | None, base: int | None,
+                           first: Path, dataset: str) -> Annotations:
+    """Map integer labels onto class names: line ``label - base + 1`` of --labels, or, without
+    --labels, the class named by its 0-based number (``--label-base`` required)."""
+    seen = {r.label for r in rows if r.label is not None and not r.problem}
+    if labels is not None:
+        classes = read_class_list(labels)
+        n = len(classes)
+        if base is None:
+            if seen and 0 not in seen and max(seen) == n:
+                raise UserError(
+                    f"{first}: labels run {min(seen)}..{n} with no 0, but {labels} numbers its "
+                    f"{n} classes 0..{n - 1} (line 1 is label 0): 1-based labels? add "
+                    "--label-base 1 (or --label-base 0 if they are 0-based)")
+            base = 0
+        span = f"{base}..{n - 1 + base} of {labels.name}"
+    else:
+        if base is None:
+            raise UserError(f"{first}: integer labels need --labels (the class names, one per "
+                            "line, line 1 for label 0) or --label-base 0|1 (classes named by "
+                            "their number)")
+        n = max((lab - base for lab in seen), default=-1) + 1
+        classes = [str(i) for i in range(n)]
+        span = f"{base}..{n - 1 + base}"
+    col = _Collector(classes)
+    for r in rows:
+        if r.problem:
+            col.failures.append(Failure(r.id, r.source or r.where, r.problem))
+        elif r.label is None:
+            col.add(r.id, "", r.split, r.source, r.where)
+        elif 0 <= r.label - base < n:
+            col.add(r.id, classes[r.label - base], r.split, r.source, r.where)
+        else:
+            hint = ""
+            if base == 0 and r.label == n and 0 not in seen:
+                hint = " (1-based labels? use --label-base 1)"
+            elif base == 1 and r.label == 0:
+                hint = " (0-based labels? use --label-base 0)"
+            col.failures.append(Failure(r.id, r.source or r.where,
+                                        f"unknown label: {r.label} at {r.where} outside "
+                                        f"{span}{hint}"))
+    return col.result(dataset)
+
+
+def _int_label(text: str) -> int | None:
+    """An integer label; -1 (PyTorchVideo's 'no label') is unlabelled."""
+    value = int(text)
+    return None if value == -1 else value
+
+
+def _find_video(finder: _SourceFinder, root: Path, rel: str) -> str:
+    return finder.by_path(rel) or finder.by_stem(PurePosixPath(rel).stem) or str(root / rel)
+
+
+def parse_mmaction(files: Sequence[Path], labels: Path | None, root: Path,
+                   opts: FormatOptions) -> Annotations:
+    """mmaction2's video list: ``path label`` per line (space-separated, label an integer),
+    paths relative to root (mmaction's ``data_prefix``); the split from the file name. The
+    class names come from --labels (line 1 = label 0) or are the numbers (--label-base)."""
+    rows: list[_IntRow] = []
+    finder = _SourceFinder(root)
+    for f in files:
+        lines = _lines(f)
+        if lines:
+            n, line = lines[0]
+            fields = line.split()
+            if not ((len(fields) >= 2 and (_INT.match(fields[1]) or _is_int_list(fields[1])))
+                    or (len(fields) == 1 and _suffix(fields[0]) in VIDEO_SUFFIXES)):
+                raise UserError(f"{f}: not an mmaction2 video list (expected 'path label' "
+                                f"lines, the label an integer; line {n} is {line!r}"
+                                + ("; comma-separated lists are --format slowfast)"
+                                   if "," in line else ")"))
+        split = split_from_filename(f)
+        for n, line in lines:
+            where = f"{f}:{n}"
+            fields = line.split()
+            if (len(fields) > 2 and all(_INT.match(x) for x in fields[1:])) \
+                    or (len(fields) == 2 and _is_int_list(fields[1])):
+                raise _several_labels(f, n, line)
+            if len(fields) > 2 or (len(fields) == 2 and not _INT.match(fields[1])):
+                rows.append(_IntRow(where, "", None, split, "",
+                                    f"unparsable row: expected 'path label' (label an "
+                                    f"integer), got {line!r}"))
+                continue
+            rel = fields[0]
+            rows.append(_IntRow(where, PurePosixPath(rel).stem,
+                                _int_label(fields[1]) if len(fields) == 2 else None, split,
+                                _find_video(finder, root, rel)))
+    return _int_label_annotations(rows, labels, opts.label_base, files[0], "mmaction")
+
+
+def frame_folder_problem(folder: Path, listed: int, where: str) -> str:
+    """Why a frame folder cannot be prepared as listed ("" if it can): images of several
+    kinds (the decoding layer reads every image of the folder as a frame), or fewer frames
+    than the list says."""
+    names = sorted(n for n in os.listdir(folder) if _suffix(n) in IMAGE_SUFFIXES)
+    kinds = sorted({re.sub(r"\d+$", "", os.path.splitext(n)[0]) for n in names})
+    if len(kinds) > 1:
+        return (f"unsupported frame folder: images of {len(kinds)} kinds "
+                f"({', '.join(k + '*' for k in kinds[:4])}); every image in a frame folder is "
+                "read as a frame: keep only the RGB frames there (move flow_x_*, flow_y_* out)")
+    if len(names) < listed:
+        return (f"missing file: the folder holds {len(names)} of the {listed} frames listed "
+                f"at {where}")
+    return ""
+
+
+def parse_mmaction_rawframes(files: Sequence[Path], labels: Path | None, root: Path,
+                             opts: FormatOptions) -> Annotations:
+    """mmaction2's rawframe list: ``frame_dir total_frames label`` per line, or
+    ``frame_dir offset total_frames label`` (four fields are read as this variant); frame
+    folders ``frame_dir/img_00001.jpg ...`` under root. The frames in the folder are
+    prepared; a folder with fewer frames than listed, or with flow images beside the RGB
+    ones, is a failure row, and so is an offset other than 0 (a folder is stored whole)."""
+    rows: list[_IntRow] = []
+    finder = _SourceFinder(root)
+    for f in files:
+        lines = _lines(f)
+        if lines:
+            n, line = lines[0]
+            fields = line.split()
+            if not (len(fields) >= 3 and all(_INT.match(x) for x in fields[1:-1])
+                    and (_INT.match(fields[-1]) or _is_int_list(fields[-1]))):
+                raise UserError(f"{f}: not an mmaction2 rawframe list (expected 'frame_dir "
+                                f"total_frames label' lines; line {n} is {line!r})")
+        split = split_from_filename(f)
+        for n, line in lines:
+            where = f"{f}:{n}"
+            fields = line.split()
+            ints = all(_INT.match(x) for x in fields[1:])
+            if (len(fields) > 4 and ints) or (len(fields) in (3, 4) and _is_int_list(fields[-1])):
+                raise _several_labels(f, n, line)
+            if len(fields) not in (3, 4) or not ints:
+                rows.append(_IntRow(where, "", None, split, "",
+                                    "unparsable row: expected 'frame_dir total_frames label' "
+                                    f"or 'frame_dir offset total_frames label', got {line!r}"))
+                continue
+            rel = fields[0]
+            offset = int(fields[1]) if len(fields) == 4 else 0
+            total = int(fields[-2])
+            src = finder.by_path(rel) or finder.by_stem(PurePosixPath(rel).name, folder=True)
+            problem = ""
+            if offset != 0:
+                problem = (f"unsupported row: frame offset {offset} at {where} (vcorr prepares "
+                           "a frame folder whole: give each clip its own folder)")
+            elif src and os.path.isdir(src):
+                problem = frame_folder_problem(Path(src), total, where)
+            rows.append(_IntRow(where, PurePosixPath(rel).name, _int_label(fields[-1]), split,
+                                src or str(root / rel), problem))
+    return _int_label_annotations(rows, labels, opts.label_base, files[0],
+                                  "mmaction-rawframes")
+
+
+def parse_slowfast(files: Sequence[Path], labels: Path | None, root: Path,
+                   opts: FormatOptions) -> Annotations:
+    """PySlowFast's and PyTorchVideo's ``train.csv``, ``val.csv``, ``test.csv``: ``path label``
+    per line, no header, separated by a space (some forks: a comma), label an integer (none
+    or -1: unlabelled); paths relative to root (``PATH_PREFIX``) or absolute. The split comes
+    from the file name; class names as for mmaction."""
+    rows: list[_IntRow] = []
+    finder = _SourceFinder(root)
+    for f in files:
+        lines = _lines(f)
+        comma = False
+        if lines:
+            n, line = lines[0]
+            fields = line.split()
+            if len(fields) >= 2 and (_INT.match(fields[-1]) or _is_int_list(fields[-1])):
+                comma = False
+            elif "," in line and _INT.match(line.rsplit(",", 1)[1].strip()):
+                comma = True
+            elif not (len(fields) == 1 and _suffix(fields[0]) in VIDEO_SUFFIXES):
+                raise UserError(f"{f}: not a SlowFast/PyTorchVideo CSV (expected 'path label' "
+                                f"lines, the label an integer; line {n} is {line!r})")
+        split = split_from_filename(f)
+        for n, line in lines:
+            where = f"{f}:{n}"
+            if comma:
+                parts = [p.strip() for p in line.split(",")]
+                if len(parts) > 2 and all(_INT.match(p) for p in parts[1:]):
+                    raise _several_labels(f, n, line)
+                rel, lab = parts[0], parts[1] if len(parts) == 2 else ""
+                bad = len(parts) > 2
+            else:
+                fields = line.split()
+                if (len(fields) > 2 and all(_INT.match(x) for x in fields[1:])) \
+                        or (len(fields) >= 2 and _is_int_list(fields[-1])):
+                    raise _several_labels(f, n, line)
+                rel, lab = (line.rsplit(None, 1) if len(fields) >= 2 else (line, ""))
+                bad = False
+            if bad or (lab and not _INT.match(lab)):
+                rows.append(_IntRow(where, "", None, split, "",
+                                    "unparsable row: expected 'path label' (label an "
+                                    f"integer), got {line!r}"))
+                continue
+            rows.append(_IntRow(where, PurePosixPath(rel).stem,
+                                _int_label(lab) if lab else None, split,
+                                _find_video(finder, root, rel)))
+    return _int_label_annotations(rows, labels, opts.label_base, files[0], "slowfast")
+
+
+# --- HMDB-51
+_HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$", re.IGNORECASE)
+_HMDB_SPLIT = {"1": "train", "2": "test"}  # 0: not used in this split
+
+
+def _hmdb_files(files: Sequence[Path], split_index: int | None
+                ) -> list[tuple[Path, str, int]]:
+    """(file, class, split number) of the split files given, folders expanded; one split."""
+    if split_index is not None and split_index not in (1, 2, 3):
+        raise UserError(f"--split-index must be 1, 2 or 3, got {split_index}")
+    found: list[tuple[Path, str, int]] = []
+    for p in files:
+        if p.is_dir():
+            inside = [p / n for n in sorted(os.listdir(p)) if _HMDB_FILE.match(n)]
+            if not inside:
+                raise UserError(f"{p}: no HMDB-51 split files (<class>_test_split<N>.txt) in "
+                                "the folder")
+            if split_index is not None:
+                inside = [q for q in inside if int(_HMDB_FILE.match(q.name)["k"]) == split_index]
+                if not inside:
+                    raise UserError(f"{p}: no split files of --split-index {split_index} "
+                                    f"(<class>_test_split{split_index}.txt) in the folder")
+        else:
+            inside = [p]
+        for q in inside:
+            m = _HMDB_FILE.match(q.name)
+            if not m:
+                raise UserError(f"{q}: not an HMDB-51 split file (expected "
+                                "<class>_test_split<N>.txt)")
+            k = int(m["k"])
+            if split_index is not None and k != split_index:
+                raise UserError(f"{q}: a file of split {k}, but --split-index {split_index}")
+            found.append((q, m["cls"], k))
+    numbers = sorted({k for _, _, k in found})
+    if len(numbers) > 1:
+        raise UserError(f"{files[0]}: split files of splits {', '.join(map(str, numbers))}: "
+                        "HMDB-51's three splits are alternatives; give one split's files or "
+                        "choose with --split-index 1|2|3")
+    return found
+
+
+def parse_hmdb51(files: Sequence[Path], labels: Path | None, root: Path,
+                 opts: FormatOptions) -> Annotations:
+    """HMDB-51: the split files ``<class>_test_split<N>.txt`` (``video.avi 1|2|0``: train,
+    test, not in this split), given one by one or as their folder (``--split-index`` picks
+    the split); the class from the file name, classes sorted (or --labels). Videos are
+    ``<class>/<video>.avi`` under root, or found by name anywhere under it."""
+    col = _Collector(read_class_list(labels) if labels else None)
+    finder = _SourceFinder(root)
+    class_names: set[str] = set()
+    for f, cls, _ in _hmdb_files(files, opts.split_index):
+        class_names.add(cls)
+        lines = _lines(f)
+        if lines:
+            n, line = lines[0]
+            fields = line.split()
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise UserError(f"{f}: not an HMDB-51 split file (expected 'video.avi 0|1|2' "
+                                f"lines; line {n} is {line!r})")
+        for n, line in lines:
+            fields = line.split()
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                col.bad_row(f"{f}:{n}", f"expected 'video.avi 0|1|2', got {line!r}")
+                continue
+            if fields[1] == "0":
+                continue
+            name = fields[0]
+            col.add(PurePosixPath(name).stem, cls, _HMDB_SPLIT[fields[1]],
+                    _find_video(finder, root, f"{cls}/{name}"), f"{f}:{n}")
+    if labels is None:
+        col.classes = sorted(class_names)
+    return col.result("hmdb51")
+
+
+FORMATS: dict[str, Callable[..., Annotations]] = {
     "list": parse_list,
     "kinetics": parse_kinetics,
     "ssv2": parse_ssv2,
@@ -406,25 +881,54 @@ FORMATS: dict[str, Callable[[Sequence[Path], Path | None, Path], Annotations]] =
     "jester": parse_jester,
     "ucf101": parse_ucf101,
     "diving48": parse_diving48,
+    "folders": parse_folders,
+    "mmaction": parse_mmaction,
+    "mmaction-rawframes": parse_mmaction_rawframes,
+    "slowfast": parse_slowfast,
+    "hmdb51": parse_hmdb51,
 }
+# Parsers called with the FormatOptions as a fourth argument.
+_TAKE_OPTIONS = ("folders", "mmaction", "mmaction-rawframes", "slowfast", "hmdb51")
 
 
 def parse_annotations(fmt: str, files: Sequence[str | Path], labels: str | Path | None,
-                      root: str | Path) -> Annotations:
-    """Parse the annotation files of dataset format ``fmt`` (see :data:`FORMATS`)."""
+                      root: str | Path, options: FormatOptions | None = None) -> Annotations:
+    """Parse the annotation files of dataset format ``fmt`` (see :data:`FORMATS`).
+
+    ``options``: the options of the formats that read some (:data:`OPTION_FORMATS`); one
+    given to a format that does not read it is refused. ``folders`` takes no files (the
+    layout of ``root`` is its annotation); ``hmdb51`` also takes the folder of its split files.
+    """
+    opts = options or FormatOptions()
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    for name, formats in OPTION_FORMATS.items():
+        if getattr(opts, name) is not None and fmt not in formats:
+            raise UserError(f"--{name.replace('_', '-')} is an option of --format "
+                            f"{', '.join(formats)} only, not of --format {fmt}")
+    if opts.label_base not in (None, 0, 1):
+        raise UserError(f"--label-base must be 0 or 1, got {opts.label_base}")
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: root folder not found")
-    if not files:
-        raise UserError("no --annotations file given")
+    if fmt == "folders" and files:
+        raise UserError(f"{files[0]}: --format folders reads the class folders under --root "
+                        f"({root}) and takes no --annotations")
+    if fmt != "folders" and not files:
+        raise UserError(f"--format {fmt} needs --annotations (only --format folders reads its "
+                        "layout from --root)")
     paths = [Path(f) for f in files]
     for p in paths + ([Path(labels)] if labels else []):
-        if not p.is_file():
+        if not (p.is_file() or (fmt == "hmdb51" and p in paths and p.is_dir())):
             raise UserError(f"{p}: file not found")
-    ann = FORMATS[fmt](paths, Path(labels) if labels else None, root)
+    parser = FORMATS[fmt]
+    label_path = Path(labels) if labels else None
+    ann = parser(paths, label_path, root, opts) if fmt in _TAKE_OPTIONS \
+        else parser(paths, label_path, root)
     if not ann.samples and not ann.failures:
+        if fmt == "folders":
+            raise UserError(f"{root}: no videos in class folders (expected "
+                            "<class>/<video> or <split>/<class>/<video> under it)")
         raise UserError(f"{paths[0]}: no videos listed")
     return ann
 

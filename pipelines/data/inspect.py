@@ -114,7 +114,8 @@ def class_checks(rows: VideoTable | list[dict], classes: list[str], train_split:
     rare_at = max(2, ordered[len(ordered) // 2] // 10) if ordered else 0
     close = [(c, o) for c in classes if totals[c] <= rare_at for o in classes
              if (totals[o] > totals[c] or per[o][train_split] > per[c][train_split] == 0)
-             and abs(len(o) - len(c)) <= 1 and _one_edit(c, o)]
+             and abs(len(o) - len(c)) <= 1 and _one_edit(c, o)
+             and not (c.isdigit() and o.isdigit())]   # numbered classes are not typos
     if close:
         lines.append("close spellings (a typo?): " + "; ".join(
             f"{a!r} ({where(a)}) ~ {b!r} ({where(b)})" for a, b in close[:5])

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vcorr.pipelines.data.annotations import Annotations, Failure, Sample, parse_annotations
+from vcorr.pipelines.data.annotations import (DEFAULT_SEED, DEFAULT_VAL_FRACTION, Annotations,
+                                              Failure, FormatOptions, Sample,
+                                              parse_annotations)
 from vcorr.pipelines.data.decode import (DAMAGED, MISSING_FILE, FrameChunk, VideoError,
                                          VideoReader, first_line, stored_fps)
 from vcorr.pipelines.data.shards import (FAILURE_COLUMNS, INDEX_COLUMNS, WARNING_COLUMNS,
@@ -69,6 +71,11 @@ class PrepareOptions:
     workers: int = 1
     part: tuple[int, int] = (0, 1)
     progress: bool = True
+    # Options of some formats only (None: not given; see annotations.OPTION_FORMATS).
+    val_fraction: float | None = None
+    seed: int | None = None
+    label_base: int | None = None
+    split_index: int | None = None
 
     def check(self) -> None:
         if self.every < 1:
@@ -94,7 +101,18 @@ class PrepareOptions:
         # Only when set: folders prepared before --strict existed keep their plan hashes.
         if self.strict:
             opts["strict"] = True
+        if self.format == "folders":  # the seeded split: a rerun must draw the same one
+            fo = self.format_options()
+            opts["val_fraction"] = (DEFAULT_VAL_FRACTION if fo.val_fraction is None
+                                    else fo.val_fraction)
+            opts["seed"] = DEFAULT_SEED if fo.seed is None else fo.seed
         return opts
+
+    def format_options(self) -> FormatOptions:
+        """The options the annotation parsers read (``previous``: OUT, whose index keeps the
+        splits of class folders drawn by an earlier run)."""
+        return FormatOptions(self.val_fraction, self.seed, self.label_base, self.split_index,
+                             previous=Path(self.out))
 
 
 @dataclass
@@ -281,7 +299,8 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
     """Prepare a dataset into ``opt.out`` (see the module docstring)."""
     t0 = time.time()
     opt.check()
-    ann = parse_annotations(opt.format, opt.annotations, opt.labels, opt.root)
+    ann = parse_annotations(opt.format, opt.annotations, opt.labels, opt.root,
+                            opt.format_options())
     out = Path(opt.out)
     previous = _read_previous_options(out)
     if previous is not None and previous != opt.data_options():
