@@ -136,3 +136,30 @@ def test_the_small_data_template_fine_tunes_a_kinetics_file(tmp_path: Path,
     assert torch.equal(ckpt["model"]["stem.0.1.running_mean"], tv["stem.1.running_mean"])
     assert not torch.equal(ckpt["model"]["res5.0.conv1.0.weight"],
                            tv["layer4.0.conv1.0.0.weight"])
+
+
+def test_freezing_works_under_ddp(tmp_path: Path, toy_train_prepared: Path) -> None:
+    """Two processes (torchrun, gloo): frozen parameters must be frozen before DDP wraps the
+    model, or its reducer waits for gradients that never come. The frozen stem keeps its
+    values and both ranks train the rest."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = ["train", str(TOY_C2D), "--data", str(toy_train_prepared), "--out",
+           str(tmp_path / "run"), "--device", "cpu", "--no-progress", "--set", "data.workers=0",
+           "--set", "optim.batch_size=8", "--set", "optim.epochs=1", "--set",
+           "model.args={width=8}", "--set", 'train.freeze=["stem"]', "--set",
+           "train.val_every=0"]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "vcorr.cli", *cfg], cwd=tmp_path,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["position"]["global_step"] == 3
+    cfg_dict = load_config(TOY_C2D, [f"data.root={json.dumps(str(toy_train_prepared))}",
+                                     "model.args={width=8}"])
+    before = _initial_state(cfg_dict)
+    for k, v in before.items():
+        assert torch.equal(v, ckpt["model"][k]) == k.startswith("stem."), k

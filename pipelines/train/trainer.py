@@ -658,6 +658,8 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
                 print(f"  {len(state.hold_bn)} BNs set neutral by --init stay on their running "
                       "statistics in training (train.init_bn = \"hold\"; exact start)")
             report.save(out / "init_report.json")
+    # Before DDP wraps the model: it registers the parameters that need gradients.
+    state.frozen_bn = freeze_modules(model, cfg["train"]["freeze"])
     if env.distributed and cfg["train"]["sync_bn"]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg["train"]["channels_last"]:
@@ -672,7 +674,6 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
         net = compile_model(net)
     if ckpt is not None:
         state.new_params = ckpt.get("new_params")
-    state.frozen_bn = freeze_modules(model, cfg["train"]["freeze"])
     optimizer = build_optimizer(cfg, model, state.new_params)
     amp = cfg["precision"]["amp"]
     if amp == "fp16" and env.device.type != "cuda":
