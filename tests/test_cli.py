@@ -267,7 +267,7 @@ def test_same_file_name_in_two_folders_says_how_to_tell_them_apart(cli_toy: Path
             cli_toy / "classes.txt", "--root", root, "--short-side", "0", "--no-progress"]
     r = run(*args, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
-    assert "prepared 1 video (train 1)" in r.stdout and "1 failure (duplicate id 1" in r.stdout
+    assert "prepared 1 video (train 1)" in r.stdout and "1 failure (1 x duplicate id" in r.stdout
     with open(tmp_path / "out" / "failures.csv", newline="") as f:
         (fail,) = list(csv.DictReader(f))
     assert fail["id"] == "test" and fail["reason"].startswith(f"duplicate id: first at {ann}:2")

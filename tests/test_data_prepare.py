@@ -624,7 +624,7 @@ def test_nothing_prepared_exits_2_without_empty_shards(tmp_path, list_dataset, d
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {out}: no video was prepared")
-    assert "7 tried" in lines[0] and "missing file 7" in lines[0]
+    assert "7 tried" in lines[0] and "7 x missing file" in lines[0]
     assert str(out / "failures.csv") in lines[0] and f"--root {empty_root}" in lines[0]
     assert "Traceback" not in r.output
     assert not list((out / "shards").glob("*.h5")) and not list((out / "shards").glob("*.tmp"))

@@ -153,3 +153,38 @@ def test_the_live_display_fits_a_small_terminal(tmp_path: Path, toy_train_prepar
     for n in range(1, 31):
         assert any(ln.startswith(f"epoch {n}:") for ln in lines), (n, text[-2000:])
     assert "..." not in lines   # rich's mark for a live area cropped to the screen
+
+
+def test_what_a_new_user_met_points_at_the_fix(tmp_path: Path, toy_train_prepared: Path) -> None:
+    """From a new user's trial: a finished run's refusal names --extend; a run folder given as a
+    checkpoint names its best.pt; an unquoted list in --set says to quote it; a swap-map typo
+    names the close class."""
+    run = tmp_path / "run"
+    base = ["train", TOY_C2D, "--data", toy_train_prepared, "--out", run, "--no-progress",
+            "--device", "cpu", "--set", "data.workers=0", "--set", "optim.batch_size=4",
+            "--set", "optim.epochs=1", "--set", "model.args={width=8}"]
+    assert _cli(*base).exit_code == 0
+    r = _cli(*base)
+    assert r.exit_code == 2 and "holds a finished run" in r.output
+    assert "continue it for more epochs with --resume --extend N" in r.output
+    r = _cli("eval", run, "--no-progress")
+    assert r.exit_code == 2 and f"a run folder, not a checkpoint; give {run / 'best.pt'}" in r.output
+    r = _cli(*base[:-8], "--out", tmp_path / "x", "--set", "train.freeze=[stem]")
+    assert r.exit_code == 2 and 'quote its strings, e.g. ["stem", "res2"]' in r.output, r.output
+    (tmp_path / "m.csv").write_text("left,rigth\n")
+    r = _cli("eval", run / "last.pt", "--crops", "10", "--swap-map", tmp_path / "m.csv",
+             "--no-progress", "--workers", "0", "--device", "cpu")
+    assert r.exit_code == 2 and "'rigth' is not one of the 4 classes (did you mean 'right'?)" \
+        in r.output, r.output
+
+
+def test_flipping_direction_classes_is_noted(tmp_path: Path, toy_train_prepared: Path) -> None:
+    """The toy's classes are up/down/left/right: training with data.flip = "on" says what a
+    mirror does to them."""
+    r = _cli("train", TOY_C2D, "--data", toy_train_prepared, "--out", tmp_path / "run",
+             "--no-progress", "--device", "cpu", "--set", "data.workers=0", "--set",
+             "optim.batch_size=4", "--set", "optim.epochs=1", "--set", "model.args={width=8}",
+             "--set", 'data.flip="on"', "--set", "train.max_steps_per_epoch=1")
+    assert r.exit_code == 0, r.output
+    assert "note: data.flip = \"on\" mirrors clips, but 2 classes name a direction ('left', " \
+           "'right'): a mirrored 'left' is a 'right'" in r.output, r.output

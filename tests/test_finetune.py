@@ -38,8 +38,11 @@ def _initial_state(cfg: dict) -> dict[str, torch.Tensor]:
 def test_frozen_modules_keep_weights_and_bn_statistics(tmp_path: Path,
                                                        toy_train_prepared: Path) -> None:
     cfg = _cfg(toy_train_prepared, 'train.freeze=["stem", "res2"]')
-    before = _initial_state(cfg)
-    train(cfg, tmp_path / "run", progress=False, device="cpu")
+    torch.manual_seed(5)   # weights to fine-tune: not the run's own initial values
+    start = trainer_mod.build_model(cfg, 4, cfg["data"]["frames"]).state_dict()
+    torch.save(start, tmp_path / "start.pt")
+    before = start
+    train(cfg, tmp_path / "run", init=tmp_path / "start.pt", progress=False, device="cpu")
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     frozen = [k for k in before if k.startswith(("stem.", "res2."))]
     assert any(k.endswith("running_mean") for k in frozen) and len(frozen) > 10
@@ -51,8 +54,15 @@ def test_frozen_modules_keep_weights_and_bn_statistics(tmp_path: Path,
     with pytest.raises(UserError, match=r"'res9' is not a module of the model; its top-level "
                                         r"modules are stem, res2"):
         train(_cfg(toy_train_prepared, 'train.freeze=["res9"]'), tmp_path / "bad",
-              progress=False, device="cpu")
+              init=tmp_path / "start.pt", progress=False, device="cpu")
     assert not (tmp_path / "bad").exists()
+    # without --init there is nothing to fine-tune: frozen layers would stay random
+    for key in ('train.freeze=["stem"]', "optim.pretrained_lr_mult=0.1"):
+        with pytest.raises(UserError, match="fine-tune weights loaded with --init, and none "
+                                            "was given"):
+            train(_cfg(toy_train_prepared, key), tmp_path / "none", progress=False,
+                  device="cpu")
+        assert not (tmp_path / "none").exists()
 
 
 def test_pretrained_parameters_get_a_fraction_of_the_learning_rate(
@@ -146,8 +156,13 @@ def test_freezing_works_under_ddp(tmp_path: Path, toy_train_prepared: Path) -> N
     import subprocess
     import sys
 
+    cfg_dict = load_config(TOY_C2D, [f"data.root={json.dumps(str(toy_train_prepared))}",
+                                     "model.args={width=8}"])
+    before = _initial_state(cfg_dict)
+    torch.save(before, tmp_path / "start.pt")
     cfg = ["train", str(TOY_C2D), "--data", str(toy_train_prepared), "--out",
-           str(tmp_path / "run"), "--device", "cpu", "--no-progress", "--set", "data.workers=0",
+           str(tmp_path / "run"), "--init", str(tmp_path / "start.pt"), "--device", "cpu",
+           "--no-progress", "--set", "data.workers=0",
            "--set", "optim.batch_size=8", "--set", "optim.epochs=1", "--set",
            "model.args={width=8}", "--set", 'train.freeze=["stem"]', "--set",
            "train.val_every=0"]
@@ -158,8 +173,5 @@ def test_freezing_works_under_ddp(tmp_path: Path, toy_train_prepared: Path) -> N
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["position"]["global_step"] == 3
-    cfg_dict = load_config(TOY_C2D, [f"data.root={json.dumps(str(toy_train_prepared))}",
-                                     "model.args={width=8}"])
-    before = _initial_state(cfg_dict)
     for k, v in before.items():
         assert torch.equal(v, ckpt["model"][k]) == k.startswith("stem."), k

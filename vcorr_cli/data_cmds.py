@@ -196,7 +196,7 @@ def prepare(fmt: str, annotations: tuple[str, ...], part: str, no_progress: bool
                          split_index=None if split_index is None else int(split_index), **kw)
     r = run(opt)
     splits = ", ".join(f"{k} {v}" for k, v in r.per_split.items()) or "none"
-    reasons = ", ".join(f"{k} {v}" for k, v in list(r.failure_reasons.items())[:3])
+    reasons = ", ".join(f"{v} x {k}" for k, v in list(r.failure_reasons.items())[:3])
     click.echo(f"prepared {_n(r.videos, 'video')} ({splits}) into {r.out}; "
                f"{_n(r.failures, 'failure')} ({reasons + '; ' if reasons else ''}see "
                f"failures.csv); {_n(r.warnings, 'warning')} (see warnings.csv); shards written "

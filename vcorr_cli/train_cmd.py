@@ -125,6 +125,8 @@ def _run(config: Path | None, data: Path | None, out_dir: Path | None, sets: tup
     from vcorr.pipelines.train import load_config, train as run_train
     from vcorr.pipelines.train.checkpoint import load_checkpoint
 
+    if (extend is not None or extend_lr is not None) and not resume:
+        raise UserError("--extend continues a run: give it with --resume and the run's --out")
     if config is None and not resume:
         raise UserError("give a CONFIG file (or --resume with --out RUN_DIR)")
     if out_dir is None:

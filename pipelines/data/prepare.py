@@ -390,7 +390,7 @@ def prepare(opt: PrepareOptions) -> PrepareResult:
 def _nothing_prepared(out: Path, opt: PrepareOptions, tried: int, r: PrepareResult) -> str:
     """The error of a run after which its shards hold no video (every one failed)."""
     part = "" if opt.part == (0, 1) else f" in part {opt.part[0]}/{opt.part[1]}"
-    reasons = ", ".join(f"{k} {v}" for k, v in list(r.failure_reasons.items())[:3])
+    reasons = ", ".join(f"{v} x {k}" for k, v in list(r.failure_reasons.items())[:3])
     hint = ""
     if next(iter(r.failure_reasons), "") == MISSING_FILE:
         hint = f"; are the videos under --root {opt.root}?"

@@ -120,9 +120,12 @@ def swap_index_map(pairs: Sequence[Sequence[str]], classes: Sequence[str],
     for a, b in pairs:
         for name in (a, b):
             if name not in index:
+                import difflib
+
+                near = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.6)
                 raise UserError(f"{source}: class {name!r} is not one of the {len(classes)} "
-                                "classes; a mirrored video needs its mirrored class (fix the "
-                                "name, or use data.flip = \"off\" / \"on\")")
+                                "classes" + (f" (did you mean {near[0]!r}?)" if near else "")
+                                + "; a mirrored video needs its mirrored class")
         if a == b:
             raise UserError(f"{source}: the pair ({a!r}, {b!r}) names one class twice")
         for name in (a, b):

@@ -30,6 +30,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint`; a clear :class:`UserError` otherwise."""
     path = Path(path)
+    if path.is_dir() and any((path / n).is_file() for n in ("best.pt", "last.pt")):
+        raise UserError(f"{path}: a run folder, not a checkpoint; give {path / 'best.pt'} or "
+                        f"{path / 'last.pt'}")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:

@@ -167,8 +167,11 @@ def _check_types(cfg: dict, defaults: dict, path: tuple[str, ...], src: _Sources
         if key == "short_side" and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
+            hint = ""
+            if isinstance(default, list) and isinstance(value, str) and value.startswith("["):
+                hint = ' (a TOML list: quote its strings, e.g. ["stem", "res2"])'
             raise UserError(f"{source}: {_where(here)} must be {type(default).__name__}, "
-                            f"got {value!r}")
+                            f"got {value!r}{hint}")
         if here in CHOICES and value not in CHOICES[here]:
             raise UserError(f"{source}: {_where(here)} must be one of "
                             f"{', '.join(CHOICES[here])}, got {value!r}")

@@ -103,8 +103,9 @@ def check_new_run(out: Path, overwrite: bool) -> bool:
         return True
     what, finished = describe_run(out)
     resumable = not finished and (out / "last.pt").is_file() and "does not load" not in what
-    ways = "continue it with --resume, or give another --out" if resumable else \
-        "give another --out"
+    ways = ("continue it with --resume, or give another --out" if resumable else
+            "continue it for more epochs with --resume --extend N, or give another --out"
+            if finished else "give another --out")
     raise UserError(f"{out}: holds {what}; {ways} (--overwrite moves it aside to "
                     f"{aside_name(out)})")
 
@@ -450,4 +451,12 @@ def preflight(cfg: dict, plan: list[dict], rows: VideoTable | list[dict], classe
     if d["workers"] > cap:
         notes.append(f"data.workers = {d['workers']} capped at {cap}, the CPU cores available "
                      "to this process")
+    directional = [c for c in classes
+                   if {"left", "right", "clockwise", "counterclockwise"} & set(
+                       c.lower().replace("_", " ").replace("-", " ").split())]
+    if d["flip"] == "on" and directional:
+        notes.append(f"data.flip = \"on\" mirrors clips, but {len(directional)} classes name a "
+                     f"direction ({', '.join(repr(c) for c in directional[:3])}"
+                     f"{', ...' if len(directional) > 3 else ''}): a mirrored 'left' is a "
+                     "'right'; use data.flip = \"off\", or \"swap\" with data.swap_map")
     return notes

@@ -566,6 +566,17 @@ def _train(cfg: dict, out: Path, env: DistEnv, resume: bool, init: str | Path | 
     if extend_lr is not None and extend is None:
         raise UserError("--extend-lr sets the learning rate of the epochs --extend adds; give "
                         "--extend N too")
+    if not resume and init is None:
+        # Fine-tuning keys without weights to fine-tune: frozen random layers, a multiplier
+        # that applies to nothing. Silent damage; refuse it.
+        keys = [k for k, on in (("train.freeze", cfg["train"]["freeze"]),
+                                ("optim.pretrained_lr_mult",
+                                 cfg["optim"]["pretrained_lr_mult"] != 1.0)) if on]
+        if keys:
+            raise UserError(f"{' and '.join(keys)} fine-tune weights loaded with --init, and "
+                            "none was given: give --init FILE (frozen layers would keep their "
+                            "random values), or set them off (train.freeze = [], "
+                            "optim.pretrained_lr_mult = 1.0)")
     data_root = Path(cfg["data"]["root"])
     if not cfg["data"]["root"]:
         raise UserError("no training data: give --data (a folder written by `vcorr prepare`) "
@@ -675,6 +686,16 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     if ckpt is not None:
         state.new_params = ckpt.get("new_params")
     optimizer = build_optimizer(cfg, model, state.new_params)
+    mult = cfg["optim"]["pretrained_lr_mult"]
+    if env.is_main and ckpt is None and state.new_params is not None and mult != 1.0:
+        n_new = sum(p.numel() for n, p in model.named_parameters()
+                    if n in set(state.new_params) and p.requires_grad)
+        n_old = sum(p.numel() for n, p in model.named_parameters()
+                    if n not in set(state.new_params) and p.requires_grad)
+        print(f"learning rates: {n_old:,} loaded parameters at lr x {mult}, {n_new:,} new ones "
+              f"at lr" + (" (none: every tensor was loaded, the classifier too, so all train "
+                          f"at lr x {mult}; the lr logged is the schedule's, before x {mult})"
+                          if not n_new else " (the lr logged)"), flush=True)
     amp = cfg["precision"]["amp"]
     if amp == "fp16" and env.device.type != "cuda":
         raise UserError("precision.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
