@@ -273,8 +273,8 @@ def test_audio_only_file_says_there_is_no_video_stream(tmp_path, dh):
     ann = tmp_path / "ann.csv"
     ann.write_text("path,label,split,id\nvoice.mp4,a,train,voice\nsong.mp4,a,train,song\n")
     # no video was prepared: prepare says so with exit code 2, after writing failures.csv
-    with pytest.raises(UserError, match=r"no video was prepared \(2 tried; failures: no video "
-                                        r"stream 2;"):
+    with pytest.raises(UserError, match=r"no video was prepared \(2 tried; failures: 2 x no "
+                                        r"video stream;"):
         dh.run_prepare(out, "list", ann, tmp_path)
     reasons = {f["id"]: f["reason"] for f in dh.read_csv(out / "failures.csv")}
     assert reasons == {"voice": "no video stream: streams: audio",
