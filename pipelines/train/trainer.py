@@ -400,24 +400,20 @@ def validate(model: nn.Module, cfg: dict, frames: int, env: DistEnv,
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1, top-5, count
-    it = None
     try:
-        with held():  # stop signals wait while the workers are forked (interrupts.held)
-            it = iter(loader)
-        for x, y in it:
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device)
-            with _autocast(cfg, env.device):
-                out = model(x)
-            out = out.float()
-            totals[0] += F.cross_entropy(out, y, reduction="sum").item()
-            top = out.topk(min(5, out.shape[1]), dim=1).indices
-            totals[1] += (top[:, 0] == y).sum().item()
-            totals[2] += (top == y[:, None]).any(dim=1).sum().item()
-            totals[3] += len(y)
-            fault_point("validation")
-    finally:  # the workers end here, also when a signal stops validation
-        _shut_down(it)
-        del it
+        with _batches(loader) as it:  # the workers end with it, also on a signal
+            for x, y in it:
+                x, y = x.to(env.device, non_blocking=True), y.to(env.device)
+                with _autocast(cfg, env.device):
+                    out = model(x)
+                out = out.float()
+                totals[0] += F.cross_entropy(out, y, reduction="sum").item()
+                top = out.topk(min(5, out.shape[1]), dim=1).indices
+                totals[1] += (top[:, 0] == y).sum().item()
+                totals[2] += (top == y[:, None]).any(dim=1).sum().item()
+                totals[3] += len(y)
+                fault_point("validation")
+    finally:
         model.train(was_training)
     totals = all_reduce_sum(totals.to(env.device if env.device.type == "cuda" else "cpu")).cpu()
     n = max(totals[3].item(), 1.0)
@@ -688,10 +684,10 @@ def _run(cfg: dict, out: Path, env: DistEnv, ckpt: dict | None, init: str | Path
     optimizer = build_optimizer(cfg, model, state.new_params)
     mult = cfg["optim"]["pretrained_lr_mult"]
     if env.is_main and ckpt is None and state.new_params is not None and mult != 1.0:
-        n_new = sum(p.numel() for n, p in model.named_parameters()
-                    if n in set(state.new_params) and p.requires_grad)
-        n_old = sum(p.numel() for n, p in model.named_parameters()
-                    if n not in set(state.new_params) and p.requires_grad)
+        new = set(state.new_params)
+        trained = [(n in new, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+        n_new = sum(k for is_new, k in trained if is_new)
+        n_old = sum(k for is_new, k in trained if not is_new)
         print(f"learning rates: {n_old:,} loaded parameters at lr x {mult}, {n_new:,} new ones "
               f"at lr" + (" (none: every tensor was loaded, the classifier too, so all train "
                           f"at lr x {mult}; the lr logged is the schedule's, before x {mult})"
@@ -898,12 +894,21 @@ def _run_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     """Optimiser steps from ``state.position.step_in_epoch`` to ``steps``; ``epochs_before``
     is the number of epochs of the earlier phases (for global epoch numbers). The loader's
     worker processes are shut down when it returns or raises (an interrupt included)."""
-    it = None
-    try:
-        with held():  # stop signals wait while the workers are forked (interrupts.held)
-            it = iter(loader)
+    with _batches(loader) as it:
         return _run_steps(net, model, optimizer, scaler, cfg, phase, env, it, steps, state,
                           metrics, bar, task, stop_after_steps, steps_before, epochs_before)
+
+
+@contextlib.contextmanager
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[Iterator]:
+    """The loader's iterator, its workers forked while stop signals wait
+    (:func:`vcorr.pipelines.train.interrupts.held`) and shut down (:func:`_shut_down`) when
+    the block ends, however it ends."""
+    it = None
+    try:
+        with held():
+            it = iter(loader)
+        yield it
     finally:
         _shut_down(it)
         del it
