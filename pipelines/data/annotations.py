@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vcorr.pipelines.data.decode import IMAGE_SUFFIXES
+from vcorr.pipelines.data.index import load_index
 from vcorr.pipelines.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -457,6 +458,16 @@ def _lines(f: Path) -> list[tuple[int, str]]:
             if ln.strip()]
 
 
+def _check_first_line(f: Path, lines: list[tuple[int, str]], ok: Callable[[list[str]], bool],
+                      expected: str, tail: Callable[[str], str] = lambda line: "") -> None:
+    """Refuse a file whose first line (split on whitespace) is not of its format: one line,
+    ``F: not EXPECTED; line N is '...'TAIL)`` (``expected`` opens the parenthesis)."""
+    if lines:
+        n, line = lines[0]
+        if not ok(line.split()):
+            raise UserError(f"{f}: not {expected}; line {n} is {line!r}{tail(line)})")
+
+
 # --- folders
 def _class_folder_videos(folder: Path) -> list[Path]:
     """Video files under a class folder, at any depth, and frame folders (a folder of images
@@ -499,10 +510,10 @@ def _previous_splits(out: Path | None, fraction: float, seed: int) -> dict[str, 
         if (meta.get("format"), meta.get("val_fraction"), meta.get("seed")) != (
                 "folders", fraction, seed):
             return {}
-        with open(out / "index.csv", newline="", encoding="utf-8") as fh:
-            return {r["id"]: r["split"] for r in csv.DictReader(fh)
-                    if r.get("split") in ("train", "val")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        index = load_index(out)
+        kept = index.select(index.mask("split", "train") | index.mask("split", "val"))
+        return dict(zip(kept.column("id"), kept.column("split")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
         return {}
 
 
@@ -661,15 +672,12 @@ def parse_mmaction(files: Sequence[Path], labels: Path | None, root: Path,
     finder = _SourceFinder(root)
     for f in files:
         lines = _lines(f)
-        if lines:
-            n, line = lines[0]
-            fields = line.split()
-            if not ((len(fields) >= 2 and (_INT.match(fields[1]) or _is_int_list(fields[1])))
-                    or (len(fields) == 1 and _suffix(fields[0]) in VIDEO_SUFFIXES)):
-                raise UserError(f"{f}: not an mmaction2 video list (expected 'path label' "
-                                f"lines, the label an integer; line {n} is {line!r}"
-                                + ("; comma-separated lists are --format slowfast)"
-                                   if "," in line else ")"))
+        _check_first_line(
+            f, lines, lambda fields: (
+                (len(fields) >= 2 and bool(_INT.match(fields[1]) or _is_int_list(fields[1])))
+                or (len(fields) == 1 and _suffix(fields[0]) in VIDEO_SUFFIXES)),
+            "an mmaction2 video list (expected 'path label' lines, the label an integer",
+            lambda line: "; comma-separated lists are --format slowfast" if "," in line else "")
         split = split_from_filename(f)
         for n, line in lines:
             where = f"{f}:{n}"
@@ -716,13 +724,11 @@ def parse_mmaction_rawframes(files: Sequence[Path], labels: Path | None, root: P
     finder = _SourceFinder(root)
     for f in files:
         lines = _lines(f)
-        if lines:
-            n, line = lines[0]
-            fields = line.split()
-            if not (len(fields) >= 3 and all(_INT.match(x) for x in fields[1:-1])
-                    and (_INT.match(fields[-1]) or _is_int_list(fields[-1]))):
-                raise UserError(f"{f}: not an mmaction2 rawframe list (expected 'frame_dir "
-                                f"total_frames label' lines; line {n} is {line!r})")
+        _check_first_line(
+            f, lines, lambda fields: (
+                len(fields) >= 3 and all(_INT.match(x) for x in fields[1:-1])
+                and bool(_INT.match(fields[-1]) or _is_int_list(fields[-1]))),
+            "an mmaction2 rawframe list (expected 'frame_dir total_frames label' lines")
         split = split_from_filename(f)
         for n, line in lines:
             where = f"{f}:{n}"
@@ -840,6 +846,11 @@ def _hmdb_files(files: Sequence[Path], split_index: int | None
     return found
 
 
+def _hmdb_row(fields: list[str]) -> bool:
+    """A row of an HMDB-51 split file: a video and 0 (not in this split), 1 or 2."""
+    return len(fields) == 2 and fields[1] in ("0", "1", "2")
+
+
 def parse_hmdb51(files: Sequence[Path], labels: Path | None, root: Path,
                  opts: FormatOptions) -> Annotations:
     """HMDB-51: the split files ``<class>_test_split<N>.txt`` (``video.avi 1|2|0``: train,
@@ -852,15 +863,11 @@ def parse_hmdb51(files: Sequence[Path], labels: Path | None, root: Path,
     for f, cls, _ in _hmdb_files(files, opts.split_index):
         class_names.add(cls)
         lines = _lines(f)
-        if lines:
-            n, line = lines[0]
-            fields = line.split()
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise UserError(f"{f}: not an HMDB-51 split file (expected 'video.avi 0|1|2' "
-                                f"lines; line {n} is {line!r})")
+        _check_first_line(f, lines, _hmdb_row,
+                          "an HMDB-51 split file (expected 'video.avi 0|1|2' lines")
         for n, line in lines:
             fields = line.split()
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            if not _hmdb_row(fields):
                 col.bad_row(f"{f}:{n}", f"expected 'video.avi 0|1|2', got {line!r}")
                 continue
             if fields[1] == "0":
